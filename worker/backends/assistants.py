@@ -1,0 +1,155 @@
+"""The Assistants v2 backend: threads, messages and runs (for Assistants-compatible servers)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import openai
+from openai.types.beta.threads import Message, Run
+from openai.types.beta.threads.run_create_params import AdditionalMessage
+
+from worker.backends.base import RunSnapshot, RunStatus, ToolCall, ToolOutput, Turn
+from worker.errors import ThreadBusy
+from worker.events import ReplyMessage, RunError, Usage, UserMessage
+
+_ACTIVE_RUN = re.compile(r"\b(run_[A-Za-z0-9]+)\b")
+# How far back to look for the run of an earlier attempt; runs of one conversation are serial,
+# so ours is among the newest.
+_RECONCILE_WINDOW = 10
+
+
+class AssistantsBackend:
+    name = "assistants"
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self._threads = client.beta.threads
+        self._files = client.files
+
+    async def create_thread(self, conversation_id: str) -> str:
+        thread = await self._threads.create(metadata={"aw_conversation_id": conversation_id[:512]})
+        return thread.id
+
+    async def find_run(self, thread_id: str, turn: Turn) -> str | None:
+        page = await self._threads.runs.list(thread_id, limit=_RECONCILE_WINDOW, order="desc")
+        wanted = turn.run_metadata
+        for run in page.data:
+            meta = run.metadata or {}
+            if (
+                meta.get("aw_batch_id") == wanted["aw_batch_id"]
+                and meta.get("aw_attempt") == wanted["aw_attempt"]
+            ):
+                return run.id
+        return None
+
+    async def start_run(self, thread_id: str, turn: Turn) -> RunSnapshot:
+        messages = (
+            [await self._message(m, turn) for m in turn.messages] if turn.add_messages else None
+        )
+        try:
+            run = await self._threads.runs.create(
+                thread_id,
+                assistant_id=turn.assistant_id,
+                additional_messages=messages,
+                additional_instructions=turn.instructions,
+                metadata=turn.run_metadata,
+            )
+        except openai.BadRequestError as exc:
+            raise _thread_busy(exc) or exc from None
+        return _snapshot(run)
+
+    async def retrieve_run(self, thread_id: str, run_id: str) -> RunSnapshot:
+        raw = await self._threads.runs.with_raw_response.retrieve(run_id, thread_id=thread_id)
+        return _snapshot(raw.parse(), _poll_after_ms(raw.headers.get("openai-poll-after-ms")))
+
+    async def submit_tool_outputs(
+        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
+    ) -> RunSnapshot:
+        run = await self._threads.runs.submit_tool_outputs(
+            run_id,
+            thread_id=thread_id,
+            tool_outputs=[{"tool_call_id": o.call_id, "output": o.output} for o in outputs],
+        )
+        return _snapshot(run)
+
+    async def cancel_run(self, thread_id: str, run_id: str) -> None:
+        await self._threads.runs.cancel(run_id, thread_id=thread_id)
+
+    async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]:
+        page = self._threads.messages.list(thread_id, run_id=run_id, order="asc", limit=100)
+        return tuple([_reply_message(m) async for m in page if m.role == "assistant"])
+
+    async def _message(self, message: UserMessage, turn: Turn) -> AdditionalMessage:
+        metadata = {
+            **message.metadata,
+            "aw_event_id": message.event_id,
+            "aw_batch_id": str(turn.batch_id),
+        }
+        attachments = [
+            {"file_id": await self._file_id(a), "tools": [{"type": "file_search"}]}
+            for a in message.attachments
+        ]
+        result: AdditionalMessage = {"role": "user", "content": message.text, "metadata": metadata}
+        if attachments:
+            result["attachments"] = attachments  # type: ignore[typeddict-item]
+        return result
+
+    async def _file_id(self, attachment: dict[str, str]) -> str:
+        if "file_id" in attachment:
+            return attachment["file_id"]
+        content = base64.b64decode(attachment["content_base64"])
+        uploaded = await self._files.create(
+            file=(attachment["filename"], content), purpose="assistants"
+        )
+        return uploaded.id
+
+
+def _thread_busy(exc: openai.BadRequestError) -> ThreadBusy | None:
+    text = exc.message
+    if "active" not in text or "run" not in text:
+        return None
+    match = _ACTIVE_RUN.search(text)
+    return ThreadBusy(match[1] if match else None)
+
+
+def _poll_after_ms(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _snapshot(run: Run, poll_after_ms: int | None = None) -> RunSnapshot:
+    tool_calls: Iterable[Any] = ()
+    if run.required_action is not None:
+        tool_calls = run.required_action.submit_tool_outputs.tool_calls
+    error = None
+    if run.last_error is not None:
+        error = RunError(run.last_error.code, run.last_error.message)
+    elif run.incomplete_details is not None:
+        reason = run.incomplete_details.reason or "incomplete"
+        error = RunError(reason, f"the run stopped early: {reason}")
+    elif run.status == "expired":
+        error = RunError("expired", "the run expired before it finished")
+    usage = None
+    if run.usage is not None:
+        usage = Usage(run.usage.prompt_tokens, run.usage.completion_tokens, run.usage.total_tokens)
+    return RunSnapshot(
+        run_id=run.id,
+        status=RunStatus(run.status),
+        poll_after_ms=poll_after_ms,
+        tool_calls=tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in tool_calls),
+        error=error,
+        usage=usage,
+    )
+
+
+def _reply_message(message: Message) -> ReplyMessage:
+    texts: list[str] = []
+    annotations: list[dict[str, Any]] = []
+    for part in message.content:
+        if part.type == "text":
+            texts.append(part.text.value)
+            annotations.extend(a.model_dump(mode="json") for a in part.text.annotations)
+        elif part.type == "refusal":
+            texts.append(part.refusal)
+    return ReplyMessage(message.id, "\n".join(texts), tuple(annotations))

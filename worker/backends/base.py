@@ -1,0 +1,117 @@
+"""The small interface both model backends implement, and the values that cross it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from worker.events import ReplyMessage, RunError, Usage, UserMessage
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    REQUIRES_ACTION = "requires_action"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INCOMPLETE = "incomplete"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {
+        RunStatus.COMPLETED,
+        RunStatus.FAILED,
+        RunStatus.CANCELLED,
+        RunStatus.INCOMPLETE,
+        RunStatus.EXPIRED,
+    }
+)
+
+# Run failures a fresh run can plausibly get past.
+TRANSIENT_RUN_ERRORS = frozenset({"server_error", "rate_limit_exceeded"})
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What one run answers: a batch of user messages, in arrival order."""
+
+    batch_id: uuid.UUID
+    attempt: int
+    conversation_id: str
+    messages: tuple[UserMessage, ...]
+    assistant_id: str
+    add_messages: bool
+
+    @property
+    def instructions(self) -> str | None:
+        extra = [m.instructions for m in self.messages if m.instructions]
+        return "\n\n".join(extra) if extra else None
+
+    @property
+    def run_metadata(self) -> dict[str, str]:
+        return {
+            "aw_batch_id": str(self.batch_id),
+            "aw_attempt": str(self.attempt),
+            "aw_conversation_id": self.conversation_id[:512],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutput:
+    call_id: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunSnapshot:
+    run_id: str
+    status: RunStatus
+    poll_after_ms: int | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    error: RunError | None = None
+    usage: Usage | None = None
+
+
+class Backend(Protocol):
+    """A model API that keeps a conversation and answers it in runs, one at a time.
+
+    Methods make exactly one API request each and raise the SDK's exceptions; retrying and
+    classifying them is the caller's job (worker.retry).
+    """
+
+    name: str
+
+    async def create_thread(self, conversation_id: str) -> str: ...
+
+    async def find_run(self, thread_id: str, turn: Turn) -> str | None:
+        """The run an earlier attempt of this turn already created, if the POST got through."""
+
+    async def start_run(self, thread_id: str, turn: Turn) -> RunSnapshot:
+        """Adds the turn's messages (if asked) and starts a run. Raises ThreadBusy if locked."""
+
+    async def retrieve_run(self, thread_id: str, run_id: str) -> RunSnapshot: ...
+
+    async def submit_tool_outputs(
+        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
+    ) -> RunSnapshot: ...
+
+    async def cancel_run(self, thread_id: str, run_id: str) -> None: ...
+
+    async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]: ...

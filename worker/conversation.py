@@ -1,0 +1,220 @@
+"""The owner's loop for one conversation: batch what is pending, run it, record the outcome.
+
+No broker or SQL here: state goes through Store, messages out through the outbox it writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+
+import structlog
+
+from worker.backends.base import TRANSIENT_RUN_ERRORS, Backend, RunStatus, Turn
+from worker.errors import ApiUnavailable, LeaseLost, PermanentApiError, ReasonCode
+from worker.events import AssistantReply, ReplyMessage, UserMessage, vars_of
+from worker.outbound import Delivery, Failure, dead_letter_outbox, reply_outbox
+from worker.retry import RetryPolicy
+from worker.runner import FinishedRun, Runner
+from worker.settings import Settings
+from worker.store import Lease, OpenBatch, Store, StoredEvent
+
+log = structlog.get_logger("worker.conversation")
+
+
+class ConversationProcessor:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        backend: Backend,
+        runner: Runner,
+        api: RetryPolicy,
+        on_outbox: Callable[[], None],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._backend = backend
+        self._runner = runner
+        self._api = api
+        self._on_outbox = on_outbox
+
+    async def process(self, lease: Lease) -> None:
+        """Answers everything pending, batch by batch, then gives the conversation up."""
+        with structlog.contextvars.bound_contextvars(conversation_id=lease.conversation_id):
+            try:
+                while True:
+                    batch = await self._store.open_batch(lease) or await self._store.start_batch(
+                        lease, self._settings.batch_max_events
+                    )
+                    if batch is not None:
+                        await self._answer(lease, batch)
+                    elif await self._store.release_lease_if_idle(lease):
+                        return
+            except LeaseLost:
+                log.warning("lease_lost")
+
+    async def _answer(self, lease: Lease, batch: OpenBatch) -> None:
+        stored = await self._store.batch_events(batch.event_ids)
+        with structlog.contextvars.bound_contextvars(batch_id=str(batch.batch_id)):
+            try:
+                thread_id = await self._thread(lease)
+                with structlog.contextvars.bound_contextvars(thread_id=thread_id):
+                    await self._run_batch(lease, batch, thread_id, stored)
+            except PermanentApiError as exc:
+                await self._dead_letter(
+                    lease, batch, stored, Failure(ReasonCode.OPENAI_REJECTED, str(exc))
+                )
+            except ApiUnavailable as exc:
+                await self._dead_letter(
+                    lease,
+                    batch,
+                    stored,
+                    Failure(ReasonCode.OPENAI_UNAVAILABLE, str(exc), self._api.attempts),
+                )
+
+    async def _thread(self, lease: Lease) -> str:
+        conversation = await self._store.conversation(lease)
+        if conversation.thread_id is not None:
+            return conversation.thread_id
+        # An orphan thread from a crash right after this call is harmless: it holds nothing.
+        thread_id = await self._api.call(
+            "create_thread", lambda: self._backend.create_thread(lease.conversation_id)
+        )
+        await self._store.set_thread(lease, thread_id)
+        log.info("thread_created", thread_id=thread_id)
+        return thread_id
+
+    async def _run_batch(
+        self, lease: Lease, batch: OpenBatch, thread_id: str, stored: list[StoredEvent]
+    ) -> None:
+        messages = tuple(UserMessage.from_json(json.loads(e.body)) for e in stored)
+        conversation = await self._store.conversation(lease)
+        turn = Turn(
+            batch_id=batch.batch_id,
+            attempt=batch.attempt,
+            conversation_id=lease.conversation_id,
+            messages=messages,
+            assistant_id=_assistant_for(messages, conversation.assistant_id, self._settings),
+            add_messages=not batch.messages_added,
+        )
+        run_id = batch.run_id
+        while True:
+            finished = await self._run_once(lease, thread_id, turn, run_id)
+            if not self._retry_run(finished, turn):
+                break
+            log.warning("run_retry", run_id=finished.snapshot.run_id, attempt=turn.attempt)
+            error = finished.snapshot.error
+            await self._store.record_run_retry(
+                lease,
+                batch.batch_id,
+                finished.snapshot.run_id,
+                finished.snapshot.status,
+                finished.polls,
+                vars_of(error) if error else {},
+            )
+            turn = replace(turn, attempt=turn.attempt + 1, add_messages=False)
+            run_id = None
+        await self._record_reply(lease, batch, thread_id, turn, finished)
+
+    async def _run_once(
+        self, lease: Lease, thread_id: str, turn: Turn, run_id: str | None
+    ) -> FinishedRun:
+        if run_id is None:
+            run = await self._runner.start(thread_id, turn)
+            await self._store.record_run_started(lease, turn.batch_id, run.run_id, turn.attempt)
+            log.info("run_started", run_id=run.run_id, events=len(turn.messages))
+        else:
+            log.info("run_resumed", run_id=run_id)
+            run = await self._api.call(
+                "retrieve_run", lambda: self._backend.retrieve_run(thread_id, run_id)
+            )
+
+        async def remember(new_run_id: str) -> None:
+            await self._store.record_run_started(lease, turn.batch_id, new_run_id, turn.attempt)
+
+        return await self._runner.finish(thread_id, run, turn, remember)
+
+    def _retry_run(self, finished: FinishedRun, turn: Turn) -> bool:
+        snapshot = finished.snapshot
+        return (
+            snapshot.status is RunStatus.FAILED
+            and snapshot.error is not None
+            and snapshot.error.code in TRANSIENT_RUN_ERRORS
+            and turn.attempt < self._settings.run_attempts
+        )
+
+    async def _record_reply(
+        self, lease: Lease, batch: OpenBatch, thread_id: str, turn: Turn, finished: FinishedRun
+    ) -> None:
+        snapshot = finished.snapshot
+        messages: tuple[ReplyMessage, ...] = ()
+        if snapshot.status in (RunStatus.COMPLETED, RunStatus.INCOMPLETE):
+            messages = await self._api.call(
+                "list_messages", lambda: self._backend.reply_messages(thread_id, snapshot.run_id)
+            )
+        reply = AssistantReply(
+            conversation_id=lease.conversation_id,
+            in_reply_to=batch.event_ids,
+            status=snapshot.status.value,
+            messages=messages,
+            thread_id=thread_id,
+            run_id=snapshot.run_id,
+            assistant_id=turn.assistant_id,
+            backend=self._backend.name,
+            usage=snapshot.usage,
+            error=snapshot.error,
+        )
+        usage = None if snapshot.usage is None else vars_of(snapshot.usage)
+        error = None if snapshot.error is None else vars_of(snapshot.error)
+        await self._store.finish_batch(
+            lease,
+            batch.batch_id,
+            event_status="answered",
+            outbox=[reply_outbox(reply, self._settings.topology)],
+            run=(snapshot.run_id, snapshot.status.value, finished.polls, usage, error),
+        )
+        self._on_outbox()
+        log.info(
+            "reply_recorded",
+            run_id=snapshot.run_id,
+            status=snapshot.status.value,
+            reply_event_id=reply.event_id,
+            polls=finished.polls,
+        )
+
+    async def _dead_letter(
+        self, lease: Lease, batch: OpenBatch, stored: list[StoredEvent], failure: Failure
+    ) -> None:
+        topology = self._settings.topology
+        outbox = [
+            dead_letter_outbox(
+                Delivery(e.body, e.headers, e.event_id, topology.inbound_exchange, e.routing_key),
+                failure,
+                topology,
+                event_id=e.event_id,
+                conversation_id=lease.conversation_id,
+            )
+            for e in stored
+        ]
+        await self._store.finish_batch(
+            lease, batch.batch_id, event_status="dead_lettered", outbox=outbox
+        )
+        self._on_outbox()
+        log.error(
+            "batch_dead_lettered",
+            reason=str(failure.reason),
+            error=failure.error,
+            events=list(batch.event_ids),
+        )
+
+
+def _assistant_for(
+    messages: tuple[UserMessage, ...], stored: str | None, settings: Settings
+) -> str:
+    """The newest per-event override wins, then the conversation's, then the configured default."""
+    for message in reversed(messages):
+        if message.assistant_id:
+            return message.assistant_id
+    return stored or settings.assistant_id

@@ -1,0 +1,68 @@
+"""Decides what to do with one inbound delivery. No broker code: the consumer settles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+
+import structlog
+
+from worker.errors import InvalidEvent
+from worker.events import parse_user_message
+from worker.outbound import Delivery, Failure, dead_letter_outbox
+from worker.ownership import Ownership
+from worker.settings import Settings
+from worker.store import Store
+
+log = structlog.get_logger("worker.intake")
+
+
+class Settlement(StrEnum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+
+
+class Intake:
+    def __init__(
+        self, settings: Settings, store: Store, ownership: Ownership, on_outbox: Callable[[], None]
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._ownership = ownership
+        self._on_outbox = on_outbox
+
+    async def handle(self, delivery: Delivery) -> Settlement:
+        """Stores the event, then answers it if this worker can own the conversation.
+
+        The delivery is settled only after that, so while a worker is busy with a conversation
+        its message counts against the prefetch and the backlog stays visible in the queue.
+        """
+        try:
+            event = parse_user_message(delivery.body, delivery.message_id)
+        except InvalidEvent as exc:
+            log.warning("event_invalid", reason=str(exc.reason), error=exc.detail)
+            await self._store.add_to_outbox(
+                dead_letter_outbox(
+                    delivery, Failure(exc.reason, exc.detail), self._settings.topology
+                )
+            )
+            self._on_outbox()
+            return Settlement.ACK
+        with structlog.contextvars.bound_contextvars(
+            event_id=event.event_id, conversation_id=event.conversation_id
+        ):
+            result = await self._store.intake(
+                event_id=event.event_id,
+                conversation_id=event.conversation_id,
+                body=delivery.body,
+                headers=delivery.headers,
+                routing_key=delivery.routing_key,
+                replay_count=delivery.replay_count,
+                force=delivery.forced,
+                backend=self._settings.backend.value,
+                assistant_id=event.assistant_id or self._settings.assistant_id,
+            )
+            log.info("event_received", intake=result.value)
+            if result.needs_answer:
+                await self._ownership.own_and_process(event.conversation_id)
+            return Settlement.ACK

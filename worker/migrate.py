@@ -1,0 +1,63 @@
+"""Applies sql/migrations/NNNN_*.sql in order, each once, under an advisory lock."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "sql" / "migrations"
+_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
+# Any constant works; it only has to be the same for every migrating process.
+_ADVISORY_LOCK_KEY = 0x61775F6D6967  # "aw_mig"
+
+_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+
+def available_migrations() -> list[Migration]:
+    found = []
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        match = _NAME.match(path.name)
+        if match is None:
+            raise ValueError(f"migration file name {path.name!r} is not NNNN_name.sql")
+        found.append(Migration(int(match[1]), match[2], path))
+    return sorted(found, key=lambda m: m.version)
+
+
+async def migrate(dsn: str) -> list[Migration]:
+    """Brings the database up to date; returns the migrations applied by this call."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)
+        await conn.execute(_BOOKKEEPING)
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for migration in available_migrations():
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.path.read_text())
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            applied.append(migration)
+        return applied
+    finally:
+        await conn.close()

@@ -1,0 +1,81 @@
+"""The outbox relay: publishes recorded replies and dead letters, confirmed by the broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+from worker.store import ClaimedOutbox, Store
+
+log = structlog.get_logger("worker.publish")
+
+
+class OutboxRelay:
+    """Moves outbox rows to RabbitMQ. A row is marked published only after the broker confirms;
+    a crash in between publishes it again, with the same message_id, on the next pass."""
+
+    def __init__(
+        self, store: Store, channel: AbstractChannel, interval_s: float, batch: int = 100
+    ) -> None:
+        self._store = store
+        self._channel = channel
+        self._interval_s = interval_s
+        self._batch = batch
+        self._wake = asyncio.Event()
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                while await self.publish_pending() == self._batch:
+                    pass
+            except Exception as exc:  # noqa: BLE001 - broker or database blip; next pass retries
+                log.warning("outbox_pass_failed", error=repr(exc))
+            try:
+                async with asyncio.timeout(self._interval_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def publish_pending(self) -> int:
+        async with self._store.claim_outbox(self._batch) as (claimed, ack):
+            if not claimed:
+                return 0
+            results = await asyncio.gather(
+                *(self._publish(c) for c in claimed), return_exceptions=True
+            )
+            done = [c.outbox_id for c, r in zip(claimed, results, strict=True) if r is None]
+            failed = [c.outbox_id for c, r in zip(claimed, results, strict=True) if r is not None]
+            await ack.published(done)
+            await ack.failed(failed)
+            for result in results:
+                if isinstance(result, BaseException):
+                    log.warning("publish_failed", error=repr(result))
+            return len(claimed)
+
+    async def _publish(self, claimed: ClaimedOutbox) -> None:
+        m = claimed.message
+        exchange = await self._exchange(m.exchange)
+        await exchange.publish(
+            aio_pika.Message(
+                m.body,
+                headers=m.headers,
+                message_id=m.message_id,
+                content_type=m.content_type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=m.routing_key,
+            mandatory=True,
+        )
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        if name not in self._exchanges:
+            self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
+        return self._exchanges[name]

@@ -1,0 +1,100 @@
+"""Retries for transient model-API failures: one policy object decides, tenacity executes.
+
+The SDK's own retries are switched off (max_retries=0): they would stack with these, and a POST
+they repeat blindly can create a duplicate. Here every attempt of a creating call reconciles first.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import openai
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from worker.errors import ApiUnavailable, PermanentApiError
+
+T = TypeVar("T")
+log = structlog.get_logger("worker.retry")
+
+_TRANSIENT_STATUS = frozenset({408, 409, 429})
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in _TRANSIENT_STATUS or exc.status_code >= 500
+    return False
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """The server's own wait hint (`retry-after-ms` or `Retry-After` seconds), if any."""
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    headers = exc.response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except ValueError:
+        return None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter; the server's Retry-After wins when it asks longer."""
+
+    attempts: int
+    base_s: float
+    cap_s: float
+    jitter: float = 0.25
+
+    def delay_s(self, attempt: int, hint_s: float | None = None) -> float:
+        backoff: float = min(self.cap_s, self.base_s * 2.0 ** (attempt - 1))
+        backoff *= 1 - self.jitter * random.random()
+        if hint_s is not None:
+            return min(max(backoff, hint_s), self.cap_s)
+        return backoff
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return self.delay_s(state.attempt_number, retry_after_s(exc) if exc else None)
+
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Runs `fn` until it succeeds, fails permanently, or the attempts run out."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=self._wait,
+            retry=retry_if_exception(is_transient),
+            before_sleep=lambda s: log.warning(
+                "api_retry",
+                call=what,
+                attempt=s.attempt_number,
+                error=_describe(s.outcome.exception() if s.outcome else None),
+            ),
+            reraise=True,
+        )
+        try:
+            return await retrying(fn)
+        except openai.APIStatusError as exc:
+            if is_transient(exc):
+                raise ApiUnavailable(f"{what}: {_describe(exc)}") from exc
+            raise PermanentApiError(_error_code(exc), _describe(exc)) from exc
+        except openai.APIConnectionError as exc:
+            raise ApiUnavailable(f"{what}: {_describe(exc)}") from exc
+
+
+def _error_code(exc: openai.APIStatusError) -> str:
+    return exc.code or f"http_{exc.status_code}"
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,131 @@
+"""Drives one run on a backend: start it exactly once, poll it to the end, serve its tools."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from worker.backends.base import Backend, RunSnapshot, RunStatus, Turn
+from worker.errors import ThreadBusy
+from worker.events import RunError
+from worker.polling import PollSchedule
+from worker.retry import RetryPolicy
+from worker.tools import ToolRegistry
+
+log = structlog.get_logger("worker.runner")
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRun:
+    snapshot: RunSnapshot
+    polls: int
+
+
+class Runner:
+    def __init__(
+        self,
+        backend: Backend,
+        api: RetryPolicy,
+        schedule: PollSchedule,
+        deadline_s: float,
+        tools: ToolRegistry,
+    ) -> None:
+        self._backend = backend
+        self._api = api
+        self._schedule = schedule
+        self._deadline_s = deadline_s
+        self._tools = tools
+
+    async def start(self, thread_id: str, turn: Turn) -> RunSnapshot:
+        """Starts the turn's run, or finds the one an earlier attempt already started.
+
+        The API takes no idempotency key, so every attempt first looks for a run tagged with
+        this turn: a POST that timed out may have succeeded.
+        """
+
+        async def reconcile_then_start() -> RunSnapshot:
+            existing = await self._backend.find_run(thread_id, turn)
+            if existing is not None:
+                log.info("run_adopted", run_id=existing)
+                return await self._backend.retrieve_run(thread_id, existing)
+            return await self._backend.start_run(thread_id, turn)
+
+        while True:
+            try:
+                return await self._api.call("start_run", reconcile_then_start)
+            except ThreadBusy as busy:
+                # Someone else's run holds the thread: wait it out rather than fail ours.
+                log.warning("thread_busy", thread_id=thread_id, active_run_id=busy.active_run_id)
+                await self._wait_out(thread_id, busy.active_run_id)
+
+    async def finish(
+        self,
+        thread_id: str,
+        run: RunSnapshot,
+        turn: Turn,
+        on_new_run: Callable[[str], Awaitable[None]],
+    ) -> FinishedRun:
+        """Polls until the run ends or the deadline passes (then cancels it)."""
+        deadline = time.monotonic() + self._deadline_s
+        polls = 0
+        while not run.status.is_terminal:
+            if run.status is RunStatus.REQUIRES_ACTION:
+                previous = run.run_id
+                run = await self._serve_tools(thread_id, run, turn)
+                if run.run_id != previous:
+                    await on_new_run(run.run_id)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return FinishedRun(await self._cancel(thread_id, run), polls)
+            await asyncio.sleep(min(self._schedule.delay_s(polls, run.poll_after_ms), remaining))
+            run = await self._retrieve(thread_id, run.run_id)
+            polls += 1
+        return FinishedRun(run, polls)
+
+    async def _retrieve(self, thread_id: str, run_id: str) -> RunSnapshot:
+        return await self._api.call(
+            "retrieve_run", lambda: self._backend.retrieve_run(thread_id, run_id)
+        )
+
+    async def _serve_tools(self, thread_id: str, run: RunSnapshot, turn: Turn) -> RunSnapshot:
+        outputs = await self._tools.run_all(run.tool_calls)
+
+        async def reconcile_then_submit() -> RunSnapshot:
+            # A retried submit after a lost answer would be refused: check first.
+            current = await self._backend.retrieve_run(thread_id, run.run_id)
+            if current.status is not RunStatus.REQUIRES_ACTION:
+                return current
+            return await self._backend.submit_tool_outputs(thread_id, run.run_id, turn, outputs)
+
+        return await self._api.call("submit_tool_outputs", reconcile_then_submit)
+
+    async def _cancel(self, thread_id: str, run: RunSnapshot) -> RunSnapshot:
+        log.warning("run_deadline_exceeded", run_id=run.run_id, deadline_s=self._deadline_s)
+        await self._api.call("cancel_run", lambda: self._backend.cancel_run(thread_id, run.run_id))
+        return RunSnapshot(
+            run_id=run.run_id,
+            status=RunStatus.CANCELLED,
+            error=RunError(
+                "deadline_exceeded",
+                f"the run did not finish within {self._deadline_s:g} s and was cancelled",
+            ),
+        )
+
+    async def _wait_out(self, thread_id: str, run_id: str | None) -> None:
+        if run_id is None:
+            await asyncio.sleep(self._schedule.max_ms / 1000)
+            return
+        polls = 0
+        deadline = time.monotonic() + self._deadline_s
+        run = await self._retrieve(thread_id, run_id)
+        while not run.status.is_terminal and time.monotonic() < deadline:
+            await asyncio.sleep(self._schedule.delay_s(polls, run.poll_after_ms))
+            run = await self._retrieve(thread_id, run_id)
+            polls += 1
+        if not run.status.is_terminal:
+            await self._cancel(thread_id, run)

@@ -1,0 +1,152 @@
+"""The worker process: wires the parts together and owns their lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import aio_pika
+import openai
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+
+from worker import topology
+from worker.backends.assistants import AssistantsBackend
+from worker.backends.base import Backend
+from worker.consume import Consumer
+from worker.conversation import ConversationProcessor
+from worker.intake import Intake
+from worker.ownership import Ownership
+from worker.polling import PollSchedule
+from worker.publish import OutboxRelay
+from worker.retry import RetryPolicy
+from worker.runner import Runner
+from worker.settings import BackendName, Settings
+from worker.store import Store, create_pool
+from worker.tools import ToolRegistry, default_tools
+
+log = structlog.get_logger("worker.service")
+
+
+def make_backend(settings: Settings, client: openai.AsyncOpenAI) -> Backend:
+    if settings.backend is BackendName.ASSISTANTS:
+        return AssistantsBackend(client)
+    raise NotImplementedError(f"backend {settings.backend} is not available yet")
+
+
+def make_client(settings: Settings) -> openai.AsyncOpenAI:
+    # max_retries=0: worker.retry owns retries (see there why).
+    return openai.AsyncOpenAI(
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key.get_secret_value(),
+        timeout=settings.openai_timeout_s,
+        max_retries=0,
+    )
+
+
+class WorkerService:
+    def __init__(self, settings: Settings, tools: ToolRegistry | None = None) -> None:
+        self.settings = settings
+        self._tools = tools or default_tools()
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consumes until `stop` is set, then drains within the grace period and returns."""
+        s = self.settings
+        async with self._resources() as (store, connection, client):
+            consume_channel = await connection.channel()
+            await consume_channel.set_qos(prefetch_count=s.concurrency)
+            publish_channel = await connection.channel(publisher_confirms=True)
+            if s.declare_topology:
+                await topology.declare(publish_channel, s.topology)
+            relay = OutboxRelay(store, publish_channel, s.outbox_interval_s)
+            ownership = self._ownership(store, client, relay)
+            intake = Intake(s, store, ownership, relay.wake)
+            queue = await consume_channel.get_queue(s.topology.inbound_queue, ensure=False)
+            consumer = Consumer(queue, intake)
+            async with _background(
+                relay.run_forever(), ownership.renew_forever(), ownership.sweep_forever()
+            ) as crashed:
+                await consumer.start()
+                self.ready.set()
+                log.info("worker_started", backend=s.backend.value, concurrency=s.concurrency)
+                await _first_of(stop.wait(), crashed.wait())
+                self.ready.clear()
+                log.info("worker_stopping", grace_s=s.shutdown_grace_s)
+                await consumer.stop_consuming()
+                await ownership.stop_sweeps()
+                await consumer.drain(s.shutdown_grace_s)
+                # Replies recorded during the drain still go out before we leave.
+                await relay.publish_pending()
+        log.info("worker_stopped")
+
+    def _ownership(self, store: Store, client: openai.AsyncOpenAI, relay: OutboxRelay) -> Ownership:
+        s = self.settings
+        backend = make_backend(s, client)
+        api = RetryPolicy(s.api_attempts, s.api_backoff_base_s, s.api_backoff_cap_s)
+        schedule = PollSchedule(s.poll_initial_ms, s.poll_max_ms, s.poll_growth)
+        runner = Runner(backend, api, schedule, s.run_deadline_s, self._tools)
+        processor = ConversationProcessor(s, store, backend, runner, api, relay.wake)
+        return Ownership(
+            store,
+            processor.process,
+            owner=s.worker_name,
+            capacity=s.concurrency,
+            ttl_s=s.lease_ttl_s,
+            sweep_interval_s=s.sweep_interval_s,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _resources(
+        self,
+    ) -> AsyncIterator[tuple[Store, AbstractRobustConnection, openai.AsyncOpenAI]]:
+        s = self.settings
+        pool = await create_pool(
+            s.database_url.get_secret_value(), max_size=min(20, s.concurrency + 4)
+        )
+        try:
+            connection = await aio_pika.connect_robust(
+                s.amqp_url.get_secret_value(),
+                client_properties={"connection_name": f"assistant-worker {s.worker_name}"},
+            )
+            try:
+                async with make_client(s) as client:
+                    yield Store(pool), connection, client
+            finally:
+                await connection.close()
+        finally:
+            await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _background(*loops: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Event]:
+    """Runs side loops for the block; the event fires if one of them dies (then we stop)."""
+    crashed = asyncio.Event()
+
+    def on_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            log.error("background_task_died", task=task.get_name(), error=repr(task.exception()))
+            crashed.set()
+
+    tasks = [asyncio.create_task(loop) for loop in loops]
+    for task in tasks:
+        task.add_done_callback(on_done)
+    try:
+        yield crashed
+    finally:
+        for task in tasks:
+            task.remove_done_callback(on_done)
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    tasks = [asyncio.create_task(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,180 @@
+-- Every statement the worker runs, by name. Loaded once by worker/store.py.
+-- Parameters are listed in each header comment.
+
+-- name: lock_conversation
+-- Creates the conversation on first contact and row-locks it until the transaction ends, so
+-- intake and lease release serialise per conversation.
+-- $1 conversation_id, $2 backend, $3 assistant_id
+INSERT INTO conversations (conversation_id, backend, assistant_id)
+VALUES ($1, $2, $3)
+ON CONFLICT (conversation_id) DO UPDATE SET updated_at = now()
+RETURNING lease_token IS NOT NULL AND lease_expires_at > now() AS leased;
+
+-- name: insert_event
+-- $1 event_id, $2 conversation_id, $3 body, $4 headers, $5 routing_key, $6 replay_count
+INSERT INTO inbound_events (event_id, conversation_id, body, headers, routing_key, replay_count)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING seq;
+
+-- name: get_event
+-- $1 event_id
+SELECT status, replay_count, conversation_id FROM inbound_events WHERE event_id = $1;
+
+-- name: reopen_event
+-- An operator replayed the event: treat it as new.
+-- $1 event_id, $2 replay_count, $3 body, $4 headers
+UPDATE inbound_events
+SET status = 'pending', batch_id = NULL, replay_count = $2, body = $3, headers = $4,
+    settled_at = NULL
+WHERE event_id = $1;
+
+-- name: acquire_lease
+-- $1 conversation_id, $2 lease_token, $3 lease_owner, $4 ttl seconds
+UPDATE conversations
+SET lease_token = $2, lease_owner = $3,
+    lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
+WHERE conversation_id = $1 AND (lease_token IS NULL OR lease_expires_at <= now())
+RETURNING conversation_id;
+
+-- name: renew_leases
+-- $1 lease tokens held by this process, $2 ttl seconds
+UPDATE conversations
+SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE lease_token = ANY($1::uuid[])
+RETURNING lease_token;
+
+-- name: fence
+-- Locks the conversation row if the caller still holds the lease.
+-- $1 conversation_id, $2 lease_token
+SELECT backend, thread_id, assistant_id
+FROM conversations
+WHERE conversation_id = $1 AND lease_token = $2
+FOR UPDATE;
+
+-- name: has_pending_work
+-- $1 conversation_id
+SELECT EXISTS (SELECT 1 FROM inbound_events WHERE conversation_id = $1 AND status = 'pending')
+    OR EXISTS (SELECT 1 FROM batches WHERE conversation_id = $1 AND status = 'open');
+
+-- name: release_lease
+-- $1 conversation_id, $2 lease_token
+UPDATE conversations
+SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+WHERE conversation_id = $1 AND lease_token = $2;
+
+-- name: hand_back_lease
+-- Lets another worker take the conversation at once (shutdown), keeping the token so late
+-- writes by this process stay fenced until someone else takes it over.
+-- $1 conversation_id, $2 lease_token
+UPDATE conversations SET lease_expires_at = now()
+WHERE conversation_id = $1 AND lease_token = $2;
+
+-- name: set_thread
+-- $1 conversation_id, $2 thread_id
+UPDATE conversations SET thread_id = $2, updated_at = now() WHERE conversation_id = $1;
+
+-- name: pending_events
+-- $1 conversation_id, $2 limit
+SELECT event_id, body
+FROM inbound_events
+WHERE conversation_id = $1 AND status = 'pending'
+ORDER BY seq
+LIMIT $2;
+
+-- name: open_batch
+-- $1 conversation_id
+SELECT batch_id, event_ids, attempt, run_id, messages_added
+FROM batches
+WHERE conversation_id = $1 AND status = 'open';
+
+-- name: batch_events
+-- $1 event_ids, in the batch's order
+SELECT e.event_id, e.body, e.headers, e.routing_key
+FROM unnest($1::text[]) WITH ORDINALITY AS b(event_id, position)
+JOIN inbound_events e USING (event_id)
+ORDER BY b.position;
+
+-- name: insert_batch
+-- $1 batch_id, $2 conversation_id, $3 event_ids
+INSERT INTO batches (batch_id, conversation_id, event_ids) VALUES ($1, $2, $3);
+
+-- name: mark_events_batched
+-- $1 batch_id, $2 event_ids
+UPDATE inbound_events SET status = 'batched', batch_id = $1
+WHERE event_id = ANY($2::text[]) AND status = 'pending';
+
+-- name: record_run_started
+-- $1 batch_id, $2 run_id, $3 attempt
+WITH started AS (
+    UPDATE batches SET run_id = $2, attempt = $3, messages_added = true
+    WHERE batch_id = $1
+    RETURNING batch_id
+)
+INSERT INTO runs (run_id, batch_id, attempt, status)
+SELECT $2, batch_id, $3, 'started' FROM started
+ON CONFLICT (run_id) DO NOTHING;
+
+-- name: record_run_ended
+-- $1 run_id, $2 status, $3 polls, $4 usage, $5 error
+UPDATE runs SET status = $2, polls = polls + $3, usage = $4, error = $5, ended_at = now()
+WHERE run_id = $1;
+
+-- name: record_run_retry
+-- The run ended for a transient reason; the batch gets a new run (messages are already added).
+-- $1 batch_id
+UPDATE batches SET run_id = NULL, first_failure_at = coalesce(first_failure_at, now())
+WHERE batch_id = $1;
+
+-- name: finish_batch
+-- $1 batch_id, $2 final event status ('answered' or 'dead_lettered')
+WITH finished AS (
+    UPDATE batches SET status = 'finished', finished_at = now()
+    WHERE batch_id = $1
+    RETURNING event_ids
+)
+UPDATE inbound_events SET status = $2::event_status, settled_at = now()
+WHERE event_id = ANY((SELECT event_ids FROM finished)::text[]);
+
+-- name: sweepable_conversations
+-- Conversations with work whose owner is gone (lease expired or never taken).
+-- $1 limit
+SELECT c.conversation_id
+FROM conversations c
+WHERE (c.lease_token IS NULL OR c.lease_expires_at <= now())
+  AND (EXISTS (SELECT 1 FROM inbound_events e
+               WHERE e.conversation_id = c.conversation_id AND e.status = 'pending')
+       OR EXISTS (SELECT 1 FROM batches b
+                  WHERE b.conversation_id = c.conversation_id AND b.status = 'open'))
+LIMIT $1;
+
+-- name: insert_outbox
+-- $1 dedupe_key, $2 kind, $3 message_id, $4 exchange, $5 routing_key, $6 headers, $7 body,
+-- $8 content_type
+INSERT INTO outbox (dedupe_key, kind, message_id, exchange, routing_key, headers, body,
+                    content_type)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (dedupe_key) DO NOTHING;
+
+-- name: claim_outbox
+-- SKIP LOCKED lets several workers drain the outbox without waiting on each other.
+-- $1 limit
+SELECT outbox_id, message_id, exchange, routing_key, headers, body, content_type
+FROM outbox
+WHERE published_at IS NULL
+ORDER BY outbox_id
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- name: mark_published
+-- $1 outbox_ids
+UPDATE outbox SET published_at = now(), publish_attempts = publish_attempts + 1
+WHERE outbox_id = ANY($1::bigint[]);
+
+-- name: mark_publish_failed
+-- $1 outbox_ids
+UPDATE outbox SET publish_attempts = publish_attempts + 1
+WHERE outbox_id = ANY($1::bigint[]);
+
+-- name: outbox_backlog
+SELECT count(*) FROM outbox WHERE published_at IS NULL;

@@ -1,0 +1,331 @@
+"""Postgres: the source of truth. All SQL lives in sql/queries.sql and runs through here."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from worker.errors import LeaseLost
+
+Connection = PoolConnectionProxy[asyncpg.Record]
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+_QUERY_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@cache
+def queries() -> dict[str, str]:
+    """Named statements from queries.sql, keyed by their `-- name:` header."""
+    text = (SQL_DIR / "queries.sql").read_text()
+    parts = _QUERY_HEADER.split(text)[1:]
+    return {name: body.strip() for name, body in zip(parts[::2], parts[1::2], strict=True)}
+
+
+def q(name: str) -> str:
+    return queries()[name]
+
+
+class IntakeResult(StrEnum):
+    NEW = "new"
+    REOPENED = "reopened"
+    ALREADY_PENDING = "already_pending"
+    ALREADY_SETTLED = "already_settled"
+
+    @property
+    def needs_answer(self) -> bool:
+        return self is not IntakeResult.ALREADY_SETTLED
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    conversation_id: str
+    token: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRow:
+    backend: str
+    thread_id: str | None
+    assistant_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: str
+    body: bytes
+    headers: dict[str, Any]
+    routing_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBatch:
+    batch_id: uuid.UUID
+    event_ids: tuple[str, ...]
+    attempt: int
+    run_id: str | None
+    messages_added: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    dedupe_key: str
+    kind: str
+    message_id: str
+    exchange: str
+    routing_key: str
+    headers: dict[str, Any]
+    body: bytes
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedOutbox:
+    outbox_id: int
+    message: OutboxMessage
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, init=_init_connection)
+    assert pool is not None
+    return pool
+
+
+class Store:
+    """Typed operations on the worker's tables; each method is one short transaction."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def _fenced(self, lease: Lease) -> AsyncIterator[tuple[Connection, ConversationRow]]:
+        """A transaction that only proceeds while `lease` is still ours, holding the row lock."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(q("fence"), lease.conversation_id, lease.token)
+            if row is None:
+                raise LeaseLost(lease.conversation_id)
+            yield conn, ConversationRow(row["backend"], row["thread_id"], row["assistant_id"])
+
+    # -- intake -------------------------------------------------------------------------------
+
+    async def intake(
+        self,
+        *,
+        event_id: str,
+        conversation_id: str,
+        body: bytes,
+        headers: dict[str, Any],
+        routing_key: str,
+        replay_count: int,
+        force: bool,
+        backend: str,
+        assistant_id: str | None,
+    ) -> IntakeResult:
+        """Stores the event and says whether it still needs an answer."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.fetchrow(q("lock_conversation"), conversation_id, backend, assistant_id)
+            seq = await conn.fetchval(
+                q("insert_event"),
+                event_id,
+                conversation_id,
+                body,
+                headers,
+                routing_key,
+                replay_count,
+            )
+            if seq is not None:
+                return IntakeResult.NEW
+            existing = await conn.fetchrow(q("get_event"), event_id)
+            assert existing is not None
+            status, stored_replays = existing["status"], existing["replay_count"]
+            if _reopens(status, stored_replays, replay_count, force):
+                await conn.execute(q("reopen_event"), event_id, replay_count, body, headers)
+                return IntakeResult.REOPENED
+            if status in ("answered", "dead_lettered"):
+                return IntakeResult.ALREADY_SETTLED
+            return IntakeResult.ALREADY_PENDING
+
+    async def acquire_lease(self, conversation_id: str, owner: str, ttl_s: float) -> Lease | None:
+        token = uuid.uuid4()
+        got = await self._pool.fetchval(q("acquire_lease"), conversation_id, token, owner, ttl_s)
+        return None if got is None else Lease(conversation_id, token)
+
+    async def renew_leases(self, leases: Sequence[Lease], ttl_s: float) -> set[uuid.UUID]:
+        rows = await self._pool.fetch(q("renew_leases"), [lease.token for lease in leases], ttl_s)
+        return {row["lease_token"] for row in rows}
+
+    async def release_lease_if_idle(self, lease: Lease) -> bool:
+        """Gives the conversation up unless work arrived meanwhile (then the owner goes on)."""
+        async with self._fenced(lease) as (conn, _):
+            if await conn.fetchval(q("has_pending_work"), lease.conversation_id):
+                return False
+            await conn.execute(q("release_lease"), lease.conversation_id, lease.token)
+            return True
+
+    async def hand_back_lease(self, lease: Lease) -> None:
+        await self._pool.execute(q("hand_back_lease"), lease.conversation_id, lease.token)
+
+    async def sweepable_conversations(self, limit: int) -> list[str]:
+        rows = await self._pool.fetch(q("sweepable_conversations"), limit)
+        return [row["conversation_id"] for row in rows]
+
+    # -- conversation work (fenced) -------------------------------------------------------------
+
+    async def conversation(self, lease: Lease) -> ConversationRow:
+        async with self._fenced(lease) as (_, row):
+            return row
+
+    async def set_thread(self, lease: Lease, thread_id: str) -> None:
+        async with self._fenced(lease) as (conn, _):
+            await conn.execute(q("set_thread"), lease.conversation_id, thread_id)
+
+    async def open_batch(self, lease: Lease) -> OpenBatch | None:
+        async with self._fenced(lease) as (conn, _):
+            row = await conn.fetchrow(q("open_batch"), lease.conversation_id)
+        if row is None:
+            return None
+        return OpenBatch(
+            row["batch_id"],
+            tuple(row["event_ids"]),
+            row["attempt"],
+            row["run_id"],
+            row["messages_added"],
+        )
+
+    async def start_batch(self, lease: Lease, max_events: int) -> OpenBatch | None:
+        """Groups the pending events (oldest first) into a new batch, or None if there are none."""
+        async with self._fenced(lease) as (conn, _):
+            rows = await conn.fetch(q("pending_events"), lease.conversation_id, max_events)
+            if not rows:
+                return None
+            batch = OpenBatch(uuid.uuid4(), tuple(r["event_id"] for r in rows), 1, None, False)
+            await conn.execute(
+                q("insert_batch"), batch.batch_id, lease.conversation_id, list(batch.event_ids)
+            )
+            await conn.execute(q("mark_events_batched"), batch.batch_id, list(batch.event_ids))
+            return batch
+
+    async def batch_events(self, event_ids: Sequence[str]) -> list[StoredEvent]:
+        rows = await self._pool.fetch(q("batch_events"), list(event_ids))
+        return [StoredEvent(r["event_id"], r["body"], r["headers"], r["routing_key"]) for r in rows]
+
+    async def record_run_started(
+        self, lease: Lease, batch_id: uuid.UUID, run_id: str, attempt: int
+    ) -> None:
+        async with self._fenced(lease) as (conn, _):
+            await conn.execute(q("record_run_started"), batch_id, run_id, attempt)
+
+    async def record_run_retry(
+        self,
+        lease: Lease,
+        batch_id: uuid.UUID,
+        run_id: str,
+        status: str,
+        polls: int,
+        error: dict[str, str],
+    ) -> None:
+        async with self._fenced(lease) as (conn, _):
+            await conn.execute(q("record_run_ended"), run_id, status, polls, None, error)
+            await conn.execute(q("record_run_retry"), batch_id)
+
+    async def finish_batch(
+        self,
+        lease: Lease,
+        batch_id: uuid.UUID,
+        *,
+        event_status: str,
+        outbox: Sequence[OutboxMessage],
+        run: tuple[str, str, int, dict[str, int] | None, dict[str, str] | None] | None = None,
+    ) -> None:
+        """Closes the batch, settles its events and queues what to publish, atomically."""
+        async with self._fenced(lease) as (conn, _):
+            if run is not None:
+                await conn.execute(q("record_run_ended"), *run)
+            await conn.execute(q("finish_batch"), batch_id, event_status)
+            for message in outbox:
+                await _insert_outbox(conn, message)
+
+    # -- outbox ---------------------------------------------------------------------------------
+
+    async def add_to_outbox(self, message: OutboxMessage) -> None:
+        async with self._pool.acquire() as conn:
+            await _insert_outbox(conn, message)
+
+    @asynccontextmanager
+    async def claim_outbox(
+        self, limit: int
+    ) -> AsyncIterator[tuple[list[ClaimedOutbox], OutboxAck]]:
+        """Locks up to `limit` unpublished rows for the length of the block."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(q("claim_outbox"), limit)
+            claimed = [
+                ClaimedOutbox(
+                    r["outbox_id"],
+                    OutboxMessage(
+                        dedupe_key="",
+                        kind="",
+                        message_id=r["message_id"],
+                        exchange=r["exchange"],
+                        routing_key=r["routing_key"],
+                        headers=r["headers"],
+                        body=r["body"],
+                        content_type=r["content_type"],
+                    ),
+                )
+                for r in rows
+            ]
+            yield claimed, OutboxAck(conn)
+
+    async def outbox_backlog(self) -> int:
+        return int(await self._pool.fetchval(q("outbox_backlog")))
+
+
+class OutboxAck:
+    """Marks rows claimed in the enclosing transaction as published or failed."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def published(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._conn.execute(q("mark_published"), list(ids))
+
+    async def failed(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._conn.execute(q("mark_publish_failed"), list(ids))
+
+
+async def _insert_outbox(conn: Connection, m: OutboxMessage) -> None:
+    await conn.execute(
+        q("insert_outbox"),
+        m.dedupe_key,
+        m.kind,
+        m.message_id,
+        m.exchange,
+        m.routing_key,
+        m.headers,
+        m.body,
+        m.content_type,
+    )
+
+
+def _reopens(status: str, stored_replays: int, replay_count: int, force: bool) -> bool:
+    """A known event is new work again only after an operator's replay (counted, so a redelivery
+    of that replay is still a duplicate); an answered one only when the replay is forced."""
+    if replay_count <= stored_replays:
+        return False
+    return status == "dead_lettered" or (force and status == "answered")
