@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -39,9 +40,24 @@ def available_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
+async def _connect_creating(dsn: str) -> asyncpg.Connection:
+    """Connects, creating the database first if it does not exist yet."""
+    try:
+        return await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        parts = urlsplit(dsn)
+        name = parts.path.lstrip("/")
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name.replace(chr(34), "")}"')
+        finally:
+            await admin.close()
+        return await asyncpg.connect(dsn)
+
+
 async def migrate(dsn: str) -> list[Migration]:
     """Brings the database up to date; returns the migrations applied by this call."""
-    conn = await asyncpg.connect(dsn)
+    conn = await _connect_creating(dsn)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)
         await conn.execute(_BOOKKEEPING)

@@ -1,0 +1,46 @@
+# The front door. `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test lint format typecheck check migrate standin clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create the virtualenv and install the worker with its dev tools
+
+demo: $(STAMP) ## Migrate, start stand-in + worker, play a conversation, print the replies
+	$(BIN)/assistant-worker migrate
+	$(BIN)/assistant-worker demo
+
+test: $(STAMP) ## Run the test suite against the local Postgres and RabbitMQ
+	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP) ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+check: lint test ## Everything CI checks
+
+migrate: $(STAMP) ## Apply database migrations (AW_DATABASE_URL)
+	$(BIN)/assistant-worker migrate
+
+standin: $(STAMP) ## Serve the OpenAI stand-in on :8900
+	$(BIN)/assistant-worker standin --port 8900
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,149 @@
+"""Fixtures on the real servers: a fresh database and fresh RabbitMQ names for every test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aio_pika
+import asyncpg
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from tests.support import AMQP_URL, admin_sql, dsn_for
+from worker import topology as topo
+from worker.migrate import migrate
+from worker.service import WorkerService
+from worker.settings import Settings, Topology
+
+if TYPE_CHECKING:
+    from worker.standin import StandIn
+
+TEMPLATE_DB = f"aw_test_template_{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    """Migrated once per run; every test copies it (CREATE DATABASE ... TEMPLATE is fast)."""
+    asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"'))
+    asyncio.run(admin_sql(f'CREATE DATABASE "{TEMPLATE_DB}"'))
+    asyncio.run(migrate(dsn_for(TEMPLATE_DB)))
+    yield TEMPLATE_DB
+    asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def database_url(template_database: str) -> AsyncIterator[str]:
+    name = f"aw_test_{uuid.uuid4().hex[:12]}"
+    await admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield dsn_for(name)
+    await admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def topology() -> Topology:
+    tag = f"t{uuid.uuid4().hex[:10]}"
+    return Topology(
+        inbound_exchange=f"{tag}.inbound",
+        inbound_queue=f"{tag}.user_messages",
+        outbound_exchange=f"{tag}.outbound",
+        reply_queue=f"{tag}.replies",
+        dead_letter_exchange=f"{tag}.dead_letter",
+        dead_letter_queue=f"{tag}.dead_letter",
+    )
+
+
+@pytest.fixture
+async def amqp(request: pytest.FixtureRequest) -> AsyncIterator[AbstractRobustConnection]:
+    connection = await aio_pika.connect_robust(
+        AMQP_URL, client_properties={"connection_name": f"test {request.node.name}"}
+    )
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def channel(
+    amqp: AbstractRobustConnection, topology: Topology
+) -> AsyncIterator[AbstractChannel]:
+    """A confirming channel with the test's topology declared; deleted after the test."""
+    ch = await amqp.channel(publisher_confirms=True)
+    await topo.declare(ch, topology)
+    yield ch
+    await topo.delete(ch, topology)
+    await ch.close()
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[StandIn]:
+    from worker.standin import StandIn, StandInConfig
+
+    server = StandIn(StandInConfig(run_duration_ms=100, queue_ms=10, poll_after_ms=None))
+    await server.start(host="127.0.0.1", port=0)
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def settings(
+    database_url: str, topology: Topology, standin: StandIn, channel: AbstractChannel
+) -> Settings:
+    return Settings(
+        amqp_url=AMQP_URL,
+        database_url=database_url,
+        openai_base_url=standin.base_url,
+        openai_api_key="sk-test-secret-key-0123456789",
+        topology=topology,
+        concurrency=8,
+        poll_initial_ms=30,
+        poll_max_ms=300,
+        api_attempts=4,
+        api_backoff_base_s=0.05,
+        api_backoff_cap_s=1.0,
+        lease_ttl_s=3.0,
+        sweep_interval_s=1.0,
+        outbox_interval_s=0.2,
+        shutdown_grace_s=5.0,
+        worker_name=f"test-worker-{uuid.uuid4().hex[:6]}",
+    )
+
+
+@dataclass
+class RunningWorker:
+    service: WorkerService
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, timeout=30)
+
+
+async def start_worker(settings: Settings) -> RunningWorker:
+    service = WorkerService(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    ready = asyncio.create_task(service.ready.wait())
+    await asyncio.wait({ready, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    assert service.ready.is_set(), "worker did not become ready within 20 s"
+    return RunningWorker(service, stop, task)
+
+
+@pytest.fixture
+async def worker(settings: Settings) -> AsyncIterator[RunningWorker]:
+    running = await start_worker(settings)
+    yield running
+    await running.shutdown()

@@ -1,0 +1,107 @@
+"""The `assistant-worker` command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from worker.logging import configure_logging
+from worker.settings import Settings
+
+app = typer.Typer(
+    help="Relay helpdesk messages to an OpenAI assistant and publish its replies.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    secrets = [settings.openai_api_key.get_secret_value()]
+    for dsn in (settings.amqp_url, settings.database_url):
+        secrets.append(dsn.get_secret_value())
+        password = _password(dsn.get_secret_value())
+        if password:
+            secrets.append(password)
+    configure_logging(settings.log_level, settings.log_format, secrets)
+    return settings
+
+
+def _password(dsn: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(dsn).password
+
+
+@app.command()
+def run() -> None:
+    """Consume user messages and publish replies until SIGTERM or SIGINT."""
+    from worker.service import WorkerService
+
+    settings = _settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await WorkerService(settings).run(stop)
+
+    asyncio.run(main())
+
+
+@app.command()
+def migrate() -> None:
+    """Create the database if needed and apply pending schema migrations."""
+    from worker.migrate import migrate as apply
+
+    settings = _settings()
+    applied = asyncio.run(apply(settings.database_url.get_secret_value()))
+    if applied:
+        for m in applied:
+            typer.echo(f"applied {m.version:04d}_{m.name}")
+    else:
+        typer.echo("database schema is up to date")
+
+
+@app.command()
+def standin(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8900,
+    run_duration_ms: Annotated[int, typer.Option(help="How long a run takes.")] = 200,
+    queue_ms: Annotated[int, typer.Option(help="How long a run stays queued.")] = 20,
+    poll_after_ms: Annotated[int, typer.Option(help="openai-poll-after-ms hint; 0 = none.")] = 500,
+) -> None:
+    """Serve the OpenAI stand-in (Assistants and Responses APIs) for tests and demos."""
+    from worker.standin import StandInConfig, serve
+
+    config = StandInConfig(
+        run_duration_ms=run_duration_ms, queue_ms=queue_ms, poll_after_ms=poll_after_ms or None
+    )
+    typer.echo(f"OpenAI stand-in on http://{host}:{port}/v1 (Ctrl-C to stop)")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config, host, port))
+
+
+@app.command()
+def demo(
+    standin_port: Annotated[
+        int, typer.Option(help="Port for the in-process stand-in; 0 = any.")
+    ] = 0,
+    timeout_s: Annotated[float, typer.Option(help="Give up after this long.")] = 60.0,
+) -> None:
+    """Start the stand-in and a worker, play a short helpdesk conversation, print the replies."""
+    from worker.demo import play
+
+    settings = _settings()
+    ok = asyncio.run(play(settings, standin_port=standin_port, timeout_s=timeout_s))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,58 @@
+"""The helpdesk's side of the contract: publish user messages, read replies.
+
+Used by the demo, the benchmarks and the tests, and a reference for integrators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+from worker.settings import Topology
+
+
+async def publish_user_message(
+    channel: AbstractChannel, topology: Topology, event: dict[str, Any]
+) -> None:
+    """Publishes one user_message.v1 (persistent, confirmed when the channel confirms)."""
+    exchange = await channel.get_exchange(topology.inbound_exchange, ensure=False)
+    await exchange.publish(
+        aio_pika.Message(
+            json.dumps(event).encode(),
+            message_id=str(event.get("event_id", "")) or None,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        ),
+        routing_key=topology.inbound_routing_key,
+    )
+
+
+async def replies(queue: AbstractQueue, timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+    """Yields reply events as they arrive (acknowledging each) until `timeout_s` of silence."""
+    async with queue.iterator(timeout=timeout_s) as messages:
+        try:
+            async for message in messages:
+                async with message.process():
+                    yield json.loads(message.body)
+        except TimeoutError:
+            return
+
+
+async def wait_for_replies(
+    queue: AbstractQueue, event_ids: set[str], timeout_s: float
+) -> list[dict[str, Any]]:
+    """Collects replies until every event ID was answered or `timeout_s` passed."""
+    collected: list[dict[str, Any]] = []
+    missing = set(event_ids)
+    async with asyncio.timeout(timeout_s):
+        async for reply in replies(queue, timeout_s):
+            collected.append(reply)
+            missing -= set(reply["in_reply_to"])
+            if not missing:
+                break
+    return collected
