@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import aio_pika
 import asyncpg
 import pytest
+from pydantic import SecretStr
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from tests.support import AMQP_URL, admin_sql, dsn_for
@@ -100,10 +101,10 @@ def settings(
     database_url: str, topology: Topology, standin: StandIn, channel: AbstractChannel
 ) -> Settings:
     return Settings(
-        amqp_url=AMQP_URL,
-        database_url=database_url,
+        amqp_url=SecretStr(AMQP_URL),
+        database_url=SecretStr(database_url),
         openai_base_url=standin.base_url,
-        openai_api_key="sk-test-secret-key-0123456789",
+        openai_api_key=SecretStr("sk-test-secret-key-0123456789"),
         topology=topology,
         concurrency=8,
         poll_initial_ms=30,

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
 
+import aio_pika
 import asyncpg
+from aio_pika.abc import AbstractChannel
+
+from worker.helpdesk import publish_user_message, wait_for_replies
+from worker.settings import Topology
 
 PG_ADMIN_DSN = os.environ.get(
     "AW_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -22,3 +32,66 @@ async def admin_sql(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def publish(channel: AbstractChannel, topology: Topology, **event: Any) -> dict[str, Any]:
+    """Publishes a user_message.v1 with a fresh event_id unless one is given."""
+    event.setdefault("event_id", f"evt-{uuid.uuid4().hex[:12]}")
+    await publish_user_message(channel, topology, event)
+    return event
+
+
+async def publish_raw(channel: AbstractChannel, topology: Topology, body: bytes) -> None:
+    exchange = await channel.get_exchange(topology.inbound_exchange, ensure=False)
+    await exchange.publish(aio_pika.Message(body), routing_key=topology.inbound_routing_key)
+
+
+async def replies_for(
+    channel: AbstractChannel, topology: Topology, event_ids: set[str], timeout_s: float = 15
+) -> list[dict[str, Any]]:
+    queue = await channel.get_queue(topology.reply_queue, ensure=False)
+    try:
+        return await wait_for_replies(queue, event_ids, timeout_s)
+    except TimeoutError:
+        raise AssertionError(f"no reply within {timeout_s} s for {sorted(event_ids)}") from None
+
+
+async def drain(channel: AbstractChannel, queue_name: str, quiet_s: float = 0.5) -> list[Message]:
+    """Everything that arrives in `queue_name` until `quiet_s` of silence (acknowledged)."""
+    queue = await channel.get_queue(queue_name, ensure=False)
+    got: list[Message] = []
+    while True:
+        message = await queue.get(fail=False, timeout=5)
+        if message is None:
+            await asyncio.sleep(quiet_s)
+            message = await queue.get(fail=False, timeout=5)
+            if message is None:
+                return got
+        await message.ack()
+        got.append(Message(message.body, dict(message.headers or {}), message.message_id))
+
+
+async def wait_for_dead_letters(
+    channel: AbstractChannel, topology: Topology, count: int, timeout_s: float = 15
+) -> list[Message]:
+    queue = await channel.get_queue(topology.dead_letter_queue, ensure=False)
+    got: list[Message] = []
+    async with asyncio.timeout(timeout_s):
+        while len(got) < count:
+            message = await queue.get(fail=False, timeout=5)
+            if message is None:
+                await asyncio.sleep(0.05)
+                continue
+            await message.ack()
+            got.append(Message(message.body, dict(message.headers or {}), message.message_id))
+    return got
+
+
+@dataclass(frozen=True)
+class Message:
+    body: bytes
+    headers: dict[str, Any]
+    message_id: str | None
+
+    def json(self) -> Any:
+        return json.loads(self.body)

@@ -60,7 +60,7 @@ class Intake:
                 replay_count=delivery.replay_count,
                 force=delivery.forced,
                 backend=self._settings.backend.value,
-                assistant_id=event.assistant_id or self._settings.assistant_id,
+                assistant_id=self._settings.assistant_id,
             )
             log.info("event_received", intake=result.value)
             if result.needs_answer:

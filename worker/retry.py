@@ -81,13 +81,16 @@ class RetryPolicy:
             reraise=True,
         )
         try:
-            return await retrying(fn)
+            async for attempt in retrying:
+                with attempt:
+                    return await fn()
         except openai.APIStatusError as exc:
             if is_transient(exc):
                 raise ApiUnavailable(f"{what}: {_describe(exc)}") from exc
             raise PermanentApiError(_error_code(exc), _describe(exc)) from exc
         except openai.APIConnectionError as exc:
             raise ApiUnavailable(f"{what}: {_describe(exc)}") from exc
+        raise AssertionError("unreachable: tenacity either returns or reraises")
 
 
 def _error_code(exc: openai.APIStatusError) -> str:

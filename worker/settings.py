@@ -35,7 +35,9 @@ class Topology(BaseSettings):
 class Settings(BaseSettings):
     """Worker settings; every field is an environment variable named AW_<FIELD> unless noted."""
 
-    model_config = SettingsConfigDict(env_prefix="AW_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="AW_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
     database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/assistant_worker")

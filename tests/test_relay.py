@@ -1,0 +1,235 @@
+"""The core relay end to end: real RabbitMQ, real Postgres, the stand-in over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from tests.conftest import RunningWorker
+from tests.support import (
+    drain,
+    publish,
+    publish_raw,
+    replies_for,
+    wait_for_dead_letters,
+)
+from worker.events import validator
+from worker.settings import Topology
+from worker.standin import StandIn
+
+
+async def test_a_user_message_gets_one_valid_reply(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology
+) -> None:
+    event = await publish(channel, topology, conversation_id="c-happy", text="Where is my parcel?")
+    [reply] = await replies_for(channel, topology, {event["event_id"]})
+
+    assert list(validator("assistant_reply.v1").iter_errors(reply)) == []
+    assert reply["status"] == "completed"
+    assert reply["in_reply_to"] == [event["event_id"]]
+    assert reply["conversation_id"] == "c-happy"
+    assert reply["text"] == "Echo: Where is my parcel?"
+    assert reply["usage"]["total_tokens"] > 0
+    assert reply["error"] is None
+    assert await drain(channel, topology.reply_queue) == []
+
+
+async def test_first_contact_creates_one_thread_and_later_messages_reuse_it(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    db: asyncpg.Connection,
+) -> None:
+    first = await publish(channel, topology, conversation_id="c-reuse", text="one")
+    [r1] = await replies_for(channel, topology, {first["event_id"]})
+    second = await publish(channel, topology, conversation_id="c-reuse", text="two")
+    [r2] = await replies_for(channel, topology, {second["event_id"]})
+
+    assert r1["thread_id"] == r2["thread_id"]
+    assert r2["text"] == "Echo: two"
+    stored = await db.fetchval(
+        "SELECT thread_id FROM conversations WHERE conversation_id = 'c-reuse'"
+    )
+    assert stored == r1["thread_id"]
+    thread_creates = [
+        e for e in standin.journal if e["method"] == "POST" and e["path"] == "/v1/threads"
+    ]
+    assert len(thread_creates) == 1
+
+
+async def test_two_conversations_are_answered_concurrently(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology, standin: StandIn
+) -> None:
+    a = await publish(channel, topology, conversation_id="c-a", text="slow a [[delay_ms:1500]]")
+    b = await publish(channel, topology, conversation_id="c-b", text="slow b [[delay_ms:1500]]")
+    replies = await replies_for(channel, topology, {a["event_id"], b["event_id"]})
+
+    assert {r["conversation_id"] for r in replies} == {"c-a", "c-b"}
+    runs = {r["id"]: r for r in standin.run_records()}
+    run_a, run_b = (runs[r["run_id"]] for r in sorted(replies, key=lambda r: r["conversation_id"]))
+    # Both runs were in flight at the same moment: neither waited for the other.
+    assert run_a["created_at"] < run_b["ended_at"]
+    assert run_b["created_at"] < run_a["ended_at"]
+
+
+async def test_invalid_event_is_dead_lettered_and_the_valid_one_beside_it_answered(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology
+) -> None:
+    bad_body = json.dumps({"event_id": "evt-bad", "text": "no conversation"}).encode()
+    await publish_raw(channel, topology, bad_body)
+    await publish_raw(channel, topology, b"\x00 not json at all")
+    good = await publish(channel, topology, conversation_id="c-good", text="fine")
+
+    [reply] = await replies_for(channel, topology, {good["event_id"]})
+    assert reply["status"] == "completed"
+    dead = await wait_for_dead_letters(channel, topology, 2)
+    by_reason = {d.headers["x-aw-reason"]: d for d in dead}
+    assert set(by_reason) == {"schema_invalid", "malformed_json"}
+    assert by_reason["schema_invalid"].body == bad_body
+    assert (
+        "'conversation_id' is a required property"
+        in by_reason["schema_invalid"].headers["x-aw-error"]
+    )
+    assert by_reason["malformed_json"].body == b"\x00 not json at all"
+    assert by_reason["schema_invalid"].headers["x-aw-original-routing-key"] == "user_message.v1"
+
+
+@pytest.mark.parametrize(
+    ("marker", "status", "code"),
+    [
+        ("[[outcome:failed:invalid_prompt]]", "failed", "invalid_prompt"),
+        ("[[outcome:expired]]", "expired", "expired"),
+        ("[[outcome:incomplete]]", "incomplete", "max_completion_tokens"),
+    ],
+)
+async def test_a_run_that_does_not_complete_yields_a_reply_with_its_status(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    marker: str,
+    status: str,
+    code: str,
+) -> None:
+    event = await publish(channel, topology, conversation_id="c-bad-run", text=f"hi {marker}")
+    [reply] = await replies_for(channel, topology, {event["event_id"]})
+    assert reply["status"] == status
+    assert reply["error"]["code"] == code
+    assert reply["error"]["message"]
+
+
+async def test_a_transiently_failed_run_is_retried_with_a_new_run(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology, standin: StandIn
+) -> None:
+    event = await publish(
+        channel, topology, conversation_id="c-flaky", text="x [[outcome:failed_once]]"
+    )
+    [reply] = await replies_for(channel, topology, {event["event_id"]})
+    assert reply["status"] == "completed"
+    runs = [r for r in standin.run_records() if r["thread_id"] == reply["thread_id"]]
+    assert [r["status"] for r in runs] == ["failed", "completed"]
+    thread = standin_messages(standin, reply["thread_id"])
+    assert [m for m in thread if m == ("user", "x [[outcome:failed_once]]")] == [
+        ("user", "x [[outcome:failed_once]]")
+    ]
+
+
+async def test_transient_http_errors_are_retried_and_the_reply_arrives_once(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology, standin: StandIn
+) -> None:
+    standin.add_faults(
+        [
+            {
+                "kind": "status",
+                "status": 429,
+                "retry_after_s": 0.2,
+                "method": "POST",
+                "path": r"/runs$",
+                "times": 2,
+            },
+            {"kind": "status", "status": 500, "method": "GET", "path": r"/runs/run_", "times": 2},
+        ]
+    )
+    event = await publish(channel, topology, conversation_id="c-faults", text="hello")
+    [reply] = await replies_for(channel, topology, {event["event_id"]})
+    assert reply["status"] == "completed"
+    assert await drain(channel, topology.reply_queue, quiet_s=1.0) == []
+    faults = [e["fault"] for e in standin.journal if e["fault"]]
+    assert len(faults) == 4
+    assert len([r for r in standin.run_records() if r["thread_id"] == reply["thread_id"]]) == 1
+
+
+async def test_a_duplicate_delivery_is_answered_once(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology, standin: StandIn
+) -> None:
+    event = await publish(channel, topology, conversation_id="c-dup", text="only once")
+    await publish(channel, topology, **event)
+    [reply] = await replies_for(channel, topology, {event["event_id"]})
+    assert await drain(channel, topology.reply_queue, quiet_s=1.0) == []
+    user_messages = [m for m in standin_messages(standin, reply["thread_id"]) if m[0] == "user"]
+    assert user_messages == [("user", "only once")]
+
+
+async def test_a_burst_is_coalesced_into_few_runs_answering_in_order(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology, standin: StandIn
+) -> None:
+    events = []
+    for n in range(5):
+        events.append(
+            await publish(
+                channel, topology, conversation_id="c-burst", text=f"m{n} [[delay_ms:400]]"
+            )
+        )
+        await asyncio.sleep(0.05)
+    ids = [e["event_id"] for e in events]
+    replies = await replies_for(channel, topology, set(ids))
+
+    answered = [event_id for r in replies for event_id in r["in_reply_to"]]
+    assert answered == ids  # every event once, in arrival order
+    assert len(replies) < len(events)
+
+
+async def test_tool_calls_are_served_and_unknown_tools_get_an_error_output(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology
+) -> None:
+    known = await publish(
+        channel,
+        topology,
+        conversation_id="c-tool",
+        text="time? [[outcome:requires_action:current_time]]",
+    )
+    unknown = await publish(
+        channel,
+        topology,
+        conversation_id="c-tool2",
+        text="x [[outcome:requires_action:launch_rocket]]",
+    )
+    replies = await replies_for(channel, topology, {known["event_id"], unknown["event_id"]})
+    by_conversation = {r["conversation_id"]: r for r in replies}
+    assert '"utc"' in by_conversation["c-tool"]["text"]
+    assert "unknown tool 'launch_rocket'" in by_conversation["c-tool2"]["text"]
+    assert {r["status"] for r in replies} == {"completed"}
+
+
+async def test_an_event_the_api_rejects_is_dead_lettered_with_the_reason(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology
+) -> None:
+    event = await publish(
+        channel, topology, conversation_id="c-reject", text="hi", assistant_id="no-such-assistant"
+    )
+    [dead] = await wait_for_dead_letters(channel, topology, 1)
+    assert dead.headers["x-aw-reason"] == "openai_rejected"
+    assert dead.headers["x-aw-event-id"] == event["event_id"]
+    assert dead.json() == event
+    later = await publish(channel, topology, conversation_id="c-reject", text="still there?")
+    [reply] = await replies_for(channel, topology, {later["event_id"]})
+    assert reply["status"] == "completed"
+
+
+def standin_messages(standin: StandIn, thread_id: str) -> list[tuple[str, str]]:
+    """(role, text) of every message in a stand-in thread, oldest first."""
+    return [(m.role, m.text()) for m in standin.state.threads[thread_id].messages]
