@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import aio_pika
 import asyncpg
 import pytest
-from pydantic import SecretStr
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from pydantic import SecretStr
 
 from tests.support import AMQP_URL, admin_sql, dsn_for
 from worker import topology as topo

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import signal
 import sys
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
+import structlog
 import typer
 
 from worker.logging import configure_logging
@@ -52,7 +54,29 @@ def run() -> None:
             loop.add_signal_handler(sig, stop.set)
         await WorkerService(settings).run(stop)
 
-    asyncio.run(main())
+    _run_logged("worker", main)
+
+
+def _run_logged(what: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Runs `main`; a failure is logged (secrets scrubbed) instead of a raw traceback."""
+    try:
+        asyncio.run(main())
+    except Exception as exc:  # noqa: BLE001 - the process ends here either way
+        structlog.get_logger("worker.cli").error(f"{what}_failed", error=repr(exc), hint=_hint(exc))
+        raise typer.Exit(1) from None
+
+
+def _hint(exc: Exception) -> str | None:
+    import asyncpg
+    from aiormq.exceptions import AMQPConnectionError
+
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return "the database does not exist yet: run `assistant-worker migrate`"
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return "the schema is missing or old: run `assistant-worker migrate`"
+    if isinstance(exc, AMQPConnectionError | ConnectionError):
+        return "cannot reach RabbitMQ or Postgres: check AW_AMQP_URL / AW_DATABASE_URL"
+    return None
 
 
 @app.command()
@@ -61,12 +85,15 @@ def migrate() -> None:
     from worker.migrate import migrate as apply
 
     settings = _settings()
-    applied = asyncio.run(apply(settings.database_url.get_secret_value()))
-    if applied:
+
+    async def main() -> None:
+        applied = await apply(settings.database_url.get_secret_value())
         for m in applied:
             typer.echo(f"applied {m.version:04d}_{m.name}")
-    else:
-        typer.echo("database schema is up to date")
+        if not applied:
+            typer.echo("database schema is up to date")
+
+    _run_logged("migrate", main)
 
 
 @app.command()

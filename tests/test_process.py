@@ -1,0 +1,140 @@
+"""`assistant-worker` as a real process: start, answer, stop on SIGTERM, keep secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from tests.support import publish, replies_for
+from worker.settings import Settings, Topology
+
+API_KEY = "sk-test-secret-key-0123456789"
+CLI = [sys.executable, "-m", "worker"]
+REPO = Path(__file__).resolve().parent.parent
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    t = settings.topology
+    env = {
+        **os.environ,
+        "AW_AMQP_URL": settings.amqp_url.get_secret_value(),
+        "AW_DATABASE_URL": settings.database_url.get_secret_value(),
+        "AW_OPENAI_BASE_URL": settings.openai_base_url,
+        "AW_OPENAI_API_KEY": API_KEY,
+        "AW_INBOUND_EXCHANGE": t.inbound_exchange,
+        "AW_INBOUND_QUEUE": t.inbound_queue,
+        "AW_OUTBOUND_EXCHANGE": t.outbound_exchange,
+        "AW_REPLY_QUEUE": t.reply_queue,
+        "AW_DEAD_LETTER_EXCHANGE": t.dead_letter_exchange,
+        "AW_DEAD_LETTER_QUEUE": t.dead_letter_queue,
+        "AW_POLL_INITIAL_MS": "30",
+        "AW_SHUTDOWN_GRACE_S": "5",
+        "AW_LOG_FORMAT": "json",
+    }
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            self.lines.append(raw.decode())
+
+    async def wait_for_log(self, event: str, timeout_s: float = 20) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not any(f'"event": "{event}"' in line for line in self.lines):
+                if self.proc.returncode is not None:
+                    raise AssertionError("worker exited early:\n" + "".join(self.lines))
+                await asyncio.sleep(0.05)
+
+    async def finish(self, timeout_s: float = 20) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout_s)
+        await self._reader
+        return code
+
+
+@pytest.fixture
+async def spawn() -> AsyncIterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        if w.proc.returncode is None:
+            w.proc.kill()
+            await w.proc.wait()
+
+
+async def _spawn(env: dict[str, str], *args: str) -> WorkerProcess:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+    return WorkerProcess(proc)
+
+
+async def test_worker_process_answers_then_exits_cleanly_on_sigterm(
+    settings: Settings,
+    channel: AbstractChannel,
+    topology: Topology,
+    spawn: list[WorkerProcess],
+) -> None:
+    worker = await _spawn(worker_env(settings), "run")
+    spawn.append(worker)
+    await worker.wait_for_log("worker_started")
+    event = await publish(channel, topology, conversation_id="c-proc", text="hello process")
+    [reply] = await replies_for(channel, topology, {event["event_id"]})
+    assert reply["text"] == "Echo: hello process"
+
+    worker.proc.send_signal(signal.SIGTERM)
+    assert await worker.finish() == 0
+    records = [json.loads(line) for line in worker.lines]
+    events = [r["event"] for r in records]
+    assert "worker_stopping" in events
+    assert "worker_stopped" in events
+    reply_log = next(r for r in records if r["event"] == "reply_recorded")
+    assert reply_log["conversation_id"] == "c-proc"
+    assert reply_log["thread_id"] == reply["thread_id"]
+    assert reply_log["run_id"] == reply["run_id"]
+    assert API_KEY not in "".join(worker.lines)
+
+
+async def test_secrets_stay_out_of_logs_when_a_connection_fails(
+    settings: Settings, spawn: list[WorkerProcess]
+) -> None:
+    password = "wr0ng-s3cret-pw"
+    env = worker_env(settings, AW_AMQP_URL=f"amqp://guest:{password}@127.0.0.1:5672/")
+    worker = await _spawn(env, "run")
+    spawn.append(worker)
+    assert await worker.finish() == 1
+    output = "".join(worker.lines)
+    assert "worker_failed" in output
+    assert password not in output
+    assert API_KEY not in output
+
+
+async def test_migrate_command_reports_what_it_applied(
+    settings: Settings, spawn: list[WorkerProcess]
+) -> None:
+    migrate = await _spawn(worker_env(settings), "migrate")
+    spawn.append(migrate)
+    assert migrate.proc.stdout is not None
+    out = (await migrate.proc.stdout.read()).decode()
+    assert await migrate.finish() == 0
+    assert out.strip() == "database schema is up to date"
