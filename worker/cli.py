@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -22,8 +23,11 @@ app = typer.Typer(
 )
 
 
-def _settings() -> Settings:
+def _settings(**defaults: Any) -> Settings:
+    """Loads settings from the environment; `defaults` apply where the environment is silent."""
     settings = Settings()
+    unset = {k: v for k, v in defaults.items() if f"AW_{k.upper()}" not in os.environ}
+    settings = settings.model_copy(update=unset)
     secrets = [settings.openai_api_key.get_secret_value()]
     for dsn in (settings.amqp_url, settings.database_url):
         secrets.append(dsn.get_secret_value())
@@ -125,7 +129,8 @@ def demo(
     """Start the stand-in and a worker, play a short helpdesk conversation, print the replies."""
     from worker.demo import play
 
-    settings = _settings()
+    # Quiet by default so the conversation stands out; AW_LOG_LEVEL=info shows the worker's logs.
+    settings = _settings(log_level="warning")
     ok = asyncio.run(play(settings, standin_port=standin_port, timeout_s=timeout_s))
     sys.exit(0 if ok else 1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from contextlib import aclosing
 from typing import Any
 
 import aio_pika
@@ -76,8 +77,8 @@ async def _print_replies(
     console: Console, queue: Any, waiting: dict[str, str], run: str, timeout_s: float
 ) -> bool:
     try:
-        async with asyncio.timeout(timeout_s):
-            async for reply in replies(queue, timeout_s):
+        async with asyncio.timeout(timeout_s), aclosing(replies(queue, timeout_s)) as stream:
+            async for reply in stream:
                 if not reply["conversation_id"].startswith(f"demo-{run}-"):
                     continue  # left over from an earlier demo
                 label = reply["conversation_id"].rsplit("-", 1)[1]

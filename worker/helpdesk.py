@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import aio_pika
@@ -32,13 +33,16 @@ async def publish_user_message(
     )
 
 
-async def replies(queue: AbstractQueue, timeout_s: float) -> AsyncIterator[dict[str, Any]]:
-    """Yields reply events as they arrive (acknowledging each) until `timeout_s` of silence."""
+async def replies(queue: AbstractQueue, timeout_s: float) -> AsyncGenerator[dict[str, Any], None]:
+    """Yields reply events as they arrive until `timeout_s` of silence.
+
+    Each is acknowledged before it is handed out; close the generator (`aclosing`) when done.
+    """
     async with queue.iterator(timeout=timeout_s) as messages:
         try:
             async for message in messages:
-                async with message.process():
-                    yield json.loads(message.body)
+                await message.ack()
+                yield json.loads(message.body)
         except TimeoutError:
             return
 
@@ -49,8 +53,8 @@ async def wait_for_replies(
     """Collects replies until every event ID was answered or `timeout_s` passed."""
     collected: list[dict[str, Any]] = []
     missing = set(event_ids)
-    async with asyncio.timeout(timeout_s):
-        async for reply in replies(queue, timeout_s):
+    async with asyncio.timeout(timeout_s), aclosing(replies(queue, timeout_s)) as stream:
+        async for reply in stream:
             collected.append(reply)
             missing -= set(reply["in_reply_to"])
             if not missing:
