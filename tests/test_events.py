@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from worker.errors import InvalidEvent, ReasonCode
 from worker.events import (
@@ -16,6 +17,7 @@ from worker.events import (
     parse_user_message,
     validator,
 )
+from worker.settings import Topology
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,3 +108,19 @@ def test_replies_validate_against_their_schema() -> None:
 def test_reply_event_id_is_stable_per_run() -> None:
     assert _reply("run_1").event_id == _reply("run_1").event_id
     assert _reply("run_1").event_id != _reply("run_2").event_id
+
+
+def test_asyncapi_document_points_at_the_schema_files_and_default_names() -> None:
+    doc = yaml.safe_load((REPO / "schemas" / "asyncapi.yaml").read_text())
+    assert doc["asyncapi"].startswith("3.")
+    for message in doc["components"]["messages"].values():
+        ref = message["payload"].get("schema", {}).get("$ref")
+        if ref is not None:
+            assert (REPO / "schemas" / ref).is_file(), ref
+    defaults = Topology()
+    channels = doc["channels"]
+    assert channels["userMessages"]["address"] == defaults.inbound_queue
+    assert channels["assistantReplies"]["address"] == defaults.reply_routing_key
+    assert channels["deadLetters"]["address"] == defaults.dead_letter_queue
+    reasons = doc["components"]["messages"]["deadLetter"]["headers"]
+    assert set(reasons["properties"]["x-aw-reason"]["enum"]) == {r.value for r in ReasonCode}

@@ -10,7 +10,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import FormatChecker
+from jsonschema.protocols import Validator
+from jsonschema.validators import validator_for
 from jsonschema.exceptions import ValidationError
 
 from worker.errors import InvalidEvent, ReasonCode
@@ -35,10 +37,12 @@ _formats.checks("date-time", raises=ValueError)(_is_rfc3339)
 
 
 @cache
-def validator(name: str) -> Draft202012Validator:
+def validator(name: str) -> Validator:
+    """The validator for a schema file, of the JSON Schema draft the file declares."""
     schema = json.loads((SCHEMAS_DIR / f"{name}.json").read_text())
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, format_checker=_formats)
+    cls = validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=_formats)
 
 
 @dataclass(frozen=True, slots=True)
