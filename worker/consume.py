@@ -15,6 +15,7 @@ from worker.intake import Intake, Settlement
 from worker.outbound import Delivery
 
 log = structlog.get_logger("worker.consume")
+REQUEUE_DELAY_S = 1.0
 
 
 class Consumer:
@@ -59,6 +60,9 @@ class Consumer:
             raise
         except Exception:
             log.exception("delivery_failed", message_id=message.message_id)
+            # A dependency is probably down: hold the message a moment so the requeue does
+            # not spin. The broker's delivery limit stops a message that fails forever.
+            await asyncio.sleep(REQUEUE_DELAY_S)
             settlement = Settlement.REQUEUE
         await _settle(message, settlement)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from jsonschema import FormatChecker
+from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
-from jsonschema.exceptions import ValidationError
 
 from worker.errors import InvalidEvent, ReasonCode
 

@@ -80,6 +80,8 @@ class WorkerService:
                 await consumer.drain(s.shutdown_grace_s)
                 # Replies recorded during the drain still go out before we leave.
                 await relay.publish_pending()
+                if crashed.is_set():
+                    raise RuntimeError("a background task died; see the log above")
         log.info("worker_stopped")
 
     def _ownership(self, store: Store, client: openai.AsyncOpenAI, relay: OutboxRelay) -> Ownership:
