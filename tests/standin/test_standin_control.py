@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 
 import aiohttp
@@ -78,7 +79,7 @@ async def test_run_records_allow_overlap_analysis(
     for record in records:
         assert record["created_at"] < record["started_at"] < record["ended_at"]
         assert isinstance(record["ended_at"], float)
-    for earlier, later in zip(records, records[1:], strict=False):
+    for earlier, later in itertools.pairwise(records):
         assert earlier["ended_at"] <= later["created_at"]
 
 

@@ -1,0 +1,10 @@
+"""An in-memory stand-in for the OpenAI API, for tests, demos and benchmarks.
+
+It speaks enough of the Assistants v2 surface for the official SDK, moves runs
+through their lifecycle on a background clock, and injects faults on request.
+"""
+
+from worker.standin.config import StandInConfig
+from worker.standin.server import StandIn, serve
+
+__all__ = ["StandIn", "StandInConfig", "serve"]

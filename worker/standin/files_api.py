@@ -1,0 +1,73 @@
+"""``/v1/files``: uploads kept in memory."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from worker.standin.errors import bad_request
+from worker.standin.models import StoredFile, new_id
+from worker.standin.pagination import PageQuery, list_body, paginate
+from worker.standin.state import StandInState
+from worker.standin.web_util import json_response
+
+# Upload purposes that FileObject.purpose can report back.
+_PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data"})
+# The real endpoint lists up to 10,000 files per page and defaults to all of them.
+_FILES_PAGE_LIMIT = 10_000
+
+
+class FilesApi:
+    def __init__(self, state: StandInState) -> None:
+        self._state = state
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/files", self.upload),
+            web.get("/v1/files", self.list_files),
+            web.get("/v1/files/{file_id}", self.retrieve),
+            web.get("/v1/files/{file_id}/content", self.content),
+            web.delete("/v1/files/{file_id}", self.delete),
+        ]
+
+    async def upload(self, request: web.Request) -> web.Response:
+        if not request.content_type.startswith("multipart/"):
+            raise bad_request("Uploads must be multipart/form-data.")
+        form = await request.post()
+        upload = form.get("file")
+        purpose = form.get("purpose")
+        if not isinstance(upload, web.FileField):
+            raise bad_request("Missing required parameter: 'file'.", param="file")
+        if not isinstance(purpose, str) or purpose not in _PURPOSES:
+            raise bad_request(f"'purpose' must be one of {sorted(_PURPOSES)}.", param="purpose")
+        stored = StoredFile(
+            id=new_id("file"),
+            filename=upload.filename,
+            purpose=purpose,
+            content=upload.file.read(),
+            created_at=time.time(),
+        )
+        self._state.files[stored.id] = stored
+        return json_response(stored.to_api())
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        query = PageQuery.parse(
+            request.query, default_limit=_FILES_PAGE_LIMIT, max_limit=_FILES_PAGE_LIMIT
+        )
+        purpose = request.query.get("purpose")
+        files = [f for f in self._state.files.values() if purpose in (None, f.purpose)]
+        page, has_more = paginate(files, lambda stored: stored.id, query)
+        return json_response(list_body([stored.to_api() for stored in page], has_more))
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        return json_response(self._state.file(request.match_info["file_id"]).to_api())
+
+    async def content(self, request: web.Request) -> web.Response:
+        stored = self._state.file(request.match_info["file_id"])
+        return web.Response(body=stored.content, content_type="application/octet-stream")
+
+    async def delete(self, request: web.Request) -> web.Response:
+        stored = self._state.file(request.match_info["file_id"])
+        del self._state.files[stored.id]
+        return json_response({"id": stored.id, "object": "file", "deleted": True})

@@ -1,0 +1,95 @@
+"""The stand-in's in-memory store and the Assistants rules that guard it.
+
+Handlers run on one event loop and never await between checking a rule and
+applying the change, so each rule check plus mutation is atomic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from worker.standin.errors import bad_request, not_found
+from worker.standin.models import Assistant, Message, Run, StoredFile, Thread
+
+
+@dataclass
+class StandInState:
+    assistants: dict[str, Assistant] = field(default_factory=dict)
+    threads: dict[str, Thread] = field(default_factory=dict)
+    # Every run ever created, kept after its thread is deleted for /_standin/runs.
+    runs: dict[str, Run] = field(default_factory=dict)
+    files: dict[str, StoredFile] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.assistants.clear()
+        self.threads.clear()
+        self.runs.clear()
+        self.files.clear()
+
+    def assistant(self, assistant_id: str, *, auto_create: bool, model: str) -> Assistant:
+        assistant = self.assistants.get(assistant_id)
+        if assistant is None and auto_create and assistant_id.startswith("asst_"):
+            assistant = Assistant(id=assistant_id, model=model, created_at=time.time())
+            self.assistants[assistant_id] = assistant
+        if assistant is None:
+            raise not_found("assistant", assistant_id)
+        return assistant
+
+    def thread(self, thread_id: str) -> Thread:
+        thread = self.threads.get(thread_id)
+        if thread is None:
+            raise not_found("thread", thread_id)
+        return thread
+
+    def run(self, thread_id: str, run_id: str) -> Run:
+        run = self.runs.get(run_id)
+        if run is None or run.thread_id != thread_id or thread_id not in self.threads:
+            raise not_found("run", run_id)
+        return run
+
+    def file(self, file_id: str) -> StoredFile:
+        stored = self.files.get(file_id)
+        if stored is None:
+            raise not_found("file", file_id)
+        return stored
+
+
+def active_run(thread: Thread) -> Run | None:
+    # The lock guarantees at most one active run, and it is the newest one.
+    if thread.runs and thread.runs[-1].active:
+        return thread.runs[-1]
+    return None
+
+
+def ensure_can_add_message(thread: Thread) -> None:
+    run = active_run(thread)
+    if run is not None:
+        raise bad_request(f"Can't add messages to {thread.id} while a run {run.id} is active.")
+
+
+def ensure_can_start_run(thread: Thread) -> None:
+    run = active_run(thread)
+    if run is not None:
+        raise bad_request(f"Thread {thread.id} already has an active run {run.id}.")
+
+
+def unanswered_user_messages(
+    messages: Sequence[Message], new_messages: Sequence[Message] = ()
+) -> list[Message]:
+    """User messages after the newest assistant message: what the next reply answers."""
+    batch: list[Message] = []
+    for message in _newest_first(messages, new_messages):
+        if message.role == "assistant":
+            break
+        batch.append(message)
+    batch.reverse()
+    return batch
+
+
+def _newest_first(
+    messages: Sequence[Message], new_messages: Sequence[Message]
+) -> Iterable[Message]:
+    yield from reversed(new_messages)
+    yield from reversed(messages)
