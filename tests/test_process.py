@@ -138,3 +138,16 @@ async def test_migrate_command_reports_what_it_applied(
     out = (await migrate.proc.stdout.read()).decode()
     assert await migrate.finish() == 0
     assert out.strip() == "database schema is up to date"
+
+
+async def test_demo_command_prints_a_reply_for_every_scripted_message(
+    settings: Settings, spawn: list[WorkerProcess]
+) -> None:
+    demo = await _spawn(worker_env(settings), "demo", "--timeout-s", "30")
+    spawn.append(demo)
+    assert demo.proc.stdout is not None
+    out = (await demo.proc.stdout.read()).decode()
+    assert await demo.finish(timeout_s=40) == 0, out + "".join(demo.lines)
+    assert "every message was answered" in out
+    assert out.count("assistant A") >= 2
+    assert out.count("assistant B") >= 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from contextlib import aclosing
-from typing import Any
 
 import aio_pika
+from aio_pika.abc import AbstractQueue
 from rich.console import Console
 
 from worker.helpdesk import publish_user_message, replies
@@ -16,12 +16,15 @@ from worker.service import WorkerService
 from worker.settings import Settings
 from worker.standin import StandIn, StandInConfig
 
-SCRIPT: tuple[tuple[str, str], ...] = (
-    ("A", "Hi, my order #1042 has not arrived yet."),
-    ("B", "How do I reset my password?"),
-    ("A", "It was supposed to come on Monday."),
-    ("B", "I never got the reset email."),
-    ("A", "Thanks for checking!"),
+# (conversation, text, pause before sending). Customer A's first three messages arrive while
+# the first run is still going, so the next run answers two of them at once (coalescing).
+SCRIPT: tuple[tuple[str, str, float], ...] = (
+    ("A", "Hi, my order #1042 has not arrived yet.", 0.0),
+    ("A", "It was supposed to come on Monday.", 0.1),
+    ("A", "The tracking page shows nothing.", 0.1),
+    ("B", "How do I reset my password?", 0.1),
+    ("B", "I never got the reset email.", 1.5),
+    ("A", "Thanks for checking!", 0.5),
 )
 
 
@@ -55,26 +58,27 @@ async def _wait_ready(service: WorkerService, worker: asyncio.Task[None]) -> Non
 async def _converse(console: Console, settings: Settings, timeout_s: float) -> bool:
     run = uuid.uuid4().hex[:6]
     t = settings.topology
+    waiting = {f"demo-{run}-{n}" for n in range(1, len(SCRIPT) + 1)}
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     async with connection:
         channel = await connection.channel()
         reply_queue = await channel.get_queue(t.reply_queue, ensure=False)
-        waiting: dict[str, str] = {}
-        for label, text in SCRIPT:
-            event: dict[str, Any] = {
-                "event_id": f"demo-{run}-{len(waiting) + 1}",
+        # Replies are printed as they come, while the customers are still writing.
+        printer = asyncio.create_task(_print_replies(console, reply_queue, waiting, run, timeout_s))
+        for n, (label, text, pause_s) in enumerate(SCRIPT, start=1):
+            await asyncio.sleep(pause_s)
+            event = {
+                "event_id": f"demo-{run}-{n}",
                 "conversation_id": f"demo-{run}-{label}",
                 "text": text,
             }
             await publish_user_message(channel, t, event)
-            waiting[event["event_id"]] = label
             console.print(f"[cyan]customer {label}[/] > {text}")
-            await asyncio.sleep(0.2)
-        return await _print_replies(console, reply_queue, waiting, run, timeout_s)
+        return await printer
 
 
 async def _print_replies(
-    console: Console, queue: Any, waiting: dict[str, str], run: str, timeout_s: float
+    console: Console, queue: AbstractQueue, waiting: set[str], run: str, timeout_s: float
 ) -> bool:
     try:
         async with asyncio.timeout(timeout_s), aclosing(replies(queue, timeout_s)) as stream:
@@ -87,8 +91,7 @@ async def _print_replies(
                     f"[green]assistant {label}[/] ({reply['status']}, answers {answered}) > "
                     f"{reply['text']}"
                 )
-                for event_id in reply["in_reply_to"]:
-                    waiting.pop(event_id, None)
+                waiting.difference_update(reply["in_reply_to"])
                 if not waiting:
                     console.print("[bold green]every message was answered[/]")
                     return True
