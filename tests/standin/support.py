@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +45,24 @@ class RawHttp:
         return await self.request("DELETE", path)
 
 
-async def wait_until(standin: StandIn, run_id: str, statuses: frozenset[str] = TERMINAL) -> str:
-    """Wait on the stand-in's own state, so tests do not send polls of their own."""
+async def wait_until(standin: StandIn, object_id: str, statuses: frozenset[str] = TERMINAL) -> str:
+    """Wait for a run or response on the stand-in's own state, so tests send no polls."""
+    await wait_for(lambda: _status(standin, object_id) in statuses, f"{object_id} in {statuses}")
+    return _status(standin, object_id)
+
+
+async def wait_for(condition: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + 5
     while True:
-        status = standin.state.runs[run_id].status
-        if status in statuses:
-            return status
+        if condition():
+            return
         if time.monotonic() > deadline:
-            raise AssertionError(f"{run_id} stuck in {status}, wanted one of {sorted(statuses)}")
+            raise AssertionError(f"gave up waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+def _status(standin: StandIn, object_id: str) -> str:
+    run = standin.state.runs.get(object_id)
+    if run is not None:
+        return run.status
+    return standin.state.responses[object_id].status

@@ -67,7 +67,8 @@ async def test_drop_closes_the_connection_before_anything_happens(
 async def test_drop_after_performs_the_request_but_loses_the_answer(
     client: openai.AsyncOpenAI, standin: StandIn
 ) -> None:
-    thread = await client.beta.threads.create(messages=[{"role": "user", "content": "hi"}])
+    text = "hi [[delay_ms:500]]"
+    thread = await client.beta.threads.create(messages=[{"role": "user", "content": text}])
     standin.add_faults([{"kind": "drop_after", "method": "POST", "path": "/runs$", "times": 1}])
     with pytest.raises(openai.APIConnectionError):
         await client.beta.threads.runs.create(thread.id, assistant_id="asst_x")

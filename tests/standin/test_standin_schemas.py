@@ -15,16 +15,34 @@ from openai.types import FileDeleted, FileObject
 from openai.types.beta import Assistant, AssistantDeleted, Thread, ThreadDeleted
 from openai.types.beta.threads import Message, Run
 from openai.types.beta.threads.runs import RunStep
+from openai.types.conversations import (
+    Conversation,
+    ConversationDeletedResource,
+    ConversationItem,
+    ConversationItemList,
+)
+from openai.types.responses import Response
 
 from tests.standin.support import RawHttp, wait_until
 from worker.standin import StandIn
 
+# ConversationItem is a union, so it validates through a TypeAdapter.
+_ITEM: pydantic.TypeAdapter[ConversationItem] = pydantic.TypeAdapter(ConversationItem)
 
-def _validate_page(body: dict[str, Any], model: type[pydantic.BaseModel]) -> None:
+
+def _validate_page(
+    body: dict[str, Any], model: type[pydantic.BaseModel] | pydantic.TypeAdapter[Any]
+) -> None:
     assert body["object"] == "list"
     assert isinstance(body["has_more"], bool)
-    for item in body["data"]:
-        model.model_validate(item)
+    if isinstance(model, pydantic.TypeAdapter):
+        for item in body["data"]:
+            model.validate_python(item)
+    elif model is ConversationItemList and body["data"]:
+        model.model_validate(body)
+    else:
+        for item in body["data"]:
+            model.model_validate(item)
     if body["data"]:
         assert (body["first_id"], body["last_id"]) == (
             body["data"][0]["id"],
@@ -125,3 +143,60 @@ async def test_errors_use_the_openai_error_shape(
     assert set(reply.body) == {"error"}
     assert set(reply.body["error"]) == {"message", "type", "param", "code"}
     assert reply.body["error"]["message"]
+
+
+async def _response_to(http: RawHttp, standin: StandIn, text: str, status: str) -> dict[str, Any]:
+    conversation = (await http.post("/v1/conversations", {"metadata": {"k": "v"}})).body
+    Conversation.model_validate(conversation)
+    body = {
+        "model": "gpt-x",
+        "background": True,
+        "store": True,
+        "conversation": conversation["id"],
+        "input": text,
+        "tools": [{"type": "function", "name": "lookup", "parameters": {}, "strict": False}],
+    }
+    created = (await http.post("/v1/responses", body)).body
+    Response.model_validate(created)
+    await wait_until(standin, created["id"], frozenset({status}))
+    settled: dict[str, Any] = (await http.get(f"/v1/responses/{created['id']}")).body
+    return settled
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        ("hi", "completed"),
+        ("[[outcome:failed:invalid_prompt]]", "failed"),
+        ("[[outcome:incomplete]]", "incomplete"),
+        ("[[outcome:requires_action:lookup]]", "completed"),
+        ("[[outcome:hang]]", "in_progress"),
+    ],
+)
+async def test_response_and_conversation_item_shapes(
+    http: RawHttp, standin: StandIn, text: str, status: str
+) -> None:
+    response = await _response_to(http, standin, text, status)
+    assert Response.model_validate(response).status == status
+    conversation_path = f"/v1/conversations/{response['conversation']['id']}"
+    items = (await http.get(f"{conversation_path}/items")).body
+    _validate_page(items, ConversationItemList)
+    for item in items["data"]:
+        _ITEM.validate_python((await http.get(f"{conversation_path}/items/{item['id']}")).body)
+    _validate_page((await http.get(f"/v1/responses/{response['id']}/input_items")).body, _ITEM)
+    ConversationDeletedResource.model_validate((await http.delete(conversation_path)).body)
+
+
+async def test_cancelled_response_and_added_items_shapes(http: RawHttp, standin: StandIn) -> None:
+    response = await _response_to(http, standin, "[[outcome:hang]]", "in_progress")
+    cancelled = (await http.post(f"/v1/responses/{response['id']}/cancel")).body
+    assert Response.model_validate(cancelled).status == "cancelled"
+    path = f"/v1/conversations/{response['conversation']['id']}/items"
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "a"}]},
+        {"role": "assistant", "content": "b"},
+        {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "ok"},
+    ]
+    added = (await http.post(path, {"items": items})).body
+    assert len(ConversationItemList.model_validate(added).data) == 4

@@ -1,7 +1,8 @@
 """An in-memory stand-in for the OpenAI API, for tests, demos and benchmarks.
 
-It speaks enough of the Assistants v2 surface for the official SDK, moves runs
-through their lifecycle on a background clock, and injects faults on request.
+It speaks enough of the Assistants v2 and Responses + Conversations surfaces for
+the official SDK, moves runs and responses through their lifecycle on a
+background clock, and injects faults on request.
 """
 
 from worker.standin.config import StandInConfig

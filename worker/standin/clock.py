@@ -31,10 +31,6 @@ class Clock:
             timer.cancel()
         self._timers.clear()
 
-    @property
-    def pending(self) -> int:
-        return len(self._timers)
-
     def _fire(self, key: str, callback: Callable[[], None]) -> None:
         del self._timers[key]
         callback()

@@ -13,10 +13,13 @@ from worker.standin.assistants_api import AssistantsApi
 from worker.standin.clock import Clock
 from worker.standin.config import LiveConfig, StandInConfig
 from worker.standin.control_api import ControlApi
+from worker.standin.conversations_api import ConversationsApi
 from worker.standin.faults import FaultInjector, FaultRule
 from worker.standin.files_api import FilesApi
 from worker.standin.journal import Journal
 from worker.standin.middleware import v1_middleware
+from worker.standin.response_engine import ResponseEngine
+from worker.standin.responses_api import ResponsesApi
 from worker.standin.run_engine import RunEngine
 from worker.standin.runs_api import RunsApi
 from worker.standin.state import StandInState
@@ -38,6 +41,7 @@ class StandIn:
         self._faults = FaultInjector(self._config.current.seed)
         self._journal = Journal()
         runs = RunEngine(self.state, self._clock, self._config)
+        responses = ResponseEngine(self.state, self._clock, self._config)
         self.app = web.Application(
             middlewares=[v1_middleware(self._faults, self._journal)],
             client_max_size=_MAX_UPLOAD_BYTES,
@@ -46,6 +50,8 @@ class StandIn:
             AssistantsApi(self.state, runs, self._config),
             RunsApi(self.state, runs, self._config),
             FilesApi(self.state),
+            ResponsesApi(self.state, responses, self._config),
+            ConversationsApi(self.state, responses),
             ControlApi(self),
         )
         for api in apis:
@@ -90,13 +96,22 @@ class StandIn:
     def reset(self) -> None:
         """Forget everything: state, pending timers, faults and the journal."""
         self._clock.cancel_all()
+        self._release_waiters()
         self.state.clear()
         self._faults.clear()
         self._faults.reseed(self._config.current.seed)
         self._journal.clear()
 
+    def _release_waiters(self) -> None:
+        """Answer non-background creates whose response will never settle now."""
+        for response in self.state.responses.values():
+            response.settled.set()
+
     def run_records(self) -> list[dict[str, Any]]:
-        return [run.record() for run in self.state.runs.values()]
+        """Every run and response ever created, oldest first."""
+        records = [run.record() for run in self.state.runs.values()]
+        records += [response.record() for response in self.state.responses.values()]
+        return sorted(records, key=lambda record: float(record["created_at"]))
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on ``host:port`` (0 picks a free port); returns the ``/v1`` base URL."""
@@ -113,6 +128,7 @@ class StandIn:
 
     async def stop(self) -> None:
         self._clock.cancel_all()
+        self._release_waiters()
         if self._runner is not None:
             await self._runner.cleanup()
         self._runner = None

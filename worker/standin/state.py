@@ -1,4 +1,4 @@
-"""The stand-in's in-memory store and the Assistants rules that guard it.
+"""The stand-in's in-memory store and the locking rules that guard it.
 
 Handlers run on one event loop and never await between checking a rule and
 applying the change, so each rule check plus mutation is atomic.
@@ -10,8 +10,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from worker.standin.errors import bad_request, not_found
+from worker.standin.errors import ApiError, bad_request, not_found
 from worker.standin.models import Assistant, Message, Run, StoredFile, Thread
+from worker.standin.response_models import Conversation, ResponseRecord
+
+CONVERSATION_LOCKED = (
+    "Another process is currently operating on this conversation. Please retry in a few seconds."
+)
 
 
 @dataclass
@@ -21,12 +26,17 @@ class StandInState:
     # Every run ever created, kept after its thread is deleted for /_standin/runs.
     runs: dict[str, Run] = field(default_factory=dict)
     files: dict[str, StoredFile] = field(default_factory=dict)
+    conversations: dict[str, Conversation] = field(default_factory=dict)
+    # Every response ever created, kept after its conversation is deleted.
+    responses: dict[str, ResponseRecord] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.assistants.clear()
         self.threads.clear()
         self.runs.clear()
         self.files.clear()
+        self.conversations.clear()
+        self.responses.clear()
 
     def assistant(self, assistant_id: str, *, auto_create: bool, model: str) -> Assistant:
         assistant = self.assistants.get(assistant_id)
@@ -54,6 +64,18 @@ class StandInState:
         if stored is None:
             raise not_found("file", file_id)
         return stored
+
+    def conversation(self, conversation_id: str) -> Conversation:
+        conversation = self.conversations.get(conversation_id)
+        if conversation is None:
+            raise not_found("conversation", conversation_id)
+        return conversation
+
+    def response(self, response_id: str) -> ResponseRecord:
+        response = self.responses.get(response_id)
+        if response is None:
+            raise ApiError(404, f"Response with id '{response_id}' not found.")
+        return response
 
 
 def active_run(thread: Thread) -> Run | None:
@@ -93,3 +115,15 @@ def _newest_first(
 ) -> Iterable[Message]:
     yield from reversed(new_messages)
     yield from reversed(messages)
+
+
+def active_response(conversation: Conversation) -> ResponseRecord | None:
+    # As with runs, the lock leaves at most one active response: the newest.
+    if conversation.responses and conversation.responses[-1].active:
+        return conversation.responses[-1]
+    return None
+
+
+def ensure_conversation_unlocked(conversation: Conversation) -> None:
+    if active_response(conversation) is not None:
+        raise bad_request(CONVERSATION_LOCKED, code="conversation_locked")
