@@ -65,7 +65,7 @@ class ResponseEngine:
             created_at=time.time(),
             background=spec.background,
             script=script.settle_failed_once(
-                first_on_thread=conversation is None or not conversation.responses
+                is_first=conversation is None or not conversation.responses
             ),
             input_items=spec.input_items,
             batch=unanswered_user_texts(history, spec.input_items),
@@ -100,9 +100,7 @@ class ResponseEngine:
         record.status = "in_progress"
         record.started_at = time.time()
         if record.script.outcome != "hang":
-            duration_ms = record.script.delay_ms
-            if duration_ms is None:
-                duration_ms = self._config.current.run_duration_ms
+            duration_ms = record.script.duration_ms(self._config.current.run_duration_ms)
             self._clock.schedule(record.id, duration_ms, lambda: self._finish(record))
 
     def _finish(self, record: ResponseRecord) -> None:

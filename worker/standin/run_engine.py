@@ -72,7 +72,7 @@ class RunEngine:
             metadata=spec.metadata,
             created_at=now,
             expires_at=now + self._config.current.run_expires_after_s,
-            script=script.settle_failed_once(first_on_thread=not thread.runs),
+            script=script.settle_failed_once(is_first=not thread.runs),
             batch=batch,
             options=spec.options,
         )
@@ -116,9 +116,7 @@ class RunEngine:
             self._cancelled(run)
 
     def _duration_ms(self, run: Run) -> int:
-        if run.script.delay_ms is not None:
-            return run.script.delay_ms
-        return self._config.current.run_duration_ms
+        return run.script.duration_ms(self._config.current.run_duration_ms)
 
     def _begin(self, run: Run) -> None:
         run.status = "in_progress"

@@ -35,11 +35,15 @@ class Script:
     tool_name: str | None = None
     delay_ms: int | None = None
 
-    def settle_failed_once(self, first_on_thread: bool) -> Script:
-        """``failed_once`` fails the first run of a thread only, so retries succeed."""
+    def duration_ms(self, default_ms: int) -> int:
+        return default_ms if self.delay_ms is None else self.delay_ms
+
+    def settle_failed_once(self, is_first: bool) -> Script:
+        """``failed_once`` fails only the first run of a thread (or response of a
+        conversation), so the client's retry succeeds."""
         if self.outcome != "failed_once":
             return self
-        return Script("failed" if first_on_thread else "completed", delay_ms=self.delay_ms)
+        return Script("failed" if is_first else "completed", delay_ms=self.delay_ms)
 
 
 def parse_script(newest_user_text: str | None, metadata: Mapping[str, str]) -> Script:
