@@ -19,7 +19,7 @@ from tests.support import AMQP_URL, admin_sql, dsn_for
 from worker import topology as topo
 from worker.migrate import migrate
 from worker.service import WorkerService
-from worker.settings import Settings, Topology
+from worker.settings import BackendName, Settings, Topology
 
 if TYPE_CHECKING:
     from worker.standin import StandIn
@@ -97,10 +97,21 @@ async def standin() -> AsyncIterator[StandIn]:
 
 
 @pytest.fixture
+def backend() -> str:
+    """The backend new conversations use; test modules override this to cover both."""
+    return "responses"
+
+
+@pytest.fixture
 def settings(
-    database_url: str, topology: Topology, standin: StandIn, channel: AbstractChannel
+    database_url: str,
+    topology: Topology,
+    standin: StandIn,
+    channel: AbstractChannel,
+    backend: str,
 ) -> Settings:
     return Settings(
+        backend=BackendName(backend),
         amqp_url=SecretStr(AMQP_URL),
         database_url=SecretStr(database_url),
         openai_base_url=standin.base_url,

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from tests.conftest import RunningWorker
+from tests.conftest import RunningWorker, start_worker
 from tests.support import (
     drain,
     publish,
@@ -18,8 +18,16 @@ from tests.support import (
     wait_for_dead_letters,
 )
 from worker.events import validator
-from worker.settings import Topology
+from worker.settings import BackendName, Settings, Topology
 from worker.standin import StandIn
+
+THREAD_CREATE_PATH = {"assistants": "/v1/threads", "responses": "/v1/conversations"}
+
+
+@pytest.fixture(params=["assistants", "responses"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every behaviour here must hold for both backends."""
+    return str(request.param)
 
 
 async def test_a_user_message_gets_one_valid_reply(
@@ -44,6 +52,7 @@ async def test_first_contact_creates_one_thread_and_later_messages_reuse_it(
     topology: Topology,
     standin: StandIn,
     db: asyncpg.Connection,
+    backend: str,
 ) -> None:
     first = await publish(channel, topology, conversation_id="c-reuse", text="one")
     [r1] = await replies_for(channel, topology, {first["event_id"]})
@@ -57,7 +66,9 @@ async def test_first_contact_creates_one_thread_and_later_messages_reuse_it(
     )
     assert stored == r1["thread_id"]
     thread_creates = [
-        e for e in standin.journal if e["method"] == "POST" and e["path"] == "/v1/threads"
+        e
+        for e in standin.journal
+        if e["method"] == "POST" and e["path"] == THREAD_CREATE_PATH[backend]
     ]
     assert len(thread_creates) == 1
 
@@ -99,27 +110,44 @@ async def test_invalid_event_is_dead_lettered_and_the_valid_one_beside_it_answer
     assert by_reason["schema_invalid"].headers["x-aw-original-routing-key"] == "user_message.v1"
 
 
-@pytest.mark.parametrize(
-    ("marker", "status", "code"),
-    [
+# (marker, status, error code) per backend: Responses have no "expired", and their incomplete
+# reason is named after output tokens.
+OUTCOMES = {
+    "assistants": [
         ("[[outcome:failed:invalid_prompt]]", "failed", "invalid_prompt"),
         ("[[outcome:expired]]", "expired", "expired"),
         ("[[outcome:incomplete]]", "incomplete", "max_completion_tokens"),
     ],
-)
+    "responses": [
+        ("[[outcome:failed:invalid_prompt]]", "failed", "invalid_prompt"),
+        ("[[outcome:incomplete]]", "incomplete", "max_output_tokens"),
+    ],
+}
+
+
 async def test_a_run_that_does_not_complete_yields_a_reply_with_its_status(
-    worker: RunningWorker,
-    channel: AbstractChannel,
-    topology: Topology,
-    marker: str,
-    status: str,
-    code: str,
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology, backend: str
 ) -> None:
-    event = await publish(channel, topology, conversation_id="c-bad-run", text=f"hi {marker}")
-    [reply] = await replies_for(channel, topology, {event["event_id"]})
-    assert reply["status"] == status
-    assert reply["error"]["code"] == code
-    assert reply["error"]["message"]
+    for n, (marker, status, code) in enumerate(OUTCOMES[backend]):
+        event = await publish(channel, topology, conversation_id=f"c-bad-{n}", text=f"hi {marker}")
+        [reply] = await replies_for(channel, topology, {event["event_id"]})
+        assert (reply["status"], reply["error"]["code"]) == (status, code), marker
+        assert reply["error"]["message"]
+
+
+async def test_a_run_past_its_deadline_is_cancelled_and_reported(
+    settings: Settings, channel: AbstractChannel, topology: Topology, standin: StandIn
+) -> None:
+    running = await start_worker(settings.model_copy(update={"run_deadline_s": 0.5}))
+    try:
+        event = await publish(channel, topology, conversation_id="c-hang", text="[[outcome:hang]]")
+        [reply] = await replies_for(channel, topology, {event["event_id"]})
+    finally:
+        await running.shutdown()
+    assert reply["status"] == "cancelled"
+    assert reply["error"]["code"] == "deadline_exceeded"
+    [run] = runs_in(standin, reply["thread_id"])
+    assert run["status"] in ("cancelling", "cancelled")
 
 
 async def test_a_transiently_failed_run_is_retried_with_a_new_run(
@@ -130,7 +158,7 @@ async def test_a_transiently_failed_run_is_retried_with_a_new_run(
     )
     [reply] = await replies_for(channel, topology, {event["event_id"]})
     assert reply["status"] == "completed"
-    runs = [r for r in standin.run_records() if r["thread_id"] == reply["thread_id"]]
+    runs = runs_in(standin, reply["thread_id"])
     assert [r["status"] for r in runs] == ["failed", "completed"]
     thread = standin_messages(standin, reply["thread_id"])
     assert [m for m in thread if m == ("user", "x [[outcome:failed_once]]")] == [
@@ -139,8 +167,20 @@ async def test_a_transiently_failed_run_is_retried_with_a_new_run(
 
 
 async def test_transient_http_errors_are_retried_and_the_reply_arrives_once(
-    worker: RunningWorker, channel: AbstractChannel, topology: Topology, standin: StandIn
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    backend: str,
 ) -> None:
+    create, poll = (
+        (r"/runs$", r"/runs/run_")
+        if backend == "assistants"
+        else (
+            r"/responses$",
+            r"/responses/resp_",
+        )
+    )
     standin.add_faults(
         [
             {
@@ -148,10 +188,10 @@ async def test_transient_http_errors_are_retried_and_the_reply_arrives_once(
                 "status": 429,
                 "retry_after_s": 0.2,
                 "method": "POST",
-                "path": r"/runs$",
+                "path": create,
                 "times": 2,
             },
-            {"kind": "status", "status": 500, "method": "GET", "path": r"/runs/run_", "times": 2},
+            {"kind": "status", "status": 500, "method": "GET", "path": poll, "times": 2},
         ]
     )
     event = await publish(channel, topology, conversation_id="c-faults", text="hello")
@@ -160,7 +200,7 @@ async def test_transient_http_errors_are_retried_and_the_reply_arrives_once(
     assert await drain(channel, topology.reply_queue, quiet_s=1.0) == []
     faults = [e["fault"] for e in standin.journal if e["fault"]]
     assert len(faults) == 4
-    assert len([r for r in standin.run_records() if r["thread_id"] == reply["thread_id"]]) == 1
+    assert len(runs_in(standin, reply["thread_id"])) == 1
 
 
 async def test_a_duplicate_delivery_is_answered_once(
@@ -216,20 +256,58 @@ async def test_tool_calls_are_served_and_unknown_tools_get_an_error_output(
 
 
 async def test_an_event_the_api_rejects_is_dead_lettered_with_the_reason(
-    worker: RunningWorker, channel: AbstractChannel, topology: Topology
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology, standin: StandIn
 ) -> None:
-    event = await publish(
-        channel, topology, conversation_id="c-reject", text="hi", assistant_id="no-such-assistant"
+    standin.add_faults(
+        [
+            {
+                "kind": "status",
+                "status": 400,
+                "method": "POST",
+                "path": r"/(runs|responses)$",
+                "times": 1,
+            }
+        ]
     )
+    event = await publish(channel, topology, conversation_id="c-reject", text="hi")
     [dead] = await wait_for_dead_letters(channel, topology, 1)
     assert dead.headers["x-aw-reason"] == "openai_rejected"
+    assert "HTTP 400" in dead.headers["x-aw-error"]
     assert dead.headers["x-aw-event-id"] == event["event_id"]
+    assert dead.headers["x-aw-conversation-id"] == "c-reject"
     assert dead.json() == event
     later = await publish(channel, topology, conversation_id="c-reject", text="still there?")
     [reply] = await replies_for(channel, topology, {later["event_id"]})
     assert reply["status"] == "completed"
+    assert reply["text"] == "Echo: still there?"
+
+
+async def test_an_unknown_assistant_is_a_permanent_error(
+    settings: Settings, channel: AbstractChannel, topology: Topology
+) -> None:
+    running = await start_worker(settings.model_copy(update={"backend": BackendName.ASSISTANTS}))
+    try:
+        event = await publish(
+            channel, topology, conversation_id="c-noasst", text="hi", assistant_id="nope"
+        )
+        [dead] = await wait_for_dead_letters(channel, topology, 1)
+    finally:
+        await running.shutdown()
+    assert dead.headers["x-aw-reason"] == "openai_rejected"
+    assert "404" in dead.headers["x-aw-error"]
+    assert dead.json() == event
+
+
+def runs_in(standin: StandIn, thread_id: str) -> list[dict[str, object]]:
+    return [r for r in standin.run_records() if thread_id in (r["thread_id"], r["conversation_id"])]
 
 
 def standin_messages(standin: StandIn, thread_id: str) -> list[tuple[str, str]]:
-    """(role, text) of every message in a stand-in thread, oldest first."""
-    return [(m.role, m.text()) for m in standin.state.threads[thread_id].messages]
+    """(role, text) of every message in a stand-in thread or conversation, oldest first."""
+    if thread_id in standin.state.threads:
+        return [(m.role, m.text()) for m in standin.state.threads[thread_id].messages]
+    return [
+        (item["role"], "".join(part.get("text", "") for part in item["content"]))
+        for item in standin.state.conversations[thread_id].items
+        if item["type"] == "message"
+    ]

@@ -6,8 +6,8 @@ No broker or SQL here: state goes through Store, messages out through the outbox
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -18,9 +18,23 @@ from worker.outbound import Delivery, Failure, dead_letter_outbox, reply_outbox
 from worker.retry import RetryPolicy
 from worker.runner import FinishedRun, Runner
 from worker.settings import Settings
-from worker.store import Lease, OpenBatch, Store, StoredEvent
+from worker.store import ConversationRow, Lease, OpenBatch, RunRecord, Store, StoredEvent
 
 log = structlog.get_logger("worker.conversation")
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    """One batch being answered: who owns it, where it runs, what it answers."""
+
+    lease: Lease
+    batch: OpenBatch
+    runner: Runner
+    thread_id: str
+
+    @property
+    def backend(self) -> Backend:
+        return self.runner.backend
 
 
 class ConversationProcessor:
@@ -28,15 +42,13 @@ class ConversationProcessor:
         self,
         settings: Settings,
         store: Store,
-        backend: Backend,
-        runner: Runner,
+        runners: Mapping[str, Runner],
         api: RetryPolicy,
         on_outbox: Callable[[], None],
     ) -> None:
         self._settings = settings
         self._store = store
-        self._backend = backend
-        self._runner = runner
+        self._runners = runners
         self._api = api
         self._on_outbox = on_outbox
 
@@ -59,82 +71,79 @@ class ConversationProcessor:
         stored = await self._store.batch_events(batch.event_ids)
         with structlog.contextvars.bound_contextvars(batch_id=str(batch.batch_id)):
             try:
-                thread_id = await self._thread(lease)
+                conversation = await self._store.conversation(lease)
+                # Each conversation stays on the backend that created its thread.
+                runner = self._runners[conversation.backend]
+                thread_id = await self._thread(lease, conversation, runner.backend)
                 with structlog.contextvars.bound_contextvars(thread_id=thread_id):
-                    await self._run_batch(lease, batch, thread_id, stored)
+                    work = _Work(lease, batch, runner, thread_id)
+                    await self._run_batch(work, conversation, stored)
             except PermanentApiError as exc:
-                await self._dead_letter(
-                    lease, batch, stored, Failure(ReasonCode.OPENAI_REJECTED, str(exc))
-                )
+                failure = Failure(ReasonCode.OPENAI_REJECTED, str(exc))
+                await self._dead_letter(lease, batch, stored, failure)
             except ApiUnavailable as exc:
-                await self._dead_letter(
-                    lease,
-                    batch,
-                    stored,
-                    Failure(ReasonCode.OPENAI_UNAVAILABLE, str(exc), self._api.attempts),
-                )
+                failure = Failure(ReasonCode.OPENAI_UNAVAILABLE, str(exc), self._api.attempts)
+                await self._dead_letter(lease, batch, stored, failure)
 
-    async def _thread(self, lease: Lease) -> str:
-        conversation = await self._store.conversation(lease)
+    async def _thread(self, lease: Lease, conversation: ConversationRow, backend: Backend) -> str:
         if conversation.thread_id is not None:
             return conversation.thread_id
         # An orphan thread from a crash right after this call is harmless: it holds nothing.
         thread_id = await self._api.call(
-            "create_thread", lambda: self._backend.create_thread(lease.conversation_id)
+            "create_thread", lambda: backend.create_thread(lease.conversation_id)
         )
         await self._store.set_thread(lease, thread_id)
-        log.info("thread_created", thread_id=thread_id)
+        log.info("thread_created", thread_id=thread_id, backend=backend.name)
         return thread_id
 
     async def _run_batch(
-        self, lease: Lease, batch: OpenBatch, thread_id: str, stored: list[StoredEvent]
+        self, work: _Work, conversation: ConversationRow, stored: list[StoredEvent]
     ) -> None:
         messages = tuple(UserMessage.from_json(json.loads(e.body)) for e in stored)
-        conversation = await self._store.conversation(lease)
         turn = Turn(
-            batch_id=batch.batch_id,
-            attempt=batch.attempt,
-            conversation_id=lease.conversation_id,
+            batch_id=work.batch.batch_id,
+            attempt=work.batch.attempt,
+            conversation_id=work.lease.conversation_id,
             messages=messages,
             assistant_id=_assistant_for(messages, conversation.assistant_id, self._settings),
-            add_messages=not batch.messages_added,
+            add_messages=not work.batch.messages_added,
+            after_item_id=work.batch.after_item_id,
         )
-        run_id = batch.run_id
+        run_id = work.batch.run_id
         while True:
-            finished = await self._run_once(lease, thread_id, turn, run_id)
+            finished = await self._run_once(work, turn, run_id)
             if not self._retry_run(finished, turn):
                 break
             log.warning("run_retry", run_id=finished.snapshot.run_id, attempt=turn.attempt)
-            error = finished.snapshot.error
+            after_item_id = await self._watermark(work)
             await self._store.record_run_retry(
-                lease,
-                batch.batch_id,
-                finished.snapshot.run_id,
-                finished.snapshot.status,
-                finished.polls,
-                vars_of(error) if error else {},
+                work.lease, work.batch.batch_id, _record(finished), after_item_id
             )
-            turn = replace(turn, attempt=turn.attempt + 1, add_messages=False)
+            turn = replace(
+                turn, attempt=turn.attempt + 1, add_messages=False, after_item_id=after_item_id
+            )
             run_id = None
-        await self._record_reply(lease, batch, thread_id, turn, finished)
+        await self._record_reply(work, turn, finished)
 
-    async def _run_once(
-        self, lease: Lease, thread_id: str, turn: Turn, run_id: str | None
-    ) -> FinishedRun:
+    async def _run_once(self, work: _Work, turn: Turn, run_id: str | None) -> FinishedRun:
         if run_id is None:
-            run = await self._runner.start(thread_id, turn)
-            await self._store.record_run_started(lease, turn.batch_id, run.run_id, turn.attempt)
+            run = await work.runner.start(work.thread_id, turn)
+            await self._store.record_run_started(
+                work.lease, turn.batch_id, run.run_id, turn.attempt
+            )
             log.info("run_started", run_id=run.run_id, events=len(turn.messages))
         else:
             log.info("run_resumed", run_id=run_id)
             run = await self._api.call(
-                "retrieve_run", lambda: self._backend.retrieve_run(thread_id, run_id)
+                "retrieve_run", lambda: work.backend.retrieve_run(work.thread_id, run_id)
             )
 
         async def remember(new_run_id: str) -> None:
-            await self._store.record_run_started(lease, turn.batch_id, new_run_id, turn.attempt)
+            await self._store.record_run_started(
+                work.lease, turn.batch_id, new_run_id, turn.attempt
+            )
 
-        return await self._runner.finish(thread_id, run, turn, remember)
+        return await work.runner.finish(work.thread_id, run, turn, remember)
 
     def _retry_run(self, finished: FinishedRun, turn: Turn) -> bool:
         snapshot = finished.snapshot
@@ -145,35 +154,36 @@ class ConversationProcessor:
             and turn.attempt < self._settings.run_attempts
         )
 
-    async def _record_reply(
-        self, lease: Lease, batch: OpenBatch, thread_id: str, turn: Turn, finished: FinishedRun
-    ) -> None:
+    async def _watermark(self, work: _Work) -> str | None:
+        return await self._api.call("watermark", lambda: work.backend.watermark(work.thread_id))
+
+    async def _record_reply(self, work: _Work, turn: Turn, finished: FinishedRun) -> None:
         snapshot = finished.snapshot
         messages: tuple[ReplyMessage, ...] = ()
         if snapshot.status in (RunStatus.COMPLETED, RunStatus.INCOMPLETE):
             messages = await self._api.call(
-                "list_messages", lambda: self._backend.reply_messages(thread_id, snapshot.run_id)
+                "list_messages",
+                lambda: work.backend.reply_messages(work.thread_id, snapshot.run_id),
             )
         reply = AssistantReply(
-            conversation_id=lease.conversation_id,
-            in_reply_to=batch.event_ids,
+            conversation_id=work.lease.conversation_id,
+            in_reply_to=work.batch.event_ids,
             status=snapshot.status.value,
             messages=messages,
-            thread_id=thread_id,
+            thread_id=work.thread_id,
             run_id=snapshot.run_id,
-            assistant_id=turn.assistant_id,
-            backend=self._backend.name,
+            assistant_id=turn.assistant_id if work.backend.name == "assistants" else None,
+            backend=work.backend.name,
             usage=snapshot.usage,
             error=snapshot.error,
         )
-        usage = None if snapshot.usage is None else vars_of(snapshot.usage)
-        error = None if snapshot.error is None else vars_of(snapshot.error)
         await self._store.finish_batch(
-            lease,
-            batch.batch_id,
+            work.lease,
+            work.batch.batch_id,
             event_status="answered",
             outbox=[reply_outbox(reply, self._settings.topology)],
-            run=(snapshot.run_id, snapshot.status.value, finished.polls, usage, error),
+            ended=_record(finished),
+            last_item_id=await self._watermark(work),
         )
         self._on_outbox()
         log.info(
@@ -208,6 +218,17 @@ class ConversationProcessor:
             error=failure.error,
             events=list(batch.event_ids),
         )
+
+
+def _record(finished: FinishedRun) -> RunRecord:
+    s = finished.snapshot
+    return RunRecord(
+        run_id=s.run_id,
+        status=s.status.value,
+        polls=finished.polls,
+        usage=None if s.usage is None else vars_of(s.usage),
+        error=None if s.error is None else vars_of(s.error),
+    )
 
 
 def _assistant_for(

@@ -34,7 +34,7 @@ class Runner:
         deadline_s: float,
         tools: ToolRegistry,
     ) -> None:
-        self._backend = backend
+        self.backend = backend
         self._api = api
         self._schedule = schedule
         self._deadline_s = deadline_s
@@ -48,11 +48,11 @@ class Runner:
         """
 
         async def reconcile_then_start() -> RunSnapshot:
-            existing = await self._backend.find_run(thread_id, turn)
+            existing = await self.backend.find_run(thread_id, turn)
             if existing is not None:
                 log.info("run_adopted", run_id=existing)
-                return await self._backend.retrieve_run(thread_id, existing)
-            return await self._backend.start_run(thread_id, turn)
+                return await self.backend.retrieve_run(thread_id, existing)
+            return await self.backend.start_run(thread_id, turn)
 
         while True:
             try:
@@ -89,7 +89,7 @@ class Runner:
 
     async def _retrieve(self, thread_id: str, run_id: str) -> RunSnapshot:
         return await self._api.call(
-            "retrieve_run", lambda: self._backend.retrieve_run(thread_id, run_id)
+            "retrieve_run", lambda: self.backend.retrieve_run(thread_id, run_id)
         )
 
     async def _serve_tools(self, thread_id: str, run: RunSnapshot, turn: Turn) -> RunSnapshot:
@@ -97,16 +97,16 @@ class Runner:
 
         async def reconcile_then_submit() -> RunSnapshot:
             # A retried submit after a lost answer would be refused: check first.
-            current = await self._backend.retrieve_run(thread_id, run.run_id)
+            current = await self.backend.retrieve_run(thread_id, run.run_id)
             if current.status is not RunStatus.REQUIRES_ACTION:
                 return current
-            return await self._backend.submit_tool_outputs(thread_id, run.run_id, turn, outputs)
+            return await self.backend.submit_tool_outputs(thread_id, run.run_id, turn, outputs)
 
         return await self._api.call("submit_tool_outputs", reconcile_then_submit)
 
     async def _cancel(self, thread_id: str, run: RunSnapshot) -> RunSnapshot:
         log.warning("run_deadline_exceeded", run_id=run.run_id, deadline_s=self._deadline_s)
-        await self._api.call("cancel_run", lambda: self._backend.cancel_run(thread_id, run.run_id))
+        await self._api.call("cancel_run", lambda: self.backend.cancel_run(thread_id, run.run_id))
         return RunSnapshot(
             run_id=run.run_id,
             status=RunStatus.CANCELLED,

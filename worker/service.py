@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractRobustConnection
 from worker import topology
 from worker.backends.assistants import AssistantsBackend
 from worker.backends.base import Backend
+from worker.backends.responses import ResponsesBackend
 from worker.consume import Consumer
 from worker.conversation import ConversationProcessor
 from worker.intake import Intake
@@ -30,10 +31,20 @@ from worker.tools import ToolRegistry, default_tools
 log = structlog.get_logger("worker.service")
 
 
-def make_backend(settings: Settings, client: openai.AsyncOpenAI) -> Backend:
-    if settings.backend is BackendName.ASSISTANTS:
-        return AssistantsBackend(client)
-    raise NotImplementedError(f"backend {settings.backend} is not available yet")
+def make_backends(
+    settings: Settings, client: openai.AsyncOpenAI, tools: ToolRegistry
+) -> dict[str, Backend]:
+    """Both backends: new conversations use the configured one, older ones keep theirs."""
+    return {
+        BackendName.ASSISTANTS.value: AssistantsBackend(client),
+        BackendName.RESPONSES.value: ResponsesBackend(
+            client,
+            model=settings.model,
+            instructions=settings.instructions,
+            tools=tools.declarations(),
+            prompt_id=settings.prompt_id,
+        ),
+    }
 
 
 def make_client(settings: Settings) -> openai.AsyncOpenAI:
@@ -86,11 +97,13 @@ class WorkerService:
 
     def _ownership(self, store: Store, client: openai.AsyncOpenAI, relay: OutboxRelay) -> Ownership:
         s = self.settings
-        backend = make_backend(s, client)
         api = RetryPolicy(s.api_attempts, s.api_backoff_base_s, s.api_backoff_cap_s)
         schedule = PollSchedule(s.poll_initial_ms, s.poll_max_ms, s.poll_growth)
-        runner = Runner(backend, api, schedule, s.run_deadline_s, self._tools)
-        processor = ConversationProcessor(s, store, backend, runner, api, relay.wake)
+        runners = {
+            name: Runner(backend, api, schedule, s.run_deadline_s, self._tools)
+            for name, backend in make_backends(s, client, self._tools).items()
+        }
+        processor = ConversationProcessor(s, store, runners, api, relay.wake)
         return Ownership(
             store,
             processor.process,

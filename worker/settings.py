@@ -52,10 +52,12 @@ class Settings(BaseSettings):
     )
     openai_timeout_s: Annotated[float, Field(gt=0)] = 30.0
 
-    backend: BackendName = BackendName.ASSISTANTS
+    # The backend for conversations seen for the first time; known ones keep theirs.
+    backend: BackendName = BackendName.RESPONSES
     assistant_id: str = "asst_default"
     model: str = "gpt-4o-mini"
     instructions: str = "You are a helpful helpdesk assistant."
+    prompt_id: str | None = None
 
     concurrency: PositiveInt = 32
     batch_max_events: PositiveInt = 16

@@ -60,6 +60,7 @@ class ConversationRow:
     backend: str
     thread_id: str | None
     assistant_id: str | None
+    last_item_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,18 @@ class OpenBatch:
     attempt: int
     run_id: str | None
     messages_added: bool
+    after_item_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """How a run ended, as stored in `runs`."""
+
+    run_id: str
+    status: str
+    polls: int
+    usage: dict[str, Any] | None
+    error: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +133,12 @@ class Store:
             row = await conn.fetchrow(q("fence"), lease.conversation_id, lease.token)
             if row is None:
                 raise LeaseLost(lease.conversation_id)
-            yield conn, ConversationRow(row["backend"], row["thread_id"], row["assistant_id"])
+            yield (
+                conn,
+                ConversationRow(
+                    row["backend"], row["thread_id"], row["assistant_id"], row["last_item_id"]
+                ),
+            )
 
     # -- intake -------------------------------------------------------------------------------
 
@@ -206,17 +224,29 @@ class Store:
             row["attempt"],
             row["run_id"],
             row["messages_added"],
+            row["after_item_id"],
         )
 
     async def start_batch(self, lease: Lease, max_events: int) -> OpenBatch | None:
         """Groups the pending events (oldest first) into a new batch, or None if there are none."""
-        async with self._fenced(lease) as (conn, _):
+        async with self._fenced(lease) as (conn, conversation):
             rows = await conn.fetch(q("pending_events"), lease.conversation_id, max_events)
             if not rows:
                 return None
-            batch = OpenBatch(uuid.uuid4(), tuple(r["event_id"] for r in rows), 1, None, False)
+            batch = OpenBatch(
+                batch_id=uuid.uuid4(),
+                event_ids=tuple(r["event_id"] for r in rows),
+                attempt=1,
+                run_id=None,
+                messages_added=False,
+                after_item_id=conversation.last_item_id,
+            )
             await conn.execute(
-                q("insert_batch"), batch.batch_id, lease.conversation_id, list(batch.event_ids)
+                q("insert_batch"),
+                batch.batch_id,
+                lease.conversation_id,
+                list(batch.event_ids),
+                batch.after_item_id,
             )
             await conn.execute(q("mark_events_batched"), batch.batch_id, list(batch.event_ids))
             return batch
@@ -232,17 +262,12 @@ class Store:
             await conn.execute(q("record_run_started"), batch_id, run_id, attempt)
 
     async def record_run_retry(
-        self,
-        lease: Lease,
-        batch_id: uuid.UUID,
-        run_id: str,
-        status: str,
-        polls: int,
-        error: dict[str, str],
+        self, lease: Lease, batch_id: uuid.UUID, ended: RunRecord, after_item_id: str | None
     ) -> None:
+        """The run ended for a transient reason; the batch's next attempt starts after it."""
         async with self._fenced(lease) as (conn, _):
-            await conn.execute(q("record_run_ended"), run_id, status, polls, None, error)
-            await conn.execute(q("record_run_retry"), batch_id)
+            await _record_run_ended(conn, ended)
+            await conn.execute(q("record_run_retry"), batch_id, after_item_id)
 
     async def finish_batch(
         self,
@@ -251,12 +276,15 @@ class Store:
         *,
         event_status: str,
         outbox: Sequence[OutboxMessage],
-        run: tuple[str, str, int, dict[str, int] | None, dict[str, str] | None] | None = None,
+        ended: RunRecord | None = None,
+        last_item_id: str | None = None,
     ) -> None:
         """Closes the batch, settles its events and queues what to publish, atomically."""
         async with self._fenced(lease) as (conn, _):
-            if run is not None:
-                await conn.execute(q("record_run_ended"), *run)
+            if ended is not None:
+                await _record_run_ended(conn, ended)
+            if last_item_id is not None:
+                await conn.execute(q("set_last_item"), lease.conversation_id, last_item_id)
             await conn.execute(q("finish_batch"), batch_id, event_status)
             for message in outbox:
                 await _insert_outbox(conn, message)
@@ -309,6 +337,12 @@ class OutboxAck:
     async def failed(self, ids: Sequence[int]) -> None:
         if ids:
             await self._conn.execute(q("mark_publish_failed"), list(ids))
+
+
+async def _record_run_ended(conn: Connection, run: RunRecord) -> None:
+    await conn.execute(
+        q("record_run_ended"), run.run_id, run.status, run.polls, run.usage, run.error
+    )
 
 
 async def _insert_outbox(conn: Connection, m: OutboxMessage) -> None:

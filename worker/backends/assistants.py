@@ -32,6 +32,9 @@ class AssistantsBackend:
         thread = await self._threads.create(metadata={"aw_conversation_id": conversation_id[:512]})
         return thread.id
 
+    async def watermark(self, thread_id: str) -> str | None:
+        return None  # runs are found by their metadata
+
     async def find_run(self, thread_id: str, turn: Turn) -> str | None:
         page = await self._threads.runs.list(thread_id, limit=_RECONCILE_WINDOW, order="desc")
         wanted = turn.run_metadata

@@ -51,6 +51,8 @@ class Turn:
     messages: tuple[UserMessage, ...]
     assistant_id: str
     add_messages: bool
+    # The thread's newest item before this turn (Responses); where to look for its effects.
+    after_item_id: str | None = None
 
     @property
     def instructions(self) -> str | None:
@@ -99,6 +101,9 @@ class Backend(Protocol):
     name: str
 
     async def create_thread(self, conversation_id: str) -> str: ...
+
+    async def watermark(self, thread_id: str) -> str | None:
+        """The thread's newest item ID, if this backend finds turns by their items."""
 
     async def find_run(self, thread_id: str, turn: Turn) -> str | None:
         """The run an earlier attempt of this turn already created, if the POST got through."""

@@ -47,7 +47,7 @@ RETURNING lease_token;
 -- name: fence
 -- Locks the conversation row if the caller still holds the lease.
 -- $1 conversation_id, $2 lease_token
-SELECT backend, thread_id, assistant_id
+SELECT backend, thread_id, assistant_id, last_item_id
 FROM conversations
 WHERE conversation_id = $1 AND lease_token = $2
 FOR UPDATE;
@@ -84,7 +84,7 @@ LIMIT $2;
 
 -- name: open_batch
 -- $1 conversation_id
-SELECT batch_id, event_ids, attempt, run_id, messages_added
+SELECT batch_id, event_ids, attempt, run_id, messages_added, after_item_id
 FROM batches
 WHERE conversation_id = $1 AND status = 'open';
 
@@ -96,8 +96,9 @@ JOIN inbound_events e USING (event_id)
 ORDER BY b.position;
 
 -- name: insert_batch
--- $1 batch_id, $2 conversation_id, $3 event_ids
-INSERT INTO batches (batch_id, conversation_id, event_ids) VALUES ($1, $2, $3);
+-- $1 batch_id, $2 conversation_id, $3 event_ids, $4 after_item_id
+INSERT INTO batches (batch_id, conversation_id, event_ids, after_item_id)
+VALUES ($1, $2, $3, $4);
 
 -- name: mark_events_batched
 -- $1 batch_id, $2 event_ids
@@ -122,8 +123,9 @@ WHERE run_id = $1;
 
 -- name: record_run_retry
 -- The run ended for a transient reason; the batch gets a new run (messages are already added).
--- $1 batch_id
-UPDATE batches SET run_id = NULL, first_failure_at = coalesce(first_failure_at, now())
+-- $1 batch_id, $2 after_item_id for the next attempt
+UPDATE batches
+SET run_id = NULL, first_failure_at = coalesce(first_failure_at, now()), after_item_id = $2
 WHERE batch_id = $1;
 
 -- name: finish_batch
@@ -135,6 +137,10 @@ WITH finished AS (
 )
 UPDATE inbound_events SET status = $2::event_status, settled_at = now()
 WHERE event_id = ANY((SELECT event_ids FROM finished)::text[]);
+
+-- name: set_last_item
+-- $1 conversation_id, $2 last_item_id
+UPDATE conversations SET last_item_id = $2 WHERE conversation_id = $1;
 
 -- name: sweepable_conversations
 -- Conversations with work whose owner is gone (lease expired or never taken).

@@ -17,7 +17,9 @@ CREATE TABLE conversations (
     lease_owner      text,
     lease_expires_at timestamptz,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now()
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- The thread's newest item after the last finished turn (Responses backend).
+    last_item_id     text
 );
 
 CREATE TABLE inbound_events (
@@ -48,7 +50,9 @@ CREATE TABLE batches (
     messages_added  boolean NOT NULL DEFAULT false,
     first_failure_at timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    finished_at     timestamptz
+    finished_at     timestamptz,
+    -- Where this turn's items start: the thread's newest item before the current attempt.
+    after_item_id   text
 );
 CREATE UNIQUE INDEX batches_one_open_per_conversation ON batches (conversation_id)
     WHERE status = 'open';

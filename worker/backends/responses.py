@@ -1,0 +1,196 @@
+"""The Responses backend: Conversations for threads, background responses for runs.
+
+The API keeps no list of responses and takes no idempotency key, so a create whose answer was
+lost cannot be found by ID. What can be found is its effect on the conversation: the turn's user
+inputs after the conversation's last known item (the turn's watermark). When they are there, the
+turn is adopted as an "items run" (`items:<last input item id>`) whose outcome is read from the
+items that follow it, instead of being created a second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import openai
+from openai import omit
+from openai.types.conversations.conversation_item import ConversationItem
+from openai.types.responses import FunctionToolParam, Response, ResponseInputItemParam
+from openai.types.responses.response_output_item import ResponseOutputItem
+
+from worker.backends.base import RunSnapshot, RunStatus, ToolCall, ToolOutput, Turn
+from worker.errors import ThreadBusy
+from worker.events import ReplyMessage, RunError, Usage
+
+ITEMS_RUN = "items:"
+_PAGE = 100
+
+
+class ResponsesBackend:
+    name = "responses"
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        *,
+        model: str,
+        instructions: str,
+        tools: Sequence[FunctionToolParam],
+        prompt_id: str | None = None,
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._instructions = instructions
+        self._tools = list(tools)
+        self._prompt_id = prompt_id
+
+    async def create_thread(self, conversation_id: str) -> str:
+        conversation = await self._client.conversations.create(
+            metadata={"aw_conversation_id": conversation_id[:512]}
+        )
+        return conversation.id
+
+    async def watermark(self, thread_id: str) -> str | None:
+        page = await self._client.conversations.items.list(thread_id, order="desc", limit=1)
+        return page.data[0].id if page.data else None
+
+    async def find_run(self, thread_id: str, turn: Turn) -> str | None:
+        items = await self._items_after(thread_id, turn.after_item_id)
+        texts = [m.text for m in turn.messages]
+        inputs = [i for i in items if i.type == "message" and i.role == "user"]
+        if [_item_text(i) for i in inputs[: len(texts)]] != texts:
+            return None
+        return ITEMS_RUN + inputs[len(texts) - 1].id
+
+    async def start_run(self, thread_id: str, turn: Turn) -> RunSnapshot:
+        items: list[ResponseInputItemParam] = [
+            {"type": "message", "role": "user", "content": m.text} for m in turn.messages
+        ]
+        return await self._create(thread_id, turn, items)
+
+    async def retrieve_run(self, thread_id: str, run_id: str) -> RunSnapshot:
+        if run_id.startswith(ITEMS_RUN):
+            return await self._retrieve_items_run(thread_id, run_id)
+        raw = await self._client.responses.with_raw_response.retrieve(run_id)
+        return _snapshot(raw.parse(), _int_header(raw.headers.get("openai-poll-after-ms")))
+
+    async def submit_tool_outputs(
+        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
+    ) -> RunSnapshot:
+        # The outputs go in as the input of a follow-up response; if an earlier attempt got
+        # them into the conversation already, adopt that instead of sending them twice.
+        call_ids = {o.call_id for o in outputs}
+        for item in await self._items_after(thread_id, turn.after_item_id):
+            if item.type == "function_call_output" and item.call_id in call_ids:
+                return await self._retrieve_items_run(thread_id, ITEMS_RUN + item.id)
+        items: list[ResponseInputItemParam] = [
+            {"type": "function_call_output", "call_id": o.call_id, "output": o.output}
+            for o in outputs
+        ]
+        return await self._create(thread_id, turn, items)
+
+    async def cancel_run(self, thread_id: str, run_id: str) -> None:
+        if not run_id.startswith(ITEMS_RUN):
+            await self._client.responses.cancel(run_id)
+
+    async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]:
+        if run_id.startswith(ITEMS_RUN):
+            items = await self._items_after(thread_id, run_id.removeprefix(ITEMS_RUN))
+            return tuple(_reply(i) for i in items if i.type == "message" and i.role == "assistant")
+        response = await self._client.responses.retrieve(run_id)
+        return tuple(_reply(item) for item in response.output if item.type == "message")
+
+    async def _create(
+        self, thread_id: str, turn: Turn, items: list[ResponseInputItemParam]
+    ) -> RunSnapshot:
+        instructions = self._instructions
+        if turn.instructions:
+            instructions = f"{instructions}\n\n{turn.instructions}"
+        try:
+            response = await self._client.responses.create(
+                background=True,
+                store=True,
+                conversation=thread_id,
+                input=items,
+                model=self._model,
+                instructions=instructions,
+                tools=self._tools,
+                metadata=turn.run_metadata,
+                prompt={"id": self._prompt_id} if self._prompt_id else omit,
+            )
+        except openai.BadRequestError as exc:
+            if exc.code == "conversation_locked":
+                raise ThreadBusy(None) from None
+            raise
+        return _snapshot(response)
+
+    async def _retrieve_items_run(self, thread_id: str, run_id: str) -> RunSnapshot:
+        after = await self._items_after(thread_id, run_id.removeprefix(ITEMS_RUN))
+        calls = tuple(
+            ToolCall(i.call_id, i.name, i.arguments) for i in after if i.type == "function_call"
+        )
+        answered = {i.call_id for i in after if i.type == "function_call_output"}
+        pending = tuple(c for c in calls if c.call_id not in answered)
+        if pending:
+            return RunSnapshot(run_id, RunStatus.REQUIRES_ACTION, tool_calls=pending)
+        if any(i.type == "message" and i.role == "assistant" for i in after):
+            return RunSnapshot(run_id, RunStatus.COMPLETED)
+        return RunSnapshot(run_id, RunStatus.IN_PROGRESS)
+
+    async def _items_after(self, thread_id: str, after: str | None) -> list[ConversationItem]:
+        page = self._client.conversations.items.list(
+            thread_id, order="asc", limit=_PAGE, after=after or omit
+        )
+        return [item async for item in page]
+
+
+def _item_text(item: ConversationItem) -> str:
+    if item.type != "message":
+        return ""
+    return "".join(getattr(part, "text", "") for part in item.content)
+
+
+def _reply(item: ConversationItem | ResponseOutputItem) -> ReplyMessage:
+    assert item.type == "message"
+    texts: list[str] = []
+    annotations: list[dict[str, Any]] = []
+    for part in item.content:
+        if part.type == "output_text":
+            texts.append(part.text)
+            annotations.extend(a.model_dump(mode="json") for a in part.annotations)
+        elif part.type == "refusal":
+            texts.append(part.refusal)
+    return ReplyMessage(item.id, "\n".join(texts), tuple(annotations))
+
+
+def _int_header(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _snapshot(response: Response, poll_after_ms: int | None = None) -> RunSnapshot:
+    status = RunStatus(response.status or "queued")
+    calls = tuple(
+        ToolCall(o.call_id, o.name, o.arguments)
+        for o in response.output
+        if o.type == "function_call"
+    )
+    if status is RunStatus.COMPLETED and calls:
+        status = RunStatus.REQUIRES_ACTION
+    error = None
+    if response.error is not None:
+        error = RunError(str(response.error.code), response.error.message)
+    elif response.incomplete_details is not None:
+        reason = response.incomplete_details.reason or "incomplete"
+        error = RunError(reason, f"the response stopped early: {reason}")
+    usage = None
+    if response.usage is not None:
+        u = response.usage
+        usage = Usage(u.input_tokens, u.output_tokens, u.total_tokens)
+    return RunSnapshot(
+        run_id=response.id,
+        status=status,
+        poll_after_ms=poll_after_ms,
+        tool_calls=calls if status is RunStatus.REQUIRES_ACTION else (),
+        error=error,
+        usage=usage,
+    )
