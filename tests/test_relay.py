@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import asyncpg
+import openai
 import pytest
 from aio_pika.abc import AbstractChannel
 
@@ -311,3 +312,61 @@ def standin_messages(standin: StandIn, thread_id: str) -> list[tuple[str, str]]:
         for item in standin.state.conversations[thread_id].items
         if item["type"] == "message"
     ]
+
+
+async def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    backend: str,
+) -> None:
+    create = r"/threads/[^/]+/runs$" if backend == "assistants" else r"/responses$"
+    # The server does the work, then the connection drops before the answer is sent.
+    standin.add_faults([{"kind": "drop_after", "method": "POST", "path": create, "times": 1}])
+    event = await publish(channel, topology, conversation_id="c-lost", text="did it work?")
+    [reply] = await replies_for(channel, topology, {event["event_id"]}, timeout_s=20)
+
+    assert reply["status"] == "completed"
+    assert reply["text"] == "Echo: did it work?"
+    assert [e["fault"] for e in standin.journal if e["fault"]] == ["drop_after"]
+    assert len(runs_in(standin, reply["thread_id"])) == 1
+    user_messages = [m for m in standin_messages(standin, reply["thread_id"]) if m[0] == "user"]
+    assert user_messages == [("user", "did it work?")]
+    assert await drain(channel, topology.reply_queue, quiet_s=1.0) == []
+
+
+async def test_another_clients_run_on_the_thread_is_waited_out(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    db: asyncpg.Connection,
+    backend: str,
+) -> None:
+    first = await publish(channel, topology, conversation_id="c-shared", text="first")
+    [r1] = await replies_for(channel, topology, {first["event_id"]})
+    thread_id = r1["thread_id"]
+    # Someone else (a support agent's tool, say) starts a slow run on the same thread.
+    async with openai.AsyncOpenAI(base_url=standin.base_url, api_key="sk-x") as client:
+        if backend == "assistants":
+            await client.beta.threads.runs.create(
+                thread_id,
+                assistant_id="asst_other",
+                additional_messages=[{"role": "user", "content": "other [[delay_ms:1500]]"}],
+            )
+        else:
+            await client.responses.create(
+                model="gpt-4o-mini",
+                conversation=thread_id,
+                input="other [[delay_ms:1500]]",
+                background=True,
+                store=True,
+            )
+    second = await publish(channel, topology, conversation_id="c-shared", text="second")
+    [r2] = await replies_for(channel, topology, {second["event_id"]}, timeout_s=20)
+
+    assert r2["status"] == "completed"
+    assert r2["text"].endswith("second")
+    busy = [e for e in standin.journal if e["status"] == 400]
+    assert busy, "the worker should have met the thread's lock at least once"
