@@ -15,7 +15,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from pydantic import SecretStr
 
-from tests.support import AMQP_URL, admin_sql, dsn_for
+from tests.support import AMQP_URL, API_KEY, admin_sql, dsn_for
 from worker import topology as topo
 from worker.migrate import migrate
 from worker.service import WorkerService
@@ -115,7 +115,7 @@ def settings(
         amqp_url=SecretStr(AMQP_URL),
         database_url=SecretStr(database_url),
         openai_base_url=standin.base_url,
-        openai_api_key=SecretStr("sk-test-secret-key-0123456789"),
+        openai_api_key=SecretStr(API_KEY),
         topology=topology,
         concurrency=8,
         poll_initial_ms=30,

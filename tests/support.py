@@ -14,12 +14,13 @@ import asyncpg
 from aio_pika.abc import AbstractChannel
 
 from worker.helpdesk import publish_user_message, wait_for_replies
-from worker.settings import Topology
+from worker.settings import Settings, Topology
 
 PG_ADMIN_DSN = os.environ.get(
     "AW_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 AMQP_URL = os.environ.get("AW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+API_KEY = "sk-test-secret-key-0123456789"
 
 
 def dsn_for(database: str) -> str:
@@ -95,3 +96,25 @@ class Message:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    t = settings.topology
+    env = {
+        **os.environ,
+        "AW_AMQP_URL": settings.amqp_url.get_secret_value(),
+        "AW_DATABASE_URL": settings.database_url.get_secret_value(),
+        "AW_OPENAI_BASE_URL": settings.openai_base_url,
+        "AW_OPENAI_API_KEY": API_KEY,
+        "AW_INBOUND_EXCHANGE": t.inbound_exchange,
+        "AW_INBOUND_QUEUE": t.inbound_queue,
+        "AW_OUTBOUND_EXCHANGE": t.outbound_exchange,
+        "AW_REPLY_QUEUE": t.reply_queue,
+        "AW_DEAD_LETTER_EXCHANGE": t.dead_letter_exchange,
+        "AW_DEAD_LETTER_QUEUE": t.dead_letter_queue,
+        "AW_POLL_INITIAL_MS": "30",
+        "AW_SHUTDOWN_GRACE_S": "5",
+        "AW_LOG_FORMAT": "json",
+    }
+    env.update(extra)
+    return env

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -13,34 +12,11 @@ from pathlib import Path
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from tests.support import publish, replies_for
+from tests.support import API_KEY, publish, replies_for, worker_env
 from worker.settings import Settings, Topology
 
-API_KEY = "sk-test-secret-key-0123456789"
 CLI = [sys.executable, "-m", "worker"]
 REPO = Path(__file__).resolve().parent.parent
-
-
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    t = settings.topology
-    env = {
-        **os.environ,
-        "AW_AMQP_URL": settings.amqp_url.get_secret_value(),
-        "AW_DATABASE_URL": settings.database_url.get_secret_value(),
-        "AW_OPENAI_BASE_URL": settings.openai_base_url,
-        "AW_OPENAI_API_KEY": API_KEY,
-        "AW_INBOUND_EXCHANGE": t.inbound_exchange,
-        "AW_INBOUND_QUEUE": t.inbound_queue,
-        "AW_OUTBOUND_EXCHANGE": t.outbound_exchange,
-        "AW_REPLY_QUEUE": t.reply_queue,
-        "AW_DEAD_LETTER_EXCHANGE": t.dead_letter_exchange,
-        "AW_DEAD_LETTER_QUEUE": t.dead_letter_queue,
-        "AW_POLL_INITIAL_MS": "30",
-        "AW_SHUTDOWN_GRACE_S": "5",
-        "AW_LOG_FORMAT": "json",
-    }
-    env.update(extra)
-    return env
 
 
 class WorkerProcess:

@@ -14,7 +14,7 @@ import structlog
 import typer
 
 from worker.logging import configure_logging
-from worker.settings import Settings
+from worker.settings import BackendName, Settings
 
 app = typer.Typer(
     help="Relay helpdesk messages to an OpenAI assistant and publish its replies.",
@@ -98,6 +98,45 @@ def migrate() -> None:
             typer.echo("database schema is up to date")
 
     _run_logged("migrate", main)
+
+
+conversations = typer.Typer(help="Operate on stored conversations.", no_args_is_help=True)
+app.add_typer(conversations, name="conversations")
+
+
+@conversations.command("move")
+def move_conversations(
+    to: Annotated[BackendName, typer.Option(help="Backend to move conversations to.")],
+    conversation: Annotated[
+        list[str] | None, typer.Option(help="A conversation ID; repeat for several.")
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every conversation on another backend.")
+    ] = False,
+) -> None:
+    """Move idle conversations to another backend (e.g. off the retired Assistants API).
+
+    A thread's history cannot be carried over: the next message of a moved conversation starts
+    a new thread or Conversation there. Conversations with work in progress are left alone; run
+    the command again once they are idle.
+    """
+    from worker.store import Store, create_pool
+
+    if not conversation and not all_:
+        raise typer.BadParameter("name conversations with --conversation, or pass --all")
+    settings = _settings()
+
+    async def main() -> None:
+        pool = await create_pool(settings.database_url.get_secret_value(), max_size=2)
+        try:
+            moved, busy = await Store(pool).move_conversations(to.value, conversation or None)
+        finally:
+            await pool.close()
+        typer.echo(
+            f"moved {len(moved)} conversation(s) to {to.value}; {busy} busy, left as they are"
+        )
+
+    _run_logged("move", main)
 
 
 @app.command()

@@ -25,18 +25,38 @@ class OutboxRelay:
         self._interval_s = interval_s
         self._batch = batch
         self._wake = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
         self._exchanges: dict[str, AbstractExchange] = {}
 
     def wake(self) -> None:
         self._wake.set()
 
+    async def stop(self) -> None:
+        """Makes a last pass and returns once the loop is out.
+
+        Cancelling a pass instead could roll back the "published" mark of a message the broker
+        already has, and the next worker would publish it a second time.
+        """
+        self._stopping = True
+        self._wake.set()
+        await self._stopped.wait()
+
     async def run_forever(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            self._stopped.set()
+
+    async def _loop(self) -> None:
         while True:
             try:
                 while await self.publish_pending() == self._batch:
                     pass
             except Exception as exc:  # noqa: BLE001 - broker or database blip; next pass retries
                 log.warning("outbox_pass_failed", error=repr(exc))
+            if self._stopping:
+                return
             try:
                 async with asyncio.timeout(self._interval_s):
                     await self._wake.wait()

@@ -90,7 +90,7 @@ class WorkerService:
                 await ownership.stop_sweeps()
                 await consumer.drain(s.shutdown_grace_s)
                 # Replies recorded during the drain still go out before we leave.
-                await relay.publish_pending()
+                await relay.stop()
                 if crashed.is_set():
                     raise RuntimeError("a background task died; see the log above")
         log.info("worker_stopped")
@@ -141,7 +141,8 @@ async def _background(*loops: Coroutine[Any, Any, None]) -> AsyncIterator[asynci
     crashed = asyncio.Event()
 
     def on_done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled():
+        # Returning normally is a deliberate stop; only an exception means the loop died.
+        if not task.cancelled() and task.exception() is not None:
             log.error("background_task_died", task=task.get_name(), error=repr(task.exception()))
             crashed.set()
 

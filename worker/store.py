@@ -289,6 +289,19 @@ class Store:
             for message in outbox:
                 await _insert_outbox(conn, message)
 
+    # -- operations ---------------------------------------------------------------------------
+
+    async def move_conversations(
+        self, backend: str, conversation_ids: Sequence[str] | None
+    ) -> tuple[list[str], int]:
+        """Moves idle conversations to `backend`; returns those moved and how many were busy."""
+        ids = list(conversation_ids) if conversation_ids is not None else None
+        async with self._pool.acquire() as conn, conn.transaction():
+            candidates = await conn.fetchval(q("count_conversations_elsewhere"), backend, ids)
+            rows = await conn.fetch(q("move_conversations"), backend, ids)
+        moved = [r["conversation_id"] for r in rows]
+        return moved, int(candidates) - len(moved)
+
     # -- outbox ---------------------------------------------------------------------------------
 
     async def add_to_outbox(self, message: OutboxMessage) -> None:

@@ -184,3 +184,21 @@ WHERE outbox_id = ANY($1::bigint[]);
 
 -- name: outbox_backlog
 SELECT count(*) FROM outbox WHERE published_at IS NULL;
+
+-- name: move_conversations
+-- Moves idle conversations (nobody owns them, nothing pending or running) to another backend.
+-- Their thread cannot follow: the next message starts a new one there.
+-- $1 target backend, $2 conversation_ids or NULL for every conversation on another backend
+UPDATE conversations c
+SET backend = $1, thread_id = NULL, last_item_id = NULL, updated_at = now()
+WHERE c.backend <> $1
+  AND ($2::text[] IS NULL OR c.conversation_id = ANY($2::text[]))
+  AND (c.lease_token IS NULL OR c.lease_expires_at <= now())
+  AND NOT EXISTS (SELECT 1 FROM inbound_events e
+                  WHERE e.conversation_id = c.conversation_id AND e.status IN ('pending', 'batched'))
+RETURNING conversation_id;
+
+-- name: count_conversations_elsewhere
+-- $1 target backend, $2 conversation_ids or NULL
+SELECT count(*) FROM conversations
+WHERE backend <> $1 AND ($2::text[] IS NULL OR conversation_id = ANY($2::text[]));

@@ -1,0 +1,78 @@
+"""Conversations stay on the backend that created their thread until an operator moves them."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from aio_pika.abc import AbstractChannel
+
+from tests.conftest import start_worker
+from tests.support import publish, replies_for, worker_env
+from worker.settings import BackendName, Settings, Topology
+
+
+async def _answer(
+    settings: Settings, channel: AbstractChannel, topology: Topology, text: str
+) -> dict:  # type: ignore[type-arg]
+    running = await start_worker(settings)
+    try:
+        event = await publish(channel, topology, conversation_id="c-move", text=text)
+        [reply] = await replies_for(channel, topology, {event["event_id"]})
+        return reply
+    finally:
+        await running.shutdown()
+
+
+async def _cli(settings: Settings, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        env=worker_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_a_conversation_keeps_its_backend_until_moved(
+    settings: Settings, channel: AbstractChannel, topology: Topology
+) -> None:
+    on_assistants = settings.model_copy(update={"backend": BackendName.ASSISTANTS})
+    on_responses = settings.model_copy(update={"backend": BackendName.RESPONSES})
+
+    first = await _answer(on_assistants, channel, topology, "one")
+    # The deployment switches its default; the existing conversation stays where it was.
+    second = await _answer(on_responses, channel, topology, "two")
+    assert (first["backend"], second["backend"]) == ("assistants", "assistants")
+    assert second["thread_id"] == first["thread_id"]
+
+    out = await _cli(on_responses, "conversations", "move", "--to", "responses", "--all")
+    assert out.strip() == "moved 1 conversation(s) to responses; 0 busy, left as they are"
+
+    third = await _answer(on_responses, channel, topology, "three")
+    assert third["backend"] == "responses"
+    assert third["thread_id"].startswith("conv_")
+    assert third["text"] == "Echo: three"
+
+
+async def test_move_needs_a_selection(settings: Settings) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "conversations",
+        "move",
+        "--to",
+        "responses",
+        env=worker_env(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert "--conversation" in err.decode()
