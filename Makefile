@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BACKEND ?= responses
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test lint format typecheck check migrate standin clean
@@ -18,9 +19,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create the virtualenv and install the worker with its dev tools
 
-demo: $(STAMP) ## Migrate, start stand-in + worker, play a conversation, print the replies
+demo: $(STAMP) ## Play a conversation through stand-in + worker (BACKEND=responses|assistants)
 	$(BIN)/assistant-worker migrate
-	$(BIN)/assistant-worker demo
+	AW_BACKEND=$(BACKEND) $(BIN)/assistant-worker demo
 
 test: $(STAMP) ## Run the test suite against the local Postgres and RabbitMQ
 	$(BIN)/pytest
