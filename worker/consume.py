@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import datetime
 import decimal
+import itertools
 from typing import Any
 
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
+from worker.errors import is_dependency_failure
 from worker.intake import Intake, Settlement
 from worker.outbound import Delivery
 
 log = structlog.get_logger("worker.consume")
 REQUEUE_DELAY_S = 1.0
+DEPENDENCY_BACKOFF_CAP_S = 10.0
 
 
 class Consumer:
@@ -54,17 +57,32 @@ class Consumer:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
-            settlement = await self._intake.handle(to_delivery(message))
+            settlement = await self._handle_until_settled(message, to_delivery(message))
         except asyncio.CancelledError:
             await asyncio.shield(_settle(message, Settlement.REQUEUE))
             raise
-        except Exception:
-            log.exception("delivery_failed", message_id=message.message_id)
-            # A dependency is probably down: hold the message a moment so the requeue does
-            # not spin. The broker's delivery limit stops a message that fails forever.
-            await asyncio.sleep(REQUEUE_DELAY_S)
-            settlement = Settlement.REQUEUE
         await _settle(message, settlement)
+
+    async def _handle_until_settled(
+        self, message: AbstractIncomingMessage, delivery: Delivery
+    ) -> Settlement:
+        """Waits out an unreachable Postgres while holding the message.
+
+        Holding it, rather than requeueing, keeps the quorum queue's delivery count (and so its
+        delivery limit) for messages that really are poison.
+        """
+        for attempt in itertools.count(1):
+            try:
+                return await self._intake.handle(delivery)
+            except Exception as exc:
+                if not is_dependency_failure(exc) or message.channel.is_closed:
+                    log.exception("delivery_failed", message_id=message.message_id)
+                    await asyncio.sleep(REQUEUE_DELAY_S)
+                    return Settlement.REQUEUE
+                delay = min(DEPENDENCY_BACKOFF_CAP_S, 0.25 * 2**attempt)
+                log.warning("dependency_unavailable", error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
 
 async def _settle(message: AbstractIncomingMessage, settlement: Settlement) -> None:

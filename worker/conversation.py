@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from worker.backends.base import TRANSIENT_RUN_ERRORS, Backend, RunStatus, Turn
+from worker.crashpoints import CrashPoint, maybe_crash
 from worker.errors import ApiUnavailable, LeaseLost, PermanentApiError, ReasonCode
 from worker.events import AssistantReply, ReplyMessage, UserMessage, vars_of
 from worker.outbound import Delivery, Failure, dead_letter_outbox, reply_outbox
@@ -127,7 +128,9 @@ class ConversationProcessor:
 
     async def _run_once(self, work: _Work, turn: Turn, run_id: str | None) -> FinishedRun:
         if run_id is None:
+            maybe_crash(CrashPoint.BEFORE_RUN_START)
             run = await work.runner.start(work.thread_id, turn)
+            maybe_crash(CrashPoint.AFTER_RUN_CREATED)
             await self._store.record_run_started(
                 work.lease, turn.batch_id, run.run_id, turn.attempt
             )
@@ -185,6 +188,7 @@ class ConversationProcessor:
             ended=_record(finished),
             last_item_id=await self._watermark(work),
         )
+        maybe_crash(CrashPoint.AFTER_REPLY_RECORDED)
         self._on_outbox()
         log.info(
             "reply_recorded",

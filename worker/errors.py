@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import asyncpg
+from aiormq.exceptions import AMQPConnectionError
+
 
 class ReasonCode(StrEnum):
     """Why an event was dead-lettered; travels in the `x-aw-reason` header."""
@@ -47,3 +50,18 @@ class ThreadBusy(Exception):
     def __init__(self, active_run_id: str | None) -> None:
         super().__init__(f"thread busy with run {active_run_id}")
         self.active_run_id = active_run_id
+
+
+def is_dependency_failure(exc: BaseException) -> bool:
+    """Postgres or RabbitMQ is unreachable or restarting: to be waited out, not the event's fault."""
+    return isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.TooManyConnectionsError
+        | AMQPConnectionError
+        | ConnectionError
+        | OSError
+        | TimeoutError,
+    )

@@ -8,6 +8,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
+from worker.crashpoints import CrashPoint, maybe_crash
 from worker.store import ClaimedOutbox, Store
 
 log = structlog.get_logger("worker.publish")
@@ -71,6 +72,7 @@ class OutboxRelay:
             results = await asyncio.gather(
                 *(self._publish(c) for c in claimed), return_exceptions=True
             )
+            maybe_crash(CrashPoint.AFTER_PUBLISH_CONFIRMED)
             done = [c.outbox_id for c, r in zip(claimed, results, strict=True) if r is None]
             failed = [c.outbox_id for c, r in zip(claimed, results, strict=True) if r is not None]
             await ack.published(done)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import structlog
 
 from worker.backends.base import Backend, RunSnapshot, RunStatus, Turn
+from worker.crashpoints import CrashPoint, maybe_crash
 from worker.errors import ThreadBusy
 from worker.events import RunError
 from worker.polling import PollSchedule
@@ -85,6 +86,7 @@ class Runner:
             await asyncio.sleep(min(self._schedule.delay_s(polls, run.poll_after_ms), remaining))
             run = await self._retrieve(thread_id, run.run_id)
             polls += 1
+            maybe_crash(CrashPoint.MID_POLL)
         return FinishedRun(run, polls)
 
     async def _retrieve(self, thread_id: str, run_id: str) -> RunSnapshot:
