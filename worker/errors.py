@@ -53,7 +53,7 @@ class ThreadBusy(Exception):
 
 
 def is_dependency_failure(exc: BaseException) -> bool:
-    """Postgres or RabbitMQ is unreachable or restarting: to be waited out, not the event's fault."""
+    """Postgres or RabbitMQ is unreachable or restarting: wait it out; not the event's fault."""
     return isinstance(
         exc,
         asyncpg.PostgresConnectionError
