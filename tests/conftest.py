@@ -128,6 +128,8 @@ def settings(
         outbox_interval_s=0.2,
         shutdown_grace_s=5.0,
         worker_name=f"test-worker-{uuid.uuid4().hex[:6]}",
+        health_host="127.0.0.1",
+        health_port=0,
     )
 
 

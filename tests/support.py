@@ -115,6 +115,8 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "AW_POLL_INITIAL_MS": "30",
         "AW_SHUTDOWN_GRACE_S": "5",
         "AW_LOG_FORMAT": "json",
+        "AW_HEALTH_HOST": "127.0.0.1",
+        "AW_HEALTH_PORT": "0",
     }
     env.update(extra)
     return env

@@ -8,7 +8,9 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel
 
@@ -36,6 +38,17 @@ class WorkerProcess:
                 if self.proc.returncode is not None:
                     raise AssertionError("worker exited early:\n" + "".join(self.lines))
                 await asyncio.sleep(0.05)
+
+    def log_record(self, event: str) -> dict[str, Any]:
+        return next(json.loads(line) for line in self.lines if f'"event": "{event}"' in line)
+
+    async def probe(self, path: str) -> int:
+        port = self.log_record("worker_started")["health_port"]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}{path}") as response,
+        ):
+            return response.status
 
     async def finish(self, timeout_s: float = 20) -> int:
         code = await asyncio.wait_for(self.proc.wait(), timeout_s)
@@ -74,6 +87,8 @@ async def test_worker_process_answers_then_exits_cleanly_on_sigterm(
     worker = await _spawn(worker_env(settings), "run")
     spawn.append(worker)
     await worker.wait_for_log("worker_started")
+    assert await worker.probe("/livez") == 200
+    assert await worker.probe("/readyz") == 200
     event = await publish(channel, topology, conversation_id="c-proc", text="hello process")
     [reply] = await replies_for(channel, topology, {event["event_id"]})
     assert reply["text"] == "Echo: hello process"

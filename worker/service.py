@@ -18,6 +18,7 @@ from worker.backends.base import Backend
 from worker.backends.responses import ResponsesBackend
 from worker.consume import Consumer
 from worker.conversation import ConversationProcessor
+from worker.health import Health, HealthServer, probe_database_forever
 from worker.intake import Intake
 from worker.ownership import Ownership
 from worker.polling import PollSchedule
@@ -62,11 +63,14 @@ class WorkerService:
         self.settings = settings
         self._tools = tools or default_tools()
         self.ready = asyncio.Event()
+        self.health = Health()
+        self.health_port: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consumes until `stop` is set, then drains within the grace period and returns."""
         s = self.settings
         async with self._resources() as (store, connection, client):
+            self.health.broker_connected = connection.connected.is_set
             consume_channel = await connection.channel()
             await consume_channel.set_qos(prefetch_count=s.concurrency)
             publish_channel = await connection.channel(publisher_confirms=True)
@@ -78,22 +82,38 @@ class WorkerService:
             queue = await consume_channel.get_queue(s.topology.inbound_queue, ensure=False)
             consumer = Consumer(queue, intake)
             async with _background(
-                relay.run_forever(), ownership.renew_forever(), ownership.sweep_forever()
+                relay.run_forever(),
+                ownership.renew_forever(),
+                ownership.sweep_forever(),
+                probe_database_forever(store, self.health, interval_s=2.0),
             ) as crashed:
+                self.health.database_ok = True
                 await consumer.start()
+                self.health.consuming = True
                 self.ready.set()
-                log.info("worker_started", backend=s.backend.value, concurrency=s.concurrency)
+                log.info(
+                    "worker_started",
+                    backend=s.backend.value,
+                    concurrency=s.concurrency,
+                    health_port=self.health_port,
+                )
                 await _first_of(stop.wait(), crashed.wait())
-                self.ready.clear()
-                log.info("worker_stopping", grace_s=s.shutdown_grace_s)
-                await consumer.stop_consuming()
-                await ownership.stop_sweeps()
-                await consumer.drain(s.shutdown_grace_s)
-                # Replies recorded during the drain still go out before we leave.
-                await relay.stop()
+                self.health.failed = crashed.is_set()
+                await self._drain(consumer, ownership, relay)
                 if crashed.is_set():
                     raise RuntimeError("a background task died; see the log above")
         log.info("worker_stopped")
+
+    async def _drain(self, consumer: Consumer, ownership: Ownership, relay: OutboxRelay) -> None:
+        """Stops taking work, lets in-flight work finish within the grace period, hands back the
+        rest (unacknowledged, so the broker redelivers it) and publishes what was recorded."""
+        self.ready.clear()
+        self.health.draining = True
+        log.info("worker_stopping", grace_s=self.settings.shutdown_grace_s)
+        await consumer.stop_consuming()
+        await ownership.stop_sweeps()
+        await consumer.drain(self.settings.shutdown_grace_s)
+        await relay.stop()
 
     def _ownership(self, store: Store, client: openai.AsyncOpenAI, relay: OutboxRelay) -> Ownership:
         s = self.settings
@@ -118,21 +138,21 @@ class WorkerService:
         self,
     ) -> AsyncIterator[tuple[Store, AbstractRobustConnection, openai.AsyncOpenAI]]:
         s = self.settings
-        pool = await create_pool(
-            s.database_url.get_secret_value(), max_size=min(20, s.concurrency + 4)
-        )
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            server = HealthServer(self.health)
+            self.health_port = await server.start(s.health_host, s.health_port)
+            stack.push_async_callback(server.stop)
+            pool = await create_pool(
+                s.database_url.get_secret_value(), max_size=min(20, s.concurrency + 4)
+            )
+            stack.push_async_callback(pool.close)
             connection = await aio_pika.connect_robust(
                 s.amqp_url.get_secret_value(),
                 client_properties={"connection_name": f"assistant-worker {s.worker_name}"},
             )
-            try:
-                async with make_client(s) as client:
-                    yield Store(pool), connection, client
-            finally:
-                await connection.close()
-        finally:
-            await pool.close()
+            stack.push_async_callback(connection.close)
+            client = await stack.enter_async_context(make_client(s))
+            yield Store(pool), connection, client
 
 
 @contextlib.asynccontextmanager

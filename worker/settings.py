@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     outbox_interval_s: Annotated[float, Field(gt=0)] = 1.0
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 25.0
 
+    health_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, not localhost
+    health_port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: any free port
     worker_name: str = Field(default_factory=socket.gethostname)
     log_format: str = "auto"
     log_level: str = "info"

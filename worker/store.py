@@ -140,6 +140,9 @@ class Store:
                 ),
             )
 
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")
+
     # -- intake -------------------------------------------------------------------------------
 
     async def intake(

@@ -1,0 +1,87 @@
+"""Liveness and readiness over HTTP (`/livez`, `/readyz`), for Kubernetes probes and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from worker.store import Store
+
+log = structlog.get_logger("worker.health")
+
+
+@dataclass
+class Health:
+    """What the probes report. Ready means: connected to both servers and consuming."""
+
+    broker_connected: Callable[[], bool] = lambda: False
+    database_ok: bool = False
+    consuming: bool = False
+    draining: bool = False
+    failed: bool = False
+
+    def checks(self) -> dict[str, bool]:
+        return {
+            "rabbitmq": self.broker_connected(),
+            "postgres": self.database_ok,
+            "consuming": self.consuming and not self.draining,
+        }
+
+    @property
+    def ready(self) -> bool:
+        return all(self.checks().values())
+
+
+async def probe_database_forever(store: Store, health: Health, interval_s: float) -> None:
+    while True:
+        try:
+            async with asyncio.timeout(interval_s):
+                await store.ping()
+            ok = True
+        except Exception:  # noqa: BLE001 - any failure means "not reachable now"
+            ok = False
+        if ok != health.database_ok:
+            log.warning("postgres_reachable" if ok else "postgres_unreachable")
+        health.database_ok = ok
+        await asyncio.sleep(interval_s)
+
+
+class HealthServer:
+    def __init__(self, health: Health) -> None:
+        self._health = health
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        app = web.Application()
+        app.add_routes([web.get("/livez", self._livez), web.get("/readyz", self._readyz)])
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _livez(self, _request: web.Request) -> web.Response:
+        # Answering at all proves the event loop runs; a dead side loop means restart us.
+        alive = not self._health.failed
+        return _json({"alive": alive}, 200 if alive else 503)
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        checks = self._health.checks()
+        return _json(
+            {"ready": all(checks.values()), "checks": checks}, 200 if all(checks.values()) else 503
+        )
+
+
+def _json(body: object, status: int) -> web.Response:
+    return web.Response(text=json.dumps(body), status=status, content_type="application/json")
