@@ -55,6 +55,7 @@ class UserMessage:
     assistant_id: str | None = None
     instructions: str | None = None
     author_name: str | None = None
+    occurred_at: datetime | None = None
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> UserMessage:
@@ -68,6 +69,9 @@ class UserMessage:
             assistant_id=doc.get("assistant_id"),
             instructions=doc.get("instructions"),
             author_name=author.get("name"),
+            occurred_at=datetime.fromisoformat(doc["occurred_at"])
+            if "occurred_at" in doc
+            else None,
         )
 
 

@@ -61,6 +61,7 @@ class Intake:
                 force=delivery.forced,
                 backend=self._settings.backend.value,
                 assistant_id=self._settings.assistant_id,
+                occurred_at=event.occurred_at,
             )
             log.info("event_received", intake=result.value)
             if result.needs_answer:

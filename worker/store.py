@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -157,6 +158,7 @@ class Store:
         force: bool,
         backend: str,
         assistant_id: str | None,
+        occurred_at: datetime | None,
     ) -> IntakeResult:
         """Stores the event and says whether it still needs an answer."""
         async with self._pool.acquire() as conn, conn.transaction():
@@ -169,6 +171,7 @@ class Store:
                 headers,
                 routing_key,
                 replay_count,
+                occurred_at,
             )
             if seq is not None:
                 return IntakeResult.NEW

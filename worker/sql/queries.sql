@@ -11,9 +11,11 @@ ON CONFLICT (conversation_id) DO UPDATE SET updated_at = now()
 RETURNING lease_token IS NOT NULL AND lease_expires_at > now() AS leased;
 
 -- name: insert_event
--- $1 event_id, $2 conversation_id, $3 body, $4 headers, $5 routing_key, $6 replay_count
-INSERT INTO inbound_events (event_id, conversation_id, body, headers, routing_key, replay_count)
-VALUES ($1, $2, $3, $4, $5, $6)
+-- $1 event_id, $2 conversation_id, $3 body, $4 headers, $5 routing_key, $6 replay_count,
+-- $7 occurred_at
+INSERT INTO inbound_events (event_id, conversation_id, body, headers, routing_key, replay_count,
+                            occurred_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING seq;
 
@@ -75,11 +77,12 @@ WHERE conversation_id = $1 AND lease_token = $2;
 UPDATE conversations SET thread_id = $2, updated_at = now() WHERE conversation_id = $1;
 
 -- name: pending_events
+-- In the order the customer wrote them when the helpdesk said, else in the order stored.
 -- $1 conversation_id, $2 limit
 SELECT event_id, body
 FROM inbound_events
 WHERE conversation_id = $1 AND status = 'pending'
-ORDER BY seq
+ORDER BY coalesce(occurred_at, received_at), seq
 LIMIT $2;
 
 -- name: open_batch

@@ -34,7 +34,9 @@ CREATE TABLE inbound_events (
     headers         jsonb NOT NULL DEFAULT '{}',
     routing_key     text NOT NULL,
     received_at     timestamptz NOT NULL DEFAULT now(),
-    settled_at      timestamptz
+    settled_at      timestamptz,
+    -- When the customer wrote, if the helpdesk said; orders a batch.
+    occurred_at     timestamptz
 );
 CREATE INDEX inbound_events_pending_idx ON inbound_events (conversation_id, seq)
     WHERE status = 'pending';
