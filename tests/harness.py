@@ -106,6 +106,18 @@ class Supervisor:
     def _all_started(self) -> bool:
         return all(b'"worker_started"' in slot.log_path.read_bytes() for slot in self._slots)
 
+    def health_ports(self) -> list[int]:
+        """The health port each worker logged at its latest start."""
+        ports = []
+        for slot in self._slots:
+            started = [
+                json.loads(line)
+                for line in slot.log_path.read_text(errors="replace").splitlines()
+                if '"worker_started"' in line
+            ]
+            ports.append(int(started[-1]["health_port"]))
+        return ports
+
     def kill_one(self) -> None:
         """kill -9 a random worker (it is restarted by the watch loop)."""
         alive = [s for s in self._slots if s.proc is not None and s.proc.returncode is None]
@@ -159,7 +171,7 @@ class ReplyCollector:
         self._changed = asyncio.Event()
 
     async def start(self, channel: AbstractChannel, topology: Topology) -> None:
-        queue = await channel.get_queue(topology.reply_queue, ensure=False)
+        queue = await channel.get_queue(topology.reply_queue)
         await queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

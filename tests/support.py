@@ -50,7 +50,7 @@ async def publish_raw(channel: AbstractChannel, topology: Topology, body: bytes)
 async def replies_for(
     channel: AbstractChannel, topology: Topology, event_ids: set[str], timeout_s: float = 15
 ) -> list[dict[str, Any]]:
-    queue = await channel.get_queue(topology.reply_queue, ensure=False)
+    queue = await channel.get_queue(topology.reply_queue)
     try:
         return await wait_for_replies(queue, event_ids, timeout_s)
     except TimeoutError:

@@ -8,7 +8,6 @@ import decimal
 import itertools
 from typing import Any
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
@@ -91,8 +90,8 @@ async def _settle(message: AbstractIncomingMessage, settlement: Settlement) -> N
             await message.ack()
         else:
             await message.nack(requeue=True)
-    except aio_pika.exceptions.AMQPError as exc:
-        # The channel is gone: the broker redelivers the message, and intake is idempotent.
+    except Exception as exc:  # noqa: BLE001 - whatever the client raises, the channel is gone
+        # The broker redelivers the message after reconnecting, and intake is idempotent.
         log.warning("settle_failed", settlement=settlement.value, error=repr(exc))
 
 

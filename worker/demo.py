@@ -62,7 +62,7 @@ async def _converse(console: Console, settings: Settings, timeout_s: float) -> b
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     async with connection:
         channel = await connection.channel()
-        reply_queue = await channel.get_queue(t.reply_queue, ensure=False)
+        reply_queue = await channel.get_queue(t.reply_queue)
         # Replies are printed as they come, while the customers are still writing.
         printer = asyncio.create_task(_print_replies(console, reply_queue, waiting, run, timeout_s))
         for n, (label, text, pause_s) in enumerate(SCRIPT, start=1):

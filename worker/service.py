@@ -79,7 +79,9 @@ class WorkerService:
             relay = OutboxRelay(store, publish_channel, s.outbox_interval_s)
             ownership = self._ownership(store, client, relay)
             intake = Intake(s, store, ownership, relay.wake)
-            queue = await consume_channel.get_queue(s.topology.inbound_queue, ensure=False)
+            # A declared (passive) queue, not a bare handle: only those get their consumer back
+            # when the robust connection recovers from a broker restart.
+            queue = await consume_channel.get_queue(s.topology.inbound_queue)
             consumer = Consumer(queue, intake)
             async with _background(
                 relay.run_forever(),

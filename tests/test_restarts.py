@@ -1,0 +1,129 @@
+"""RabbitMQ and Postgres restart under load: the worker goes unready, recovers by itself, and
+every event is still answered exactly once.
+
+These restart the machine's own servers (marker `disruptive`); `make test` runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from tests.harness import ReplyCollector, Supervisor, chaos_env, check
+from tests.support import publish, worker_env
+from worker.settings import Settings, Topology
+from worker.standin import StandIn
+
+pytestmark = [pytest.mark.disruptive, pytest.mark.timeout(180)]
+
+
+def _run(*command: str) -> None:
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+
+def _postgres_cluster() -> str:
+    return sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
+
+
+@pytest.fixture
+async def collector(channel: AbstractChannel, topology: Topology) -> ReplyCollector:
+    replies = ReplyCollector()
+    await replies.start(channel, topology)
+    return replies
+
+
+@pytest.fixture
+async def one_worker(settings: Settings, tmp_path: Path) -> AsyncIterator[Supervisor]:
+    supervisor = Supervisor(chaos_env(worker_env(settings)), 1, tmp_path)
+    await supervisor.start()
+    await supervisor.wait_ready()
+    yield supervisor
+    await supervisor.stop()
+
+
+async def _readiness(port: int) -> int | None:
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{port}/readyz", timeout=aiohttp.ClientTimeout(total=2)
+            ) as response,
+        ):
+            return response.status
+    except aiohttp.ClientError:
+        return None
+
+
+async def _wait_for_readiness(port: int, status: int, timeout_s: float) -> None:
+    async with asyncio.timeout(timeout_s):
+        while await _readiness(port) != status:  # noqa: ASYNC110 - polling an HTTP probe
+            await asyncio.sleep(0.2)
+
+
+async def _load(channel: AbstractChannel, topology: Topology) -> list[dict[str, object]]:
+    return [
+        await publish(
+            channel, topology, conversation_id=f"restart-{n % 10}", text=f"r{n} [[delay_ms:400]]"
+        )
+        for n in range(60)
+    ]
+
+
+async def test_rabbitmq_restart_mid_load(
+    one_worker: Supervisor,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    collector: ReplyCollector,
+) -> None:
+    sent = await _load(channel, topology)
+    await asyncio.sleep(0.5)
+    [port] = one_worker.health_ports()
+    await asyncio.to_thread(_run, "rabbitmqctl", "stop_app")
+    try:
+        await _wait_for_readiness(port, 503, timeout_s=15)
+        await asyncio.sleep(1)
+    finally:
+        await asyncio.to_thread(_run, "rabbitmqctl", "start_app")
+        await asyncio.to_thread(_run, "rabbitmqctl", "await_startup")
+    await _wait_for_readiness(port, 200, timeout_s=60)
+
+    missing = await collector.wait_for({str(e["event_id"]) for e in sent}, timeout_s=90)
+    assert not missing, one_worker.log_tail()
+    await asyncio.sleep(1)
+    assert check(sent, collector, standin).violations == {}
+
+
+async def test_postgres_restart_mid_load(
+    one_worker: Supervisor,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    collector: ReplyCollector,
+) -> None:
+    sent = await _load(channel, topology)
+    await asyncio.sleep(0.5)
+    [port] = one_worker.health_ports()
+    cluster = _postgres_cluster()
+    await asyncio.to_thread(
+        _run, "pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast"
+    )
+    try:
+        await _wait_for_readiness(port, 503, timeout_s=15)
+        await asyncio.sleep(2)
+    finally:
+        await asyncio.to_thread(
+            _run, "pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "start"
+        )
+    await _wait_for_readiness(port, 200, timeout_s=60)
+
+    missing = await collector.wait_for({str(e["event_id"]) for e in sent}, timeout_s=90)
+    assert not missing, one_worker.log_tail()
+    await asyncio.sleep(1)
+    assert check(sent, collector, standin).violations == {}
