@@ -4,9 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BACKEND ?= responses
+DURATION ?= 300
+WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format typecheck check migrate standin clean
+.PHONY: help install demo test lint format check migrate standin chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -30,6 +32,9 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+chaos: $(STAMP) ## Kill workers under load for DURATION s (WORKERS, BACKEND), print a summary
+	$(BIN)/python -m tests.chaos --duration $(DURATION) --workers $(WORKERS) --backend $(BACKEND)
 
 format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

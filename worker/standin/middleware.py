@@ -74,6 +74,8 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(
             ApiError(exc.status, message, error_type=default_error_type(exc.status))
         )
+    except ConnectionResetError:
+        raise  # the client went away mid-request (a killed worker): nothing failed here
     except Exception:
         logger.exception("stand-in handler failed for %s %s", request.method, request.path)
         return error_response(ApiError(500, "The stand-in failed.", error_type="server_error"))
