@@ -83,7 +83,12 @@ class ConversationProcessor:
                 failure = Failure(ReasonCode.OPENAI_REJECTED, str(exc))
                 await self._dead_letter(lease, batch, stored, failure)
             except ApiUnavailable as exc:
-                failure = Failure(ReasonCode.OPENAI_UNAVAILABLE, str(exc), self._api.attempts)
+                failure = Failure(
+                    ReasonCode.OPENAI_UNAVAILABLE,
+                    str(exc),
+                    self._api.attempts,
+                    exc.first_failure_at,
+                )
                 await self._dead_letter(lease, batch, stored, failure)
 
     async def _thread(self, lease: Lease, conversation: ConversationRow, backend: Backend) -> str:

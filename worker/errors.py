@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 import asyncpg
@@ -42,6 +43,10 @@ class PermanentApiError(Exception):
 
 class ApiUnavailable(Exception):
     """The model API kept failing transiently until the retry budget ran out."""
+
+    def __init__(self, message: str, first_failure_at: datetime) -> None:
+        super().__init__(message)
+        self.first_failure_at = first_failure_at
 
 
 class ThreadBusy(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import openai
@@ -62,35 +63,43 @@ class RetryPolicy:
             return min(max(backoff, hint_s), self.cap_s)
         return backoff
 
+    def _retrying(self, what: str, failures: list[datetime]) -> AsyncRetrying:
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("api_retry", call=what, attempt=state.attempt_number, error=_describe(exc))
+
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=self._wait,
+            retry=retry_if_exception(is_transient),
+            after=lambda _state: failures.append(datetime.now(UTC)),
+            before_sleep=log_retry,
+            reraise=True,
+        )
+
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         return self.delay_s(state.attempt_number, retry_after_s(exc) if exc else None)
 
     async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Runs `fn` until it succeeds, fails permanently, or the attempts run out."""
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.attempts),
-            wait=self._wait,
-            retry=retry_if_exception(is_transient),
-            before_sleep=lambda s: log.warning(
-                "api_retry",
-                call=what,
-                attempt=s.attempt_number,
-                error=_describe(s.outcome.exception() if s.outcome else None),
-            ),
-            reraise=True,
-        )
+        failures: list[datetime] = []
         try:
-            async for attempt in retrying:
+            async for attempt in self._retrying(what, failures):
                 with attempt:
                     return await fn()
         except openai.APIStatusError as exc:
-            if is_transient(exc):
-                raise ApiUnavailable(f"{what}: {_describe(exc)}") from exc
-            raise PermanentApiError(_error_code(exc), _describe(exc)) from exc
+            if not is_transient(exc):
+                raise PermanentApiError(_error_code(exc), _describe(exc)) from exc
+            raise _unavailable(what, exc, failures) from exc
         except openai.APIConnectionError as exc:
-            raise ApiUnavailable(f"{what}: {_describe(exc)}") from exc
+            raise _unavailable(what, exc, failures) from exc
         raise AssertionError("unreachable: tenacity either returns or reraises")
+
+
+def _unavailable(what: str, exc: BaseException, failures: list[datetime]) -> ApiUnavailable:
+    first = failures[0] if failures else datetime.now(UTC)
+    return ApiUnavailable(f"{what}: {_describe(exc)}", first)
 
 
 def _error_code(exc: openai.APIStatusError) -> str:
