@@ -75,7 +75,9 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
             ApiError(exc.status, message, error_type=default_error_type(exc.status))
         )
     except ConnectionResetError:
-        raise  # the client went away mid-request (a killed worker): nothing failed here
+        # The client went away mid-request (a killed worker): nothing failed here, and
+        # nobody is left to read an answer.
+        return web.Response(status=499)
     except Exception:
         logger.exception("stand-in handler failed for %s %s", request.method, request.path)
         return error_response(ApiError(500, "The stand-in failed.", error_type="server_error"))
