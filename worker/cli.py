@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import structlog
 import typer
 
+from worker.dlq_cli import app as dlq_app
 from worker.logging import configure_logging
 from worker.settings import BackendName, Settings
 
@@ -72,12 +73,14 @@ def _run_logged(what: str, main: Callable[[], Coroutine[Any, Any, None]]) -> Non
 
 def _hint(exc: Exception) -> str | None:
     import asyncpg
-    from aiormq.exceptions import AMQPConnectionError
+    from aiormq.exceptions import AMQPConnectionError, ChannelPreconditionFailed
 
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return "the database does not exist yet: run `assistant-worker migrate`"
     if isinstance(exc, asyncpg.UndefinedTableError):
         return "the schema is missing or old: run `assistant-worker migrate`"
+    if isinstance(exc, ChannelPreconditionFailed):
+        return "a queue or exchange exists with other arguments than the worker declares"
     if isinstance(exc, AMQPConnectionError | ConnectionError):
         return "cannot reach RabbitMQ or Postgres: check AW_AMQP_URL / AW_DATABASE_URL"
     return None
@@ -99,6 +102,8 @@ def migrate() -> None:
 
     _run_logged("migrate", main)
 
+
+app.add_typer(dlq_app, name="dlq")
 
 conversations = typer.Typer(help="Operate on stored conversations.", no_args_is_help=True)
 app.add_typer(conversations, name="conversations")
