@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from tests.support import admin_sql, dsn_for
-from worker.migrate import available_migrations, migrate
+from worker.migrate import SchemaOutOfDate, available_migrations, check_schema, migrate
 from worker.store import SQL_DIR, queries
 
 CATALOG = {
@@ -86,3 +86,13 @@ async def test_every_named_query_prepares_against_the_schema(db: asyncpg.Connect
             await db.prepare(sql)
         except asyncpg.PostgresError as exc:  # pragma: no cover - the message is the point
             pytest.fail(f"query {name!r} does not prepare: {exc}")
+
+
+async def test_a_worker_refuses_a_database_behind_its_migrations(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    await check_schema(database_url)  # up to date: fine
+    latest = available_migrations()[-1].version
+    await db.execute("DELETE FROM schema_migrations WHERE version = $1", latest)
+    with pytest.raises(SchemaOutOfDate, match="run|needs"):
+        await check_schema(database_url)

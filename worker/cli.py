@@ -75,6 +75,10 @@ def _hint(exc: Exception) -> str | None:
     import asyncpg
     from aiormq.exceptions import AMQPConnectionError, ChannelPreconditionFailed
 
+    from worker.migrate import SchemaOutOfDate
+
+    if isinstance(exc, SchemaOutOfDate):
+        return "run `assistant-worker migrate` (the migrations Job, on Kubernetes) first"
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return "the database does not exist yet: run `assistant-worker migrate`"
     if isinstance(exc, asyncpg.UndefinedTableError):

@@ -77,3 +77,27 @@ async def migrate(dsn: str) -> list[Migration]:
         return applied
     finally:
         await conn.close()
+
+
+class SchemaOutOfDate(Exception):
+    """The database lacks migrations this worker needs."""
+
+
+async def check_schema(dsn: str) -> None:
+    """Refuses to run against a database older than this code (run `migrate` first).
+
+    A newer database is fine: migrations only add, so old workers keep working during a rollout.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        applied = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+    except asyncpg.UndefinedTableError:
+        applied = None
+    finally:
+        await conn.close()
+    needed = available_migrations()[-1]
+    if applied is None or applied < needed.version:
+        raise SchemaOutOfDate(
+            f"database schema is at {applied or 'nothing'}, this worker needs "
+            f"{needed.version:04d}_{needed.name}"
+        )

@@ -20,6 +20,7 @@ from worker.consume import Consumer
 from worker.conversation import ConversationProcessor
 from worker.health import Health, HealthServer, probe_database_forever
 from worker.intake import Intake
+from worker.migrate import check_schema
 from worker.ownership import Ownership
 from worker.polling import PollSchedule
 from worker.publish import OutboxRelay
@@ -144,6 +145,7 @@ class WorkerService:
             server = HealthServer(self.health)
             self.health_port = await server.start(s.health_host, s.health_port)
             stack.push_async_callback(server.stop)
+            await check_schema(s.database_url.get_secret_value())
             pool = await create_pool(
                 s.database_url.get_secret_value(), max_size=min(20, s.concurrency + 4)
             )
