@@ -129,20 +129,23 @@ async def test_replay_moves_exactly_what_matches_and_the_worker_answers(
 async def test_replay_counts_and_refuses_poison_unless_forced(
     worker: RunningWorker, settings: Settings, channel: AbstractChannel, topology: Topology
 ) -> None:
-    await publish_raw(channel, topology, b"poison")
-    await wait_for_dead_letters_count(channel, topology, 1)
+    await publish_raw(channel, topology, b"poison one")
+    await publish_raw(channel, topology, b"poison two")
+    await wait_for_dead_letters_count(channel, topology, 2)
     for round_ in (1, 2):
-        report = await dlq_json(settings, "replay", "--max-replays", "2")
-        assert len(report["moved"]) == 1
-        await wait_for_dead_letters_count(channel, topology, 1)
-        [listed] = await dlq_json(settings, "list")
-        assert listed["replays"] == round_
+        # Paced, so the first is back in the queue before the walk ends: it must not be
+        # met (and replayed) a second time in the same run.
+        report = await dlq_json(settings, "replay", "--max-replays", "2", "--rate", "4")
+        assert len(report["moved"]) == 2
+        await wait_for_dead_letters_count(channel, topology, 2)
+        listed = await dlq_json(settings, "list")
+        assert [e["replays"] for e in listed] == [round_, round_]
 
     code, out, _ = await dlq(settings, "replay", "--max-replays", "2", "--json")
     assert code == 1
-    assert len(json.loads(out)["refused"]) == 1
+    assert len(json.loads(out)["refused"]) == 2
     forced = await dlq_json(settings, "replay", "--max-replays", "2", "--force")
-    assert len(forced["moved"]) == 1
+    assert len(forced["moved"]) == 2
 
 
 async def _import_letters(settings: Settings, tmp_path: Path, count: int) -> list[str]:

@@ -95,10 +95,18 @@ async def _settle(message: AbstractIncomingMessage, settlement: Settlement) -> N
         log.warning("settle_failed", settlement=settlement.value, error=repr(exc))
 
 
+# Kept by the broker per delivery; copying it into a dead letter would mislead.
+_BROKER_HEADERS = frozenset({"x-delivery-count"})
+
+
 def to_delivery(message: AbstractIncomingMessage) -> Delivery:
     return Delivery(
         body=message.body,
-        headers={str(k): json_safe(v) for k, v in (message.headers or {}).items()},
+        headers={
+            str(k): json_safe(v)
+            for k, v in (message.headers or {}).items()
+            if k not in _BROKER_HEADERS
+        },
         message_id=message.message_id,
         exchange=message.exchange or "",
         routing_key=message.routing_key or "",

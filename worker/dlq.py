@@ -216,9 +216,16 @@ class DeadLetterQueue:
     async def _walk(
         self, queue: aio_pika.abc.AbstractQueue
     ) -> AsyncIterator[tuple[DeadLetter, AbstractIncomingMessage]]:
-        position = 0
-        while (message := await queue.get(no_ack=False, fail=False)) is not None:
-            position += 1
+        """The messages that were in the queue when the walk began, head first.
+
+        Bounded by the depth at the start, so a replayed event that fails again (and is
+        dead-lettered behind us) is not met a second time in the same walk.
+        """
+        depth = (await queue.declare()).message_count or 0
+        for position in range(1, depth + 1):
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                return
             yield DeadLetter.from_message(message, position), message
 
     async def read(self, selection: Selection = Selection()) -> list[DeadLetter]:
