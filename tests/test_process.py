@@ -43,12 +43,15 @@ class WorkerProcess:
         return next(json.loads(line) for line in self.lines if f'"event": "{event}"' in line)
 
     async def probe(self, path: str) -> int:
+        return (await self.fetch(path))[0]
+
+    async def fetch(self, path: str) -> tuple[int, str]:
         port = self.log_record("worker_started")["health_port"]
         async with (
             aiohttp.ClientSession() as session,
             session.get(f"http://127.0.0.1:{port}{path}") as response,
         ):
-            return response.status
+            return response.status, await response.text()
 
     async def finish(self, timeout_s: float = 20) -> int:
         code = await asyncio.wait_for(self.proc.wait(), timeout_s)
@@ -92,6 +95,18 @@ async def test_worker_process_answers_then_exits_cleanly_on_sigterm(
     event = await publish(channel, topology, conversation_id="c-proc", text="hello process")
     [reply] = await replies_for(channel, topology, {event["event_id"]})
     assert reply["text"] == "Echo: hello process"
+    status, metrics = await worker.fetch("/metrics")
+    assert status == 200
+    for sample in (
+        'assistant_worker_events_received_total{outcome="new"} 1.0',
+        'assistant_worker_runs_finished_total{backend="responses",status="completed"} 1.0',
+        "assistant_worker_replies_published_total 1.0",
+        "assistant_worker_reply_latency_seconds_count 1.0",
+        'assistant_worker_openai_requests_total{operation="start_run",status="ok"} 1.0',
+        "assistant_worker_conversations_in_flight 0.0",
+        "assistant_worker_build_info{version=",
+    ):
+        assert sample in metrics, sample
 
     worker.proc.send_signal(signal.SIGTERM)
     assert await worker.finish() == 0

@@ -6,8 +6,10 @@ No broker or SQL here: state goes through Store, messages out through the outbox
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import structlog
 
@@ -15,6 +17,7 @@ from worker.backends.base import TRANSIENT_RUN_ERRORS, Backend, RunStatus, Turn
 from worker.crashpoints import CrashPoint, maybe_crash
 from worker.errors import ApiUnavailable, LeaseLost, PermanentApiError, ReasonCode
 from worker.events import AssistantReply, ReplyMessage, UserMessage, vars_of
+from worker.metrics import Metrics
 from worker.outbound import Delivery, Failure, dead_letter_outbox, reply_outbox
 from worker.retry import RetryPolicy
 from worker.runner import FinishedRun, Runner
@@ -46,12 +49,14 @@ class ConversationProcessor:
         runners: Mapping[str, Runner],
         api: RetryPolicy,
         on_outbox: Callable[[], None],
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._store = store
         self._runners = runners
         self._api = api
         self._on_outbox = on_outbox
+        self._metrics = metrics
 
     async def process(self, lease: Lease) -> None:
         """Answers everything pending, batch by batch, then gives the conversation up."""
@@ -79,6 +84,7 @@ class ConversationProcessor:
                 with structlog.contextvars.bound_contextvars(thread_id=thread_id):
                     work = _Work(lease, batch, runner, thread_id)
                     await self._run_batch(work, conversation, stored)
+                self._observe_latency(stored)
             except PermanentApiError as exc:
                 failure = Failure(ReasonCode.OPENAI_REJECTED, str(exc))
                 await self._dead_letter(lease, batch, stored, failure)
@@ -151,7 +157,12 @@ class ConversationProcessor:
                 work.lease, turn.batch_id, new_run_id, turn.attempt
             )
 
-        return await work.runner.finish(work.thread_id, run, turn, remember)
+        started = time.monotonic()
+        finished = await work.runner.finish(work.thread_id, run, turn, remember)
+        self._metrics.run_duration.observe(time.monotonic() - started)
+        self._metrics.polls_per_run.observe(finished.polls)
+        self._metrics.runs_finished.labels(work.backend.name, finished.snapshot.status.value).inc()
+        return finished
 
     def _retry_run(self, finished: FinishedRun, turn: Turn) -> bool:
         snapshot = finished.snapshot
@@ -221,12 +232,18 @@ class ConversationProcessor:
             lease, batch.batch_id, event_status="dead_lettered", outbox=outbox
         )
         self._on_outbox()
+        self._metrics.events_dead_lettered.labels(str(failure.reason)).inc(len(stored))
         log.error(
             "batch_dead_lettered",
             reason=str(failure.reason),
             error=failure.error,
             events=list(batch.event_ids),
         )
+
+    def _observe_latency(self, stored: list[StoredEvent]) -> None:
+        now = datetime.now(UTC)
+        for event in stored:
+            self._metrics.reply_latency.observe((now - event.received_at).total_seconds())
 
 
 def _record(finished: FinishedRun) -> RunRecord:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
+from worker.metrics import Metrics
 from worker.store import Store
 
 log = structlog.get_logger("worker.health")
@@ -37,11 +38,14 @@ class Health:
         return all(self.checks().values())
 
 
-async def probe_database_forever(store: Store, health: Health, interval_s: float) -> None:
+async def probe_database_forever(
+    store: Store, health: Health, metrics: Metrics, interval_s: float
+) -> None:
+    """Keeps readiness and the outbox backlog gauge current, one cheap query a round."""
     while True:
         try:
             async with asyncio.timeout(interval_s):
-                await store.ping()
+                metrics.outbox_backlog.set(await store.outbox_backlog())
             ok = True
         except Exception:  # noqa: BLE001 - any failure means "not reachable now"
             ok = False
@@ -52,14 +56,23 @@ async def probe_database_forever(store: Store, health: Health, interval_s: float
 
 
 class HealthServer:
-    def __init__(self, health: Health) -> None:
+    """`/livez`, `/readyz` and `/metrics` on one port."""
+
+    def __init__(self, health: Health, metrics: Metrics) -> None:
         self._health = health
+        self._metrics = metrics
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> int:
         app = web.Application()
-        app.add_routes([web.get("/livez", self._livez), web.get("/readyz", self._readyz)])
+        app.add_routes(
+            [
+                web.get("/livez", self._livez),
+                web.get("/readyz", self._readyz),
+                web.get("/metrics", self._metrics_page),
+            ]
+        )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -75,6 +88,11 @@ class HealthServer:
         # Answering at all proves the event loop runs; a dead side loop means restart us.
         alive = not self._health.failed
         return _json({"alive": alive}, 200 if alive else 503)
+
+    async def _metrics_page(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=self._metrics.exposition(), content_type="text/plain", charset="utf-8"
+        )
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         checks = self._health.checks()

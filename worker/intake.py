@@ -9,6 +9,7 @@ import structlog
 
 from worker.errors import InvalidEvent
 from worker.events import parse_user_message
+from worker.metrics import Metrics
 from worker.outbound import Delivery, Failure, dead_letter_outbox
 from worker.ownership import Ownership
 from worker.settings import Settings
@@ -24,12 +25,18 @@ class Settlement(StrEnum):
 
 class Intake:
     def __init__(
-        self, settings: Settings, store: Store, ownership: Ownership, on_outbox: Callable[[], None]
+        self,
+        settings: Settings,
+        store: Store,
+        ownership: Ownership,
+        on_outbox: Callable[[], None],
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._store = store
         self._ownership = ownership
         self._on_outbox = on_outbox
+        self._metrics = metrics
 
     async def handle(self, delivery: Delivery) -> Settlement:
         """Stores the event, then answers it if this worker can own the conversation.
@@ -41,6 +48,8 @@ class Intake:
             event = parse_user_message(delivery.body, delivery.message_id)
         except InvalidEvent as exc:
             log.warning("event_invalid", reason=str(exc.reason), error=exc.detail)
+            self._metrics.events_received.labels("invalid").inc()
+            self._metrics.events_dead_lettered.labels(str(exc.reason)).inc()
             await self._store.add_to_outbox(
                 dead_letter_outbox(
                     delivery, Failure(exc.reason, exc.detail), self._settings.topology
@@ -64,6 +73,7 @@ class Intake:
                 occurred_at=event.occurred_at,
             )
             log.info("event_received", intake=result.value)
+            self._metrics.events_received.labels(result.value).inc()
             if result.needs_answer:
                 await self._ownership.own_and_process(event.conversation_id)
             return Settlement.ACK

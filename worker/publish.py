@@ -9,6 +9,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
 from worker.crashpoints import CrashPoint, maybe_crash
+from worker.metrics import Metrics
 from worker.store import ClaimedOutbox, Store
 
 log = structlog.get_logger("worker.publish")
@@ -19,9 +20,15 @@ class OutboxRelay:
     a crash in between publishes it again, with the same message_id, on the next pass."""
 
     def __init__(
-        self, store: Store, channel: AbstractChannel, interval_s: float, batch: int = 100
+        self,
+        store: Store,
+        channel: AbstractChannel,
+        interval_s: float,
+        metrics: Metrics,
+        batch: int = 100,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._channel = channel
         self._interval_s = interval_s
         self._batch = batch
@@ -77,6 +84,9 @@ class OutboxRelay:
             failed = [c.outbox_id for c, r in zip(claimed, results, strict=True) if r is not None]
             await ack.published(done)
             await ack.failed(failed)
+            self._metrics.replies_published.inc(
+                sum(1 for c, r in zip(claimed, results, strict=True) if r is None and c.is_reply)
+            )
             for result in results:
                 if isinstance(result, BaseException):
                     log.warning("publish_failed", error=repr(result))

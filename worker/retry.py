@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -17,6 +17,7 @@ import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from worker.errors import ApiUnavailable, PermanentApiError
+from worker.metrics import Metrics
 
 T = TypeVar("T")
 log = structlog.get_logger("worker.retry")
@@ -55,6 +56,7 @@ class RetryPolicy:
     base_s: float
     cap_s: float
     jitter: float = 0.25
+    metrics: Metrics | None = field(default=None, compare=False)
 
     def delay_s(self, attempt: int, hint_s: float | None = None) -> float:
         backoff: float = min(self.cap_s, self.base_s * 2.0 ** (attempt - 1))
@@ -63,10 +65,25 @@ class RetryPolicy:
             return min(max(backoff, hint_s), self.cap_s)
         return backoff
 
+    async def _counted(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            result = await fn()
+        except Exception as exc:
+            self._count(what, _status_label(exc))
+            raise
+        self._count(what, "ok")
+        return result
+
+    def _count(self, what: str, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.openai_requests.labels(what, status).inc()
+
     def _retrying(self, what: str, failures: list[datetime]) -> AsyncRetrying:
         def log_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.warning("api_retry", call=what, attempt=state.attempt_number, error=_describe(exc))
+            if self.metrics is not None:
+                self.metrics.openai_retries.labels(what).inc()
 
         return AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
@@ -87,7 +104,7 @@ class RetryPolicy:
         try:
             async for attempt in self._retrying(what, failures):
                 with attempt:
-                    return await fn()
+                    return await self._counted(what, fn)
         except openai.APIStatusError as exc:
             if not is_transient(exc):
                 raise PermanentApiError(_error_code(exc), _describe(exc)) from exc
@@ -95,6 +112,16 @@ class RetryPolicy:
         except openai.APIConnectionError as exc:
             raise _unavailable(what, exc, failures) from exc
         raise AssertionError("unreachable: tenacity either returns or reraises")
+
+
+def _status_label(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return str(exc.status_code)
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection_error"
+    return type(exc).__name__
 
 
 def _unavailable(what: str, exc: BaseException, failures: list[datetime]) -> ApiUnavailable:

@@ -20,6 +20,7 @@ from worker.consume import Consumer
 from worker.conversation import ConversationProcessor
 from worker.health import Health, HealthServer, probe_database_forever
 from worker.intake import Intake
+from worker.metrics import Metrics
 from worker.migrate import check_schema
 from worker.ownership import Ownership
 from worker.polling import PollSchedule
@@ -64,6 +65,7 @@ class WorkerService:
         self.settings = settings
         self._tools = tools or default_tools()
         self.ready = asyncio.Event()
+        self.metrics = Metrics()
         self.health = Health()
         self.health_port: int | None = None
 
@@ -77,9 +79,10 @@ class WorkerService:
             publish_channel = await connection.channel(publisher_confirms=True)
             if s.declare_topology:
                 await topology.declare(publish_channel, s.topology)
-            relay = OutboxRelay(store, publish_channel, s.outbox_interval_s)
+            relay = OutboxRelay(store, publish_channel, s.outbox_interval_s, self.metrics)
             ownership = self._ownership(store, client, relay)
-            intake = Intake(s, store, ownership, relay.wake)
+            self.metrics.in_flight.set_function(lambda: ownership.in_flight)
+            intake = Intake(s, store, ownership, relay.wake, self.metrics)
             # A declared (passive) queue, not a bare handle: only those get their consumer back
             # when the robust connection recovers from a broker restart.
             queue = await consume_channel.get_queue(s.topology.inbound_queue)
@@ -88,7 +91,7 @@ class WorkerService:
                 relay.run_forever(),
                 ownership.renew_forever(),
                 ownership.sweep_forever(),
-                probe_database_forever(store, self.health, interval_s=2.0),
+                probe_database_forever(store, self.health, self.metrics, interval_s=2.0),
             ) as crashed:
                 self.health.database_ok = True
                 await consumer.start()
@@ -120,13 +123,15 @@ class WorkerService:
 
     def _ownership(self, store: Store, client: openai.AsyncOpenAI, relay: OutboxRelay) -> Ownership:
         s = self.settings
-        api = RetryPolicy(s.api_attempts, s.api_backoff_base_s, s.api_backoff_cap_s)
+        api = RetryPolicy(
+            s.api_attempts, s.api_backoff_base_s, s.api_backoff_cap_s, metrics=self.metrics
+        )
         schedule = PollSchedule(s.poll_initial_ms, s.poll_max_ms, s.poll_growth)
         runners = {
             name: Runner(backend, api, schedule, s.run_deadline_s, self._tools)
             for name, backend in make_backends(s, client, self._tools).items()
         }
-        processor = ConversationProcessor(s, store, runners, api, relay.wake)
+        processor = ConversationProcessor(s, store, runners, api, relay.wake, self.metrics)
         return Ownership(
             store,
             processor.process,
@@ -142,7 +147,7 @@ class WorkerService:
     ) -> AsyncIterator[tuple[Store, AbstractRobustConnection, openai.AsyncOpenAI]]:
         s = self.settings
         async with contextlib.AsyncExitStack() as stack:
-            server = HealthServer(self.health)
+            server = HealthServer(self.health, self.metrics)
             self.health_port = await server.start(s.health_host, s.health_port)
             stack.push_async_callback(server.stop)
             await check_schema(s.database_url.get_secret_value())

@@ -70,6 +70,7 @@ class StoredEvent:
     body: bytes
     headers: dict[str, Any]
     routing_key: str
+    received_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,10 @@ class ClaimedOutbox:
     outbox_id: int
     message: OutboxMessage
 
+    @property
+    def is_reply(self) -> bool:
+        return self.message.kind == "reply"
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -140,9 +145,6 @@ class Store:
                     row["backend"], row["thread_id"], row["assistant_id"], row["last_item_id"]
                 ),
             )
-
-    async def ping(self) -> None:
-        await self._pool.fetchval("SELECT 1")
 
     # -- intake -------------------------------------------------------------------------------
 
@@ -259,7 +261,10 @@ class Store:
 
     async def batch_events(self, event_ids: Sequence[str]) -> list[StoredEvent]:
         rows = await self._pool.fetch(q("batch_events"), list(event_ids))
-        return [StoredEvent(r["event_id"], r["body"], r["headers"], r["routing_key"]) for r in rows]
+        return [
+            StoredEvent(r["event_id"], r["body"], r["headers"], r["routing_key"], r["received_at"])
+            for r in rows
+        ]
 
     async def record_run_started(
         self, lease: Lease, batch_id: uuid.UUID, run_id: str, attempt: int
@@ -326,7 +331,7 @@ class Store:
                     r["outbox_id"],
                     OutboxMessage(
                         dedupe_key="",
-                        kind="",
+                        kind=r["kind"],
                         message_id=r["message_id"],
                         exchange=r["exchange"],
                         routing_key=r["routing_key"],

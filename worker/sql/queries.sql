@@ -93,7 +93,7 @@ WHERE conversation_id = $1 AND status = 'open';
 
 -- name: batch_events
 -- $1 event_ids, in the batch's order
-SELECT e.event_id, e.body, e.headers, e.routing_key
+SELECT e.event_id, e.body, e.headers, e.routing_key, e.received_at
 FROM unnest($1::text[]) WITH ORDINALITY AS b(event_id, position)
 JOIN inbound_events e USING (event_id)
 ORDER BY b.position;
@@ -168,7 +168,7 @@ ON CONFLICT (dedupe_key) DO NOTHING;
 -- name: claim_outbox
 -- SKIP LOCKED lets several workers drain the outbox without waiting on each other.
 -- $1 limit
-SELECT outbox_id, message_id, exchange, routing_key, headers, body, content_type
+SELECT outbox_id, kind, message_id, exchange, routing_key, headers, body, content_type
 FROM outbox
 WHERE published_at IS NULL
 ORDER BY outbox_id
