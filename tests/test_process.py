@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -157,3 +158,33 @@ async def test_demo_command_prints_a_reply_for_every_scripted_message(
     assert "every message was answered" in out
     assert out.count("assistant A") >= 2
     assert out.count("assistant B") >= 1
+
+
+async def test_sigterm_turns_unready_drains_in_flight_work_and_exits_in_time(
+    settings: Settings,
+    channel: AbstractChannel,
+    topology: Topology,
+    spawn: list[WorkerProcess],
+) -> None:
+    env = worker_env(settings, AW_SHUTDOWN_GRACE_S="4")
+    worker = await _spawn(env, "run")
+    spawn.append(worker)
+    await worker.wait_for_log("worker_started")
+    events = [
+        await publish(
+            channel, topology, conversation_id=f"c-drain-{n}", text=f"d{n} [[delay_ms:1500]]"
+        )
+        for n in range(4)
+    ]
+    await worker.wait_for_log("run_started")
+    worker.proc.send_signal(signal.SIGTERM)
+    statuses = set()
+    while worker.proc.returncode is None:
+        with contextlib.suppress(aiohttp.ClientError):
+            statuses.add(await worker.probe("/readyz"))
+        await asyncio.sleep(0.05)
+    assert 503 in statuses, "readiness should fail while draining"
+    assert await worker.finish(timeout_s=10) == 0
+    # In-flight runs finished within the grace period: every reply is out, none twice.
+    replies = await replies_for(channel, topology, {e["event_id"] for e in events})
+    assert sorted(r["in_reply_to"][0] for r in replies) == sorted(e["event_id"] for e in events)
