@@ -34,7 +34,7 @@ from tests.harness import (
     max_recovery_s,
     publish_load,
 )
-from tests.support import AMQP_URL, admin_sql, dsn_for, worker_env
+from tests.support import AMQP_URL, admin_sql, dsn_for, tagged_topology, worker_env
 from worker import topology as topo
 from worker.migrate import migrate
 from worker.settings import BackendName, Settings, Topology
@@ -57,14 +57,7 @@ async def main(args: argparse.Namespace) -> int:
     console = Console()
     tag = f"chaos{uuid.uuid4().hex[:8]}"
     database = f"aw_{tag}"
-    topology = Topology(
-        inbound_exchange=f"{tag}.inbound",
-        inbound_queue=f"{tag}.user_messages",
-        outbound_exchange=f"{tag}.outbound",
-        reply_queue=f"{tag}.replies",
-        dead_letter_exchange=f"{tag}.dead_letter",
-        dead_letter_queue=f"{tag}.dead_letter",
-    )
+    topology = tagged_topology(tag)
     await migrate(dsn_for(database))
     standin = StandIn(StandInConfig(run_duration_ms=args.run_ms, poll_after_ms=None))
     base_url = await standin.start()

@@ -15,7 +15,8 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from pydantic import SecretStr
 
-from tests.support import AMQP_URL, API_KEY, admin_sql, dsn_for
+from tests.harness import ReplyCollector
+from tests.support import AMQP_URL, API_KEY, admin_sql, dsn_for, tagged_topology
 from worker import topology as topo
 from worker.migrate import migrate
 from worker.service import WorkerService
@@ -54,15 +55,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 def topology() -> Topology:
-    tag = f"t{uuid.uuid4().hex[:10]}"
-    return Topology(
-        inbound_exchange=f"{tag}.inbound",
-        inbound_queue=f"{tag}.user_messages",
-        outbound_exchange=f"{tag}.outbound",
-        reply_queue=f"{tag}.replies",
-        dead_letter_exchange=f"{tag}.dead_letter",
-        dead_letter_queue=f"{tag}.dead_letter",
-    )
+    return tagged_topology(f"t{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture
@@ -131,6 +124,14 @@ def settings(
         health_host="127.0.0.1",
         health_port=0,
     )
+
+
+@pytest.fixture
+async def collector(channel: AbstractChannel, topology: Topology) -> ReplyCollector:
+    """Every reply published during the test, as it arrives."""
+    replies = ReplyCollector()
+    await replies.start(channel, topology)
+    return replies
 
 
 @dataclass

@@ -23,6 +23,18 @@ AMQP_URL = os.environ.get("AW_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672
 API_KEY = "sk-test-secret-key-0123456789"
 
 
+def tagged_topology(tag: str) -> Topology:
+    """Exchange and queue names of their own, so runs never share broker state."""
+    return Topology(
+        inbound_exchange=f"{tag}.inbound",
+        inbound_queue=f"{tag}.user_messages",
+        outbound_exchange=f"{tag}.outbound",
+        reply_queue=f"{tag}.replies",
+        dead_letter_exchange=f"{tag}.dead_letter",
+        dead_letter_queue=f"{tag}.dead_letter",
+    )
+
+
 def dsn_for(database: str) -> str:
     return PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
 

@@ -36,13 +36,6 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-async def collector(channel: AbstractChannel, topology: Topology) -> ReplyCollector:
-    replies = ReplyCollector()
-    await replies.start(channel, topology)
-    return replies
-
-
 @contextlib.asynccontextmanager
 async def supervised(
     settings: Settings, tmp_path: Path, *, count: int, crash_points: str | None = None

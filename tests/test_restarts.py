@@ -27,17 +27,6 @@ def _run(*command: str) -> None:
     subprocess.run(command, check=True, capture_output=True, timeout=120)
 
 
-def _postgres_cluster() -> str:
-    return sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
-
-
-@pytest.fixture
-async def collector(channel: AbstractChannel, topology: Topology) -> ReplyCollector:
-    replies = ReplyCollector()
-    await replies.start(channel, topology)
-    return replies
-
-
 @pytest.fixture
 async def one_worker(settings: Settings, tmp_path: Path) -> AsyncIterator[Supervisor]:
     supervisor = Supervisor(chaos_env(worker_env(settings)), 1, tmp_path)
@@ -75,52 +64,44 @@ async def _load(channel: AbstractChannel, topology: Topology) -> list[dict[str, 
     ]
 
 
-async def test_rabbitmq_restart_mid_load(
+def _postgres(action: str) -> tuple[str, ...]:
+    cluster = sorted(p.name for p in Path("/etc/postgresql").iterdir())[0]
+    fast = ("-m", "fast") if action == "stop" else ()
+    return ("pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", action, *fast)
+
+
+# What stops a server, and what brings it back (and waits until it serves).
+Commands = list[tuple[str, ...]]
+OUTAGES: dict[str, tuple[Commands, Commands]] = {
+    "rabbitmq": (
+        [("rabbitmqctl", "stop_app")],
+        [("rabbitmqctl", "start_app"), ("rabbitmqctl", "await_startup")],
+    ),
+    "postgres": ([_postgres("stop")], [_postgres("start")]),
+}
+
+
+@pytest.mark.parametrize("server", sorted(OUTAGES))
+async def test_a_server_restart_mid_load_is_survived(
+    server: str,
     one_worker: Supervisor,
     channel: AbstractChannel,
     topology: Topology,
     standin: StandIn,
     collector: ReplyCollector,
 ) -> None:
+    stop, start = OUTAGES[server]
     sent = await _load(channel, topology)
     await asyncio.sleep(0.5)
     [port] = one_worker.health_ports()
-    await asyncio.to_thread(_run, "rabbitmqctl", "stop_app")
+    for command in stop:
+        await asyncio.to_thread(_run, *command)
     try:
         await _wait_for_readiness(port, 503, timeout_s=15)
-        await asyncio.sleep(1)
+        await asyncio.sleep(1.5)
     finally:
-        await asyncio.to_thread(_run, "rabbitmqctl", "start_app")
-        await asyncio.to_thread(_run, "rabbitmqctl", "await_startup")
-    await _wait_for_readiness(port, 200, timeout_s=60)
-
-    missing = await collector.wait_for({str(e["event_id"]) for e in sent}, timeout_s=90)
-    assert not missing, one_worker.log_tail()
-    await asyncio.sleep(1)
-    assert check(sent, collector, standin).violations == {}
-
-
-async def test_postgres_restart_mid_load(
-    one_worker: Supervisor,
-    channel: AbstractChannel,
-    topology: Topology,
-    standin: StandIn,
-    collector: ReplyCollector,
-) -> None:
-    sent = await _load(channel, topology)
-    await asyncio.sleep(0.5)
-    [port] = one_worker.health_ports()
-    cluster = _postgres_cluster()
-    await asyncio.to_thread(
-        _run, "pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "stop", "-m", "fast"
-    )
-    try:
-        await _wait_for_readiness(port, 503, timeout_s=15)
-        await asyncio.sleep(2)
-    finally:
-        await asyncio.to_thread(
-            _run, "pg_ctlcluster", "--skip-systemctl-redirect", cluster, "main", "start"
-        )
+        for command in start:
+            await asyncio.to_thread(_run, *command)
     await _wait_for_readiness(port, 200, timeout_s=60)
 
     missing = await collector.wait_for({str(e["event_id"]) for e in sent}, timeout_s=90)
