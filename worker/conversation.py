@@ -35,6 +35,8 @@ class _Work:
     batch: OpenBatch
     runner: Runner
     thread_id: str
+    # Made by this process just now: nobody can have sent its run yet.
+    fresh: bool
 
     @property
     def backend(self) -> Backend:
@@ -63,17 +65,24 @@ class ConversationProcessor:
         with structlog.contextvars.bound_contextvars(conversation_id=lease.conversation_id):
             try:
                 while True:
-                    batch = await self._store.open_batch(lease) or await self._store.start_batch(
-                        lease, self._settings.batch_max_events
-                    )
-                    if batch is not None:
-                        await self._answer(lease, batch)
+                    found = await self._next_batch(lease)
+                    if found is not None:
+                        await self._answer(lease, *found)
                     elif await self._store.release_lease_if_idle(lease):
                         return
             except LeaseLost:
                 log.warning("lease_lost")
 
-    async def _answer(self, lease: Lease, batch: OpenBatch) -> None:
+    async def _next_batch(self, lease: Lease) -> tuple[OpenBatch, bool] | None:
+        """The batch a previous owner left open (to resume), else a fresh one of what is
+        pending; the flag says which."""
+        batch = await self._store.open_batch(lease)
+        if batch is not None:
+            return batch, False
+        batch = await self._store.start_batch(lease, self._settings.batch_max_events)
+        return None if batch is None else (batch, True)
+
+    async def _answer(self, lease: Lease, batch: OpenBatch, fresh: bool) -> None:
         stored = await self._store.batch_events(batch.event_ids)
         with structlog.contextvars.bound_contextvars(batch_id=str(batch.batch_id)):
             try:
@@ -82,7 +91,7 @@ class ConversationProcessor:
                 runner = self._runners[conversation.backend]
                 thread_id = await self._thread(lease, conversation, runner.backend)
                 with structlog.contextvars.bound_contextvars(thread_id=thread_id):
-                    work = _Work(lease, batch, runner, thread_id)
+                    work = _Work(lease, batch, runner, thread_id, fresh)
                     await self._run_batch(work, conversation, stored)
                 self._observe_latency(stored)
             except PermanentApiError as exc:
@@ -134,13 +143,14 @@ class ConversationProcessor:
             turn = replace(
                 turn, attempt=turn.attempt + 1, add_messages=False, after_item_id=after_item_id
             )
+            work = replace(work, fresh=True)  # this process is the first to try the new attempt
             run_id = None
         await self._record_reply(work, turn, finished)
 
     async def _run_once(self, work: _Work, turn: Turn, run_id: str | None) -> FinishedRun:
         if run_id is None:
             maybe_crash(CrashPoint.BEFORE_RUN_START)
-            run = await work.runner.start(work.thread_id, turn)
+            run = await work.runner.start(work.thread_id, turn, first_try=work.fresh)
             maybe_crash(CrashPoint.AFTER_RUN_CREATED)
             await self._store.record_run_started(
                 work.lease, turn.batch_id, run.run_id, turn.attempt

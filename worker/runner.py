@@ -41,18 +41,24 @@ class Runner:
         self._deadline_s = deadline_s
         self._tools = tools
 
-    async def start(self, thread_id: str, turn: Turn) -> RunSnapshot:
+    async def start(self, thread_id: str, turn: Turn, *, first_try: bool) -> RunSnapshot:
         """Starts the turn's run, or finds the one an earlier attempt already started.
 
-        The API takes no idempotency key, so every attempt first looks for a run tagged with
-        this turn: a POST that timed out may have succeeded.
+        The API takes no idempotency key, so an attempt first looks for a run tagged with this
+        turn: a POST that timed out may have succeeded, and a worker that died may have sent
+        one. Only a `first_try` (nobody has sent this turn yet) skips the look, saving a request
+        on the common path.
         """
+        sent = not first_try
 
         async def reconcile_then_start() -> RunSnapshot:
-            existing = await self.backend.find_run(thread_id, turn)
-            if existing is not None:
-                log.info("run_adopted", run_id=existing)
-                return await self.backend.retrieve_run(thread_id, existing)
+            nonlocal sent
+            if sent:
+                existing = await self.backend.find_run(thread_id, turn)
+                if existing is not None:
+                    log.info("run_adopted", run_id=existing)
+                    return await self.backend.retrieve_run(thread_id, existing)
+            sent = True
             return await self.backend.start_run(thread_id, turn)
 
         while True:
