@@ -188,8 +188,11 @@ class ConversationProcessor:
 
     async def _record_reply(self, work: _Work, turn: Turn, finished: FinishedRun) -> None:
         snapshot = finished.snapshot
-        messages: tuple[ReplyMessage, ...] = ()
-        if snapshot.status in (RunStatus.COMPLETED, RunStatus.INCOMPLETE):
+        messages: tuple[ReplyMessage, ...] = snapshot.messages or ()
+        if snapshot.messages is None and snapshot.status in (
+            RunStatus.COMPLETED,
+            RunStatus.INCOMPLETE,
+        ):
             messages = await self._api.call(
                 "list_messages",
                 lambda: work.backend.reply_messages(work.thread_id, snapshot.run_id),
@@ -212,7 +215,7 @@ class ConversationProcessor:
             event_status="answered",
             outbox=[reply_outbox(reply, self._settings.topology)],
             ended=_record(finished),
-            last_item_id=await self._watermark(work),
+            last_item_id=snapshot.last_item_id or await self._watermark(work),
         )
         maybe_crash(CrashPoint.AFTER_REPLY_RECORDED)
         self._on_outbox()

@@ -89,6 +89,9 @@ class RunSnapshot:
     tool_calls: tuple[ToolCall, ...] = ()
     error: RunError | None = None
     usage: Usage | None = None
+    # Filled when the status answer already carried the reply (Responses), saving a request.
+    messages: tuple[ReplyMessage, ...] | None = None
+    last_item_id: str | None = None
 
 
 class Backend(Protocol):

@@ -186,6 +186,7 @@ def _snapshot(response: Response, poll_after_ms: int | None = None) -> RunSnapsh
     if response.usage is not None:
         u = response.usage
         usage = Usage(u.input_tokens, u.output_tokens, u.total_tokens)
+    settled = status.is_terminal and response.output
     return RunSnapshot(
         run_id=response.id,
         status=status,
@@ -193,4 +194,9 @@ def _snapshot(response: Response, poll_after_ms: int | None = None) -> RunSnapsh
         tool_calls=calls if status is RunStatus.REQUIRES_ACTION else (),
         error=error,
         usage=usage,
+        messages=tuple(_reply(o) for o in response.output if o.type == "message")
+        if settled
+        else None,
+        # A settled response's output items join its conversation under the same IDs.
+        last_item_id=response.output[-1].id if settled else None,
     )
