@@ -1,0 +1,837 @@
+"""Offline checks of deploy/: the image recipe and the Kubernetes manifests.
+
+Every kustomization (the base and each overlay) is rendered with `kubectl kustomize`, and each
+object is validated against the Kubernetes JSON schemas that kubernetes-validate ships (strict:
+an unknown field is an error), the CRDs against the schemas below. The other tests cross-check
+the manifests with the worker itself: health port and paths, drain time, setting names, the
+queue KEDA watches, the image's user and commands, the metric names. No cluster, no Docker, no
+network.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import typer
+import yaml
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+from worker.cli import app as cli_app
+from worker.metrics import Metrics
+from worker.settings import Settings, Topology
+
+ROOT = Path(__file__).resolve().parent.parent
+KUSTOMIZE = ROOT / "deploy" / "kustomize"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
+# One recent release; kubernetes-validate carries its schemas in the package.
+KUBERNETES_VERSION = "1.33"
+# After the drain the outbox relay makes a last pass and the connections close.
+SHUTDOWN_HEADROOM_S = 10
+LIVENESS_PATH, READINESS_PATH, METRICS_PATH = "/livez", "/readyz", "/metrics"
+CONSOLE_SCRIPT = IMAGE_NAME = "assistant-worker"
+
+Obj = dict[str, Any]
+
+
+def _targets() -> dict[str, Path]:
+    found = {"base": KUSTOMIZE / "base"}
+    for overlay in sorted((KUSTOMIZE / "overlays").iterdir()):
+        if (overlay / "kustomization.yaml").is_file():
+            found[overlay.name] = overlay
+    return found
+
+
+TARGETS = _targets()
+OVERLAYS = [name for name in TARGETS if name != "base"]
+
+
+@cache
+def render(target: str) -> tuple[Obj, ...]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail(
+            "kubectl is not on PATH: these tests render deploy/kustomize with "
+            "`kubectl kustomize` (kubectl 1.27 or newer; no cluster needed)",
+            pytrace=False,
+        )
+    proc = subprocess.run(
+        [kubectl, "kustomize", str(TARGETS[target])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"kubectl kustomize {TARGETS[target]} failed:\n{proc.stderr}", pytrace=False)
+    return tuple(doc for doc in yaml.safe_load_all(proc.stdout) if doc)
+
+
+def of_kind(target: str, kind: str) -> list[Obj]:
+    return [o for o in render(target) if o["kind"] == kind]
+
+
+def labels(obj: Obj) -> dict[str, str]:
+    return dict(obj["metadata"].get("labels") or {})
+
+
+def component(obj: Obj) -> str | None:
+    return labels(obj).get("app.kubernetes.io/component")
+
+
+def worker_deployment(target: str) -> Obj:
+    found = [d for d in of_kind(target, "Deployment") if component(d) == "worker"]
+    assert len(found) == 1, f"{target}: expected one worker Deployment, found {len(found)}"
+    return found[0]
+
+
+def worker_container(target: str) -> Obj:
+    containers = worker_deployment(target)["spec"]["template"]["spec"]["containers"]
+    found = [c for c in containers if c.get("args", [None])[0] == "run"]
+    assert len(found) == 1, f"{target}: expected one container running `assistant-worker run`"
+    return dict(found[0])
+
+
+def migrate_job(target: str) -> Obj:
+    found = [j for j in of_kind(target, "Job") if component(j) == "migrations"]
+    assert len(found) == 1, f"{target}: expected one migrations Job, found {len(found)}"
+    return found[0]
+
+
+def config(target: str) -> dict[str, str]:
+    """What the worker container gets from ConfigMaps (envFrom), in order."""
+    maps = {m["metadata"]["name"]: m.get("data") or {} for m in of_kind(target, "ConfigMap")}
+    data: dict[str, str] = {}
+    for source in worker_container(target).get("envFrom", []):
+        if "configMapRef" in source:
+            name = source["configMapRef"]["name"]
+            assert name in maps, f"{target}: ConfigMap {name} is referenced but not rendered"
+            data.update(maps[name])
+    return data
+
+
+def worker_env(target: str) -> dict[str, str]:
+    """The worker container's environment: its ConfigMaps, then its inline values."""
+    inline = {
+        e["name"]: e["value"] for e in worker_container(target).get("env", []) if "value" in e
+    }
+    return {**config(target), **inline}
+
+
+def effective(target: str, field: str) -> str:
+    """A worker setting as the rendered manifests set it, else the code's default."""
+    model: type[BaseSettings] = Topology if field in Topology.model_fields else Settings
+    default = model.model_fields[field].default
+    return worker_env(target).get(f"AW_{field.upper()}", str(default))
+
+
+def pod_specs(target: str) -> Iterator[tuple[str, Obj]]:
+    for obj in render(target):
+        spec = obj.get("spec") or {}
+        if obj["kind"] == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        template = spec.get("template") if isinstance(spec, dict) else None
+        if isinstance(template, dict) and "containers" in template.get("spec", {}):
+            yield f"{obj['kind']}/{obj['metadata']['name']}", template["spec"]
+
+
+def all_containers(pod: Obj) -> list[Obj]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def container_port(container: Obj, port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    for declared in container.get("ports", []):
+        if declared.get("name") == port:
+            return int(declared["containerPort"])
+    pytest.fail(f"container {container['name']} has no port named {port!r}")
+
+
+def selects(selector: dict[str, str], candidate: dict[str, str]) -> bool:
+    return all(candidate.get(key) == value for key, value in selector.items())
+
+
+def pod_labels(obj: Obj) -> dict[str, str]:
+    return dict(obj["spec"]["template"]["metadata"].get("labels") or {})
+
+
+def health_port(target: str) -> int:
+    return int(effective(target, "health_port"))
+
+
+# --- the manifests are valid -------------------------------------------------------------
+
+_STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_NAME_REF = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string", "minLength": 1}, "kind": {"type": "string"}},
+    "additionalProperties": False,
+}
+_METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {"name": {"type": "string", "minLength": 1}},
+}
+
+# The parts of the CRDs' schemas these manifests use (KEDA 2.x, prometheus-operator v1); the
+# Kubernetes schemas do not know these kinds. Values under a trigger's metadata must be
+# strings, a common slip (`value: 32`) that KEDA rejects only at apply time.
+CRD_SCHEMAS: dict[tuple[str, str], Obj] = {
+    ("keda.sh/v1alpha1", "ScaledObject"): {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "required": ["scaleTargetRef", "triggers"],
+                "additionalProperties": False,
+                "properties": {
+                    "scaleTargetRef": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "apiVersion": {"type": "string"},
+                            "envSourceContainerName": {"type": "string"},
+                        },
+                    },
+                    **{
+                        key: {"type": "integer", "minimum": 0}
+                        for key in (
+                            "pollingInterval",
+                            "cooldownPeriod",
+                            "initialCooldownPeriod",
+                            "idleReplicaCount",
+                            "minReplicaCount",
+                            "maxReplicaCount",
+                        )
+                    },
+                    "advanced": {"type": "object"},
+                    "fallback": {"type": "object"},
+                    "triggers": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["type", "metadata"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "type": {"type": "string"},
+                                "name": {"type": "string"},
+                                "metadata": _STR_MAP,
+                                "authenticationRef": _NAME_REF,
+                                "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                                "useCachedMetrics": {"type": "boolean"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "minProperties": 1,
+                "properties": {
+                    "secretTargetRef": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["parameter", "name", "key"],
+                            "additionalProperties": False,
+                            "properties": {
+                                key: {"type": "string", "minLength": 1}
+                                for key in ("parameter", "name", "key")
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "required": ["selector", "endpoints"],
+                "properties": {
+                    "selector": {
+                        "type": "object",
+                        "properties": {"matchLabels": _STR_MAP},
+                    },
+                    "endpoints": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "port": {"type": "string"},
+                                "path": {"type": "string", "pattern": "^/"},
+                                "scheme": {"enum": ["http", "https"]},
+                                "interval": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+                                "scrapeTimeout": {
+                                    "type": "string",
+                                    "pattern": "^[0-9]+[smh]$",
+                                },
+                                "honorLabels": {"type": "boolean"},
+                                "relabelings": {"type": "array"},
+                                "metricRelabelings": {"type": "array"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def schema_errors(obj: Obj) -> list[str]:
+    kind, api_version = obj["kind"], obj["apiVersion"]
+    crd = CRD_SCHEMAS.get((api_version, kind))
+    if crd is not None:
+        validator = jsonschema.Draft202012Validator(crd)
+        return [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(obj)]
+    try:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        return [f"no schema for {api_version} {kind} (a CRD? add it to CRD_SCHEMAS)"]
+    except kubernetes_validate.ValidationError as error:
+        return [f"{'.'.join(map(str, error.path))}: {error.message}"]
+    return []
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_object_matches_its_schema(target: str) -> None:
+    problems = [
+        f"{obj['kind']}/{obj['metadata']['name']}: {error}"
+        for obj in render(target)
+        for error in schema_errors(obj)
+    ]
+    assert not problems, f"{target} (Kubernetes {KUBERNETES_VERSION}):\n" + "\n".join(problems)
+
+
+def test_the_schema_check_catches_a_misspelt_field() -> None:
+    deployment = json.loads(json.dumps(worker_deployment("base")))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    assert any("readinesProbe" in e for e in schema_errors(deployment))
+
+
+def test_every_component_is_rendered_by_an_overlay() -> None:
+    used = set()
+    for name in OVERLAYS:
+        kustomization = yaml.safe_load((TARGETS[name] / "kustomization.yaml").read_text())
+        for path in kustomization.get("components", []):
+            used.add((TARGETS[name] / path).resolve())
+    components = {p.resolve() for p in (KUSTOMIZE / "components").iterdir() if p.is_dir()}
+    assert components - used == set(), "a component no overlay uses is never validated"
+
+
+def test_the_secret_example_is_valid_and_not_deployed() -> None:
+    base = KUSTOMIZE / "base"
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    assert "secret.example.yaml" not in kustomization["resources"]
+    assert not of_kind("base", "Secret"), "the base must only reference the Secret"
+    example = yaml.safe_load((base / "secret.example.yaml").read_text())
+    assert schema_errors(example) == []
+    secret_name = example["metadata"]["name"]
+    for target in TARGETS:
+        refs = [
+            s["secretRef"]["name"] for s in worker_container(target)["envFrom"] if "secretRef" in s
+        ]
+        assert refs == [secret_name], f"{target}: the worker must read the Secret {secret_name}"
+    assert set(example["stringData"]) <= setting_env_names()
+    secrets = {f"AW_{name.upper()}" for name in ("amqp_url", "database_url", "openai_api_key")}
+    assert secrets <= set(example["stringData"]), "the example must document every secret"
+
+
+# --- the manifests agree with the worker -------------------------------------------------
+
+
+def served_paths() -> set[str]:
+    """The paths worker/health.py routes (`web.get("/livez", ...)`)."""
+    tree = ast.parse((ROOT / "worker" / "health.py").read_text())
+    return {
+        str(node.args[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in {"get", "head", "route"}
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    }
+
+
+def test_the_health_server_serves_the_paths_used_here() -> None:
+    assert {LIVENESS_PATH, READINESS_PATH, METRICS_PATH} <= served_paths()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_probes_hit_the_health_server(target: str) -> None:
+    container = worker_container(target)
+    expected = {
+        "startupProbe": LIVENESS_PATH,
+        "livenessProbe": LIVENESS_PATH,
+        "readinessProbe": READINESS_PATH,
+    }
+    for probe, path in expected.items():
+        assert probe in container, f"{target}: the worker has no {probe}"
+        http = container[probe]["httpGet"]
+        assert http["path"] == path, f"{target}: {probe} asks {http['path']}, not {path}"
+        assert container_port(container, http["port"]) == health_port(target), probe
+    assert container_port(container, "http-metrics") == health_port(target)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_metrics_service_reaches_the_health_port(target: str) -> None:
+    deployment = worker_deployment(target)
+    container = worker_container(target)
+    services = [s for s in of_kind(target, "Service") if component(s) == "worker"]
+    assert len(services) == 1, f"{target}: expected one Service for the worker's metrics"
+    service = services[0]
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert selects(service["spec"]["selector"], pod_labels(deployment))
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert "http-metrics" in ports, f"{target}: the Service has no port named http-metrics"
+    target_port = ports["http-metrics"].get("targetPort", ports["http-metrics"]["port"])
+    assert container_port(container, target_port) == health_port(target)
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+    if "prometheus.io/port" in annotations:
+        assert int(annotations["prometheus.io/port"]) == health_port(target)
+        assert annotations.get("prometheus.io/path") == METRICS_PATH
+    for monitor in of_kind(target, "ServiceMonitor"):
+        assert selects(monitor["spec"]["selector"]["matchLabels"], labels(service))
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint["port"] in ports, f"{target}: ServiceMonitor names an unknown port"
+            assert endpoint.get("path") == METRICS_PATH
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_termination_grace_outlasts_the_drain(target: str) -> None:
+    pod = worker_deployment(target)["spec"]["template"]["spec"]
+    grace = float(effective(target, "shutdown_grace_s"))
+    termination = pod.get("terminationGracePeriodSeconds", 30)
+    assert termination >= grace + SHUTDOWN_HEADROOM_S, (
+        f"{target}: terminationGracePeriodSeconds {termination} leaves no room for a "
+        f"{grace:g} s drain (AW_SHUTDOWN_GRACE_S) and the last outbox pass"
+    )
+
+
+def setting_env_names() -> set[str]:
+    """Every environment variable the worker reads (AW_<FIELD>, plus the aliases)."""
+    names: set[str] = set()
+    for model in (Settings, Topology):
+        prefix = model.model_config.get("env_prefix") or ""
+        for name, field in model.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseSettings):
+                continue  # nested settings (topology) read their own variables
+            if isinstance(field.validation_alias, AliasChoices):
+                names.update(c for c in field.validation_alias.choices if isinstance(c, str))
+            else:
+                names.add(f"{prefix}{name}".upper())
+    return names
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_config_keys_are_settings(target: str) -> None:
+    known = setting_env_names()
+    for name, pod in pod_specs(target):
+        for container in all_containers(pod):
+            inline = {e["name"] for e in container.get("env", [])}
+            assert inline <= known, f"{target} {name}: not settings: {sorted(inline - known)}"
+    unknown = set(config(target)) - known
+    assert not unknown, f"{target}: ConfigMap keys the worker never reads: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_config_values_parse(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith(("AW_", "OPENAI_")):
+            monkeypatch.delenv(key)
+    for key, value in worker_env(target).items():
+        monkeypatch.setenv(key, value)
+    Settings()  # raises on a value that does not parse, such as AW_BACKEND=response
+
+
+def test_a_misspelt_setting_is_not_a_setting() -> None:
+    names = setting_env_names()
+    assert {"AW_CONCURRENCY", "AW_INBOUND_QUEUE", "OPENAI_API_KEY"} <= names
+    assert "AW_CONCURENCY" not in names
+    assert "AW_TOPOLOGY" not in names
+
+
+@pytest.mark.parametrize("kind", ["ScaledObject", "ServiceMonitor", "NetworkPolicy"])
+def test_production_has_its_components(kind: str) -> None:
+    # Also keeps the per-kind tests below from passing on nothing.
+    assert of_kind("production", kind), f"production renders no {kind}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_keda_watches_the_inbound_queue(target: str) -> None:
+    for scaled in of_kind(target, "ScaledObject"):
+        check_scaled_object(target, scaled)
+
+
+def check_scaled_object(target: str, scaled: Obj) -> None:
+    deployment = worker_deployment(target)
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert "replicas" not in deployment["spec"], (
+        f"{target}: with KEDA in charge, spec.replicas makes every apply reset the worker count"
+    )
+    assert scaled["spec"].get("minReplicaCount", 0) >= 1, "the sweeper and relay live in workers"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "rabbitmq"
+    assert trigger["metadata"]["queueName"] == effective(target, "inbound_queue")
+    # The backlog target is one worker's worth of messages: the prefetch.
+    assert trigger["metadata"]["value"] == effective(target, "concurrency")
+    auths = {a["metadata"]["name"]: a for a in of_kind(target, "TriggerAuthentication")}
+    auth = auths[trigger["authenticationRef"]["name"]]
+    (host,) = [r for r in auth["spec"]["secretTargetRef"] if r["parameter"] == "host"]
+    secret = [
+        s["secretRef"]["name"] for s in worker_container(target)["envFrom"] if "secretRef" in s
+    ]
+    assert (host["name"], host["key"]) == (secret[0], "AW_AMQP_URL")
+
+
+# --- pods are locked down ----------------------------------------------------------------
+
+
+def lockdown_problems(pod: Obj, container: Obj) -> list[str]:
+    pod_sc = pod.get("securityContext") or {}
+    sc = container.get("securityContext") or {}
+
+    def either(key: str) -> Any:
+        return sc.get(key, pod_sc.get(key))
+
+    checks = {
+        "runAsNonRoot": either("runAsNonRoot") is True,
+        "runAsUser not 0": either("runAsUser") not in (None, 0),
+        "readOnlyRootFilesystem": sc.get("readOnlyRootFilesystem") is True,
+        "allowPrivilegeEscalation false": sc.get("allowPrivilegeEscalation") is False,
+        "not privileged": not sc.get("privileged", False),
+        "capabilities drop ALL": "ALL" in (sc.get("capabilities") or {}).get("drop", []),
+        "no capabilities added": not (sc.get("capabilities") or {}).get("add"),
+        "seccomp RuntimeDefault": (either("seccompProfile") or {}).get("type") == "RuntimeDefault",
+    }
+    return [f"{container['name']}: {check}" for check, ok in checks.items() if not ok]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_container_is_locked_down(target: str) -> None:
+    problems = [
+        f"{name} {problem}"
+        for name, pod in pod_specs(target)
+        for container in all_containers(pod)
+        for problem in lockdown_problems(pod, container)
+    ]
+    assert not problems, f"{target}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_pod_gets_a_service_account_token(target: str) -> None:
+    accounts = {a["metadata"]["name"]: a for a in of_kind(target, "ServiceAccount")}
+    for name, pod in pod_specs(target):
+        account = accounts.get(pod.get("serviceAccountName", "default"), {})
+        mounted = pod.get(
+            "automountServiceAccountToken", account.get("automountServiceAccountToken")
+        )
+        assert mounted is False, f"{target} {name} gets an API token it does not use"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_worker_selectors_pick_only_worker_pods(target: str) -> None:
+    worker = pod_labels(worker_deployment(target))
+    others = [
+        pod_labels(o)
+        for o in render(target)
+        if o["kind"] in ("Deployment", "Job") and component(o) != "worker"
+    ]
+    selectors = [
+        s["spec"]["selector"] for s in of_kind(target, "Service") if component(s) == "worker"
+    ]
+    selectors += [
+        p["spec"]["selector"]["matchLabels"] for p in of_kind(target, "PodDisruptionBudget")
+    ]
+    selectors.append(worker_deployment(target)["spec"]["selector"]["matchLabels"])
+    for selector in selectors:
+        assert selects(selector, worker), f"{target}: {selector} misses the worker pods"
+        assert not any(selects(selector, other) for other in others), (
+            f"{target}: {selector} also picks other pods (the migrations Job's?)"
+        )
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_migrations_job_applies_on_its_own(target: str) -> None:
+    """`kubectl apply -l app.kubernetes.io/component=migrations` must bring all the Job needs."""
+    job = migrate_job(target)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["migrate"]
+    assert container["image"] == worker_container(target)["image"]
+    assert job["spec"].get("backoffLimit") is not None
+    assert job["spec"].get("ttlSecondsAfterFinished") is not None
+    assert not [s for s in container.get("envFrom", []) if "configMapRef" in s], (
+        "a generated ConfigMap would not exist yet when the Job is applied first"
+    )
+    accounts = {a["metadata"]["name"]: a for a in of_kind(target, "ServiceAccount")}
+    account = accounts[pod["serviceAccountName"]]
+    assert component(account) == "migrations", "the Job's ServiceAccount must come along"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_images_are_pinned(target: str) -> None:
+    for name, pod in pod_specs(target):
+        for container in all_containers(pod):
+            image = container["image"]
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            assert "@sha256:" in image or (tag and tag != "latest"), f"{target} {name}: {image}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_network_policy_allows_only_what_the_worker_needs(target: str) -> None:
+    for policy in of_kind(target, "NetworkPolicy"):
+        check_network_policy(target, policy["spec"])
+
+
+def check_network_policy(target: str, spec: Obj) -> None:
+    assert selects(spec["podSelector"]["matchLabels"], pod_labels(worker_deployment(target)))
+    assert selects(spec["podSelector"]["matchLabels"], pod_labels(migrate_job(target)))
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    ingress = {(p["port"], p.get("protocol", "TCP")) for r in spec["ingress"] for p in r["ports"]}
+    assert ingress == {(health_port(target), "TCP")}
+    egress = {(p["port"], p.get("protocol", "TCP")) for r in spec["egress"] for p in r["ports"]}
+    assert egress == {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (5672, "TCP"), (443, "TCP")}
+
+
+# --- the Dockerfile ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    keyword: str
+    args: str
+    line: int
+
+    def flags(self) -> dict[str, str]:
+        pairs = (w[2:].partition("=") for w in self.args.split() if w.startswith("--"))
+        return {name: value for name, _, value in pairs}
+
+    def exec_form(self) -> list[str] | None:
+        try:
+            value = json.loads(self.args)
+        except json.JSONDecodeError:
+            return None
+        return value if isinstance(value, list) else None
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Instructions with continuation lines joined and comments dropped (as Docker does)."""
+    instructions: list[Instruction] = []
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line.startswith("#") or not line:
+            continue
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).partition(" ")
+        pending = ""
+        instructions.append(Instruction(keyword.upper(), args.strip(), start))
+    heredocs = [i.line for i in instructions if re.search(r"<<-?['\"]?\w+", i.args)]
+    assert not heredocs, f"heredocs (lines {heredocs}) are beyond this test's parser"
+    return instructions
+
+
+def dockerfile_stages() -> tuple[dict[str, str], list[list[Instruction]]]:
+    """Global ARG defaults, and the instructions of each stage (FROM first)."""
+    global_args: dict[str, str] = {}
+    stages: list[list[Instruction]] = []
+    for instruction in parse_dockerfile(DOCKERFILE.read_text()):
+        if instruction.keyword == "FROM":
+            stages.append([instruction])
+        elif stages:
+            stages[-1].append(instruction)
+        elif instruction.keyword == "ARG":
+            name, _, default = instruction.args.partition("=")
+            global_args[name] = default
+    return global_args, stages
+
+
+def final_stage() -> list[Instruction]:
+    return dockerfile_stages()[1][-1]
+
+
+def runs(stage: list[Instruction]) -> list[str]:
+    return [i.args for i in stage if i.keyword == "RUN"]
+
+
+def test_dockerfile_base_images_are_pinned() -> None:
+    global_args, stages = dockerfile_stages()
+    names = set()
+    for stage in stages:
+        image, *alias = re.split(r"\s+as\s+", stage[0].args, flags=re.IGNORECASE)
+        image = re.sub(r"\$\{?(\w+)\}?", lambda m: global_args.get(m.group(1), ""), image)
+        if image not in names:  # FROM builder: an earlier stage, not an image
+            tag = image.rsplit("/", 1)[-1].partition(":")[2]
+            assert "@sha256:" in image or (tag and tag != "latest"), f"unpinned base {image!r}"
+        names.update(alias)
+
+
+def test_dockerfile_is_multi_stage_and_the_final_stage_only_copies() -> None:
+    _, stages = dockerfile_stages()
+    assert len(stages) >= 2
+    final = stages[-1]
+    assert any("from" in i.flags() for i in final if i.keyword == "COPY")
+    installs = re.compile(r"\b(apt-get|apt|apk|dnf|yum)\s+(install|add)\b|\bpip\b.*\binstall\b")
+    compilers = re.compile(r"\b(gcc|g\+\+|clang|make|build-essential|python3?-dev)\b")
+    for command in runs(final):
+        assert not installs.search(command), f"the final stage installs: {command}"
+        assert not compilers.search(command), f"the final stage uses a compiler: {command}"
+
+
+def dockerfile_user() -> tuple[int, int | None]:
+    users = [i.args for i in final_stage() if i.keyword == "USER"]
+    assert users, "the final stage has no USER: the worker would run as root"
+    user, _, group = users[-1].partition(":")
+    assert user.isdigit(), "a numeric USER lets the kubelet verify runAsNonRoot"
+    return int(user), int(group) if group.isdigit() else None
+
+
+def test_dockerfile_runs_as_the_manifests_non_root_user() -> None:
+    uid, gid = dockerfile_user()
+    assert uid != 0
+    for target in TARGETS:
+        for name, pod in pod_specs(target):
+            pod_sc = pod.get("securityContext") or {}
+            for container in all_containers(pod):
+                sc = {**pod_sc, **(container.get("securityContext") or {})}
+                assert sc.get("runAsUser") == uid, f"{target} {name}: runAsUser is not {uid}"
+                assert sc.get("runAsGroup", gid) == gid, f"{target} {name}: runAsGroup"
+
+
+def cli_commands() -> set[str]:
+    command = typer.main.get_command(cli_app)
+    return set(getattr(command, "commands", {}))
+
+
+def test_dockerfile_entrypoint_is_the_console_script_in_exec_form() -> None:
+    final = final_stage()
+    (entrypoint,) = [i.exec_form() for i in final if i.keyword == "ENTRYPOINT"]
+    (cmd,) = [i.exec_form() for i in final if i.keyword == "CMD"]
+    assert entrypoint == [CONSOLE_SCRIPT], "exec form, so SIGTERM reaches the worker as PID 1"
+    assert cmd == ["run"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert CONSOLE_SCRIPT in scripts
+    for target in TARGETS:
+        for name, pod in pod_specs(target):
+            for container in all_containers(pod):
+                if IMAGE_NAME in container["image"]:
+                    assert container["args"][0] in cli_commands(), f"{target} {name}"
+
+
+def test_dockerfile_adds_no_urls_and_pip_keeps_no_cache() -> None:
+    _, stages = dockerfile_stages()
+    for instruction in (i for stage in stages for i in stage):
+        if instruction.keyword == "ADD":
+            assert "://" not in instruction.args, f"line {instruction.line}: ADD of a URL"
+        if instruction.keyword == "RUN" and re.search(r"\bpip\b.*\binstall\b", instruction.args):
+            assert "--no-cache-dir" in instruction.args, f"line {instruction.line}: pip cache"
+
+
+def test_dockerfile_runtime_settings() -> None:
+    final = final_stage()
+    env: dict[str, str] = {}
+    for instruction in final:
+        if instruction.keyword == "ENV":
+            for name, _, value in (w.partition("=") for w in shlex.split(instruction.args)):
+                env[name] = value
+    assert env.get("PYTHONUNBUFFERED") == "1", "logs must not sit in a buffer when killed"
+    exposed = {p.partition("/")[0] for i in final if i.keyword == "EXPOSE" for p in i.args.split()}
+    assert str(Settings.model_fields["health_port"].default) in exposed
+    assert [i.args for i in final if i.keyword == "STOPSIGNAL"] == ["SIGTERM"]
+
+
+def test_dockerfile_copies_what_the_build_needs() -> None:
+    _, stages = dockerfile_stages()
+    builder = stages[0]
+    sources = [
+        word
+        for i in builder
+        if i.keyword == "COPY" and "from" not in i.flags()
+        for word in i.args.split()[:-1]
+        if not word.startswith("--")
+    ]
+    for source in sources:
+        assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    assert "schemas/" in sources, "the wheel leaves out schemas/; the image must copy it"
+    assert any("user_message.v1" in command for command in runs(builder)), (
+        "the build should prove the installed package loads its schemas"
+    )
+
+
+# --- metrics named in the dashboard and the README exist ---------------------------------
+
+
+def exported_metric_names() -> set[str]:
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "info": ("_info",),
+    }
+    return {
+        family.name + suffix
+        for family in Metrics().registry.collect()
+        for suffix in suffixes[family.type]
+    }
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def test_the_dashboard_and_the_readme_use_real_metrics() -> None:
+    queries = dashboard_queries()
+    assert queries, "the dashboard has no queries"
+    text = "\n".join(queries) + (ROOT / "README.md").read_text()
+    used = set(re.findall(r"\bassistant_worker_\w+", text))
+    assert used, "no metric is named"
+    unknown = used - exported_metric_names()
+    assert not unknown, f"not exported by worker/metrics.py: {sorted(unknown)}"
