@@ -812,7 +812,8 @@ def exported_metric_names() -> set[str]:
     suffixes = {
         "counter": ("_total", "_created"),
         "gauge": ("",),
-        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        # A histogram is also named by its family name, as in the README's table.
+        "histogram": ("", "_bucket", "_sum", "_count", "_created"),
         "info": ("_info",),
     }
     return {
