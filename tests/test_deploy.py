@@ -474,6 +474,9 @@ def test_config_keys_are_settings(target: str) -> None:
             assert inline <= known, f"{target} {name}: not settings: {sorted(inline - known)}"
     unknown = set(config(target)) - known
     assert not unknown, f"{target}: ConfigMap keys the worker never reads: {sorted(unknown)}"
+    for secret in of_kind(target, "Secret"):
+        keys = {*secret.get("data", {}), *secret.get("stringData", {})}
+        assert keys <= known, f"{target}: Secret keys the worker never reads: {keys - known}"
 
 
 @pytest.mark.parametrize("target", TARGETS)
