@@ -22,7 +22,15 @@ from worker.outbound import Delivery, Failure, dead_letter_outbox, reply_outbox
 from worker.retry import RetryPolicy
 from worker.runner import FinishedRun, Runner
 from worker.settings import Settings
-from worker.store import ConversationRow, Lease, OpenBatch, RunRecord, Store, StoredEvent
+from worker.store import (
+    ConversationRow,
+    Lease,
+    NextBatch,
+    OpenBatch,
+    RunRecord,
+    Store,
+    StoredEvent,
+)
 
 log = structlog.get_logger("worker.conversation")
 
@@ -65,33 +73,23 @@ class ConversationProcessor:
         with structlog.contextvars.bound_contextvars(conversation_id=lease.conversation_id):
             try:
                 while True:
-                    found = await self._next_batch(lease)
+                    found = await self._store.next_batch(lease, self._settings.batch_max_events)
                     if found is not None:
-                        await self._answer(lease, *found)
+                        await self._answer(lease, found)
                     elif await self._store.release_lease_if_idle(lease):
                         return
             except LeaseLost:
                 log.warning("lease_lost")
 
-    async def _next_batch(self, lease: Lease) -> tuple[OpenBatch, bool] | None:
-        """The batch a previous owner left open (to resume), else a fresh one of what is
-        pending; the flag says which."""
-        batch = await self._store.open_batch(lease)
-        if batch is not None:
-            return batch, False
-        batch = await self._store.start_batch(lease, self._settings.batch_max_events)
-        return None if batch is None else (batch, True)
-
-    async def _answer(self, lease: Lease, batch: OpenBatch, fresh: bool) -> None:
-        stored = await self._store.batch_events(batch.event_ids)
+    async def _answer(self, lease: Lease, found: NextBatch) -> None:
+        batch, conversation, stored = found.batch, found.conversation, found.events
         with structlog.contextvars.bound_contextvars(batch_id=str(batch.batch_id)):
             try:
-                conversation = await self._store.conversation(lease)
                 # Each conversation stays on the backend that created its thread.
                 runner = self._runners[conversation.backend]
                 thread_id = await self._thread(lease, conversation, runner.backend)
                 with structlog.contextvars.bound_contextvars(thread_id=thread_id):
-                    work = _Work(lease, batch, runner, thread_id, fresh)
+                    work = _Work(lease, batch, runner, thread_id, found.fresh)
                     await self._run_batch(work, conversation, stored)
                 self._observe_latency(stored)
             except PermanentApiError as exc:

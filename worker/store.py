@@ -84,6 +84,15 @@ class OpenBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class NextBatch:
+    batch: OpenBatch
+    # Made just now by this call: nobody can have sent its run yet.
+    fresh: bool
+    conversation: ConversationRow
+    events: list[StoredEvent]
+
+
+@dataclass(frozen=True, slots=True)
 class RunRecord:
     """How a run ended, as stored in `runs`."""
 
@@ -213,58 +222,33 @@ class Store:
 
     # -- conversation work (fenced) -------------------------------------------------------------
 
-    async def conversation(self, lease: Lease) -> ConversationRow:
-        async with self._fenced(lease) as (_, row):
-            return row
-
     async def set_thread(self, lease: Lease, thread_id: str) -> None:
         async with self._fenced(lease) as (conn, _):
             await conn.execute(q("set_thread"), lease.conversation_id, thread_id)
 
-    async def open_batch(self, lease: Lease) -> OpenBatch | None:
-        async with self._fenced(lease) as (conn, _):
-            row = await conn.fetchrow(q("open_batch"), lease.conversation_id)
-        if row is None:
-            return None
-        return OpenBatch(
-            row["batch_id"],
-            tuple(row["event_ids"]),
-            row["attempt"],
-            row["run_id"],
-            row["messages_added"],
-            row["after_item_id"],
-        )
-
-    async def start_batch(self, lease: Lease, max_events: int) -> OpenBatch | None:
-        """Groups the pending events (oldest first) into a new batch, or None if there are none."""
+    async def next_batch(self, lease: Lease, max_events: int) -> NextBatch | None:
+        """The batch a previous owner left open (to resume), else a new one of the pending
+        events (oldest first), with everything needed to answer it; None if nothing waits."""
         async with self._fenced(lease) as (conn, conversation):
-            rows = await conn.fetch(q("pending_events"), lease.conversation_id, max_events)
-            if not rows:
+            row = await conn.fetchrow(q("open_batch"), lease.conversation_id)
+            fresh = row is None
+            batch = _open_batch(row) if row is not None else None
+            if batch is None:
+                batch = await _start_batch(conn, lease, conversation, max_events)
+            if batch is None:
                 return None
-            batch = OpenBatch(
-                batch_id=uuid.uuid4(),
-                event_ids=tuple(r["event_id"] for r in rows),
-                attempt=1,
-                run_id=None,
-                messages_added=False,
-                after_item_id=conversation.last_item_id,
-            )
-            await conn.execute(
-                q("insert_batch"),
-                batch.batch_id,
-                lease.conversation_id,
-                list(batch.event_ids),
-                batch.after_item_id,
-            )
-            await conn.execute(q("mark_events_batched"), batch.batch_id, list(batch.event_ids))
-            return batch
-
-    async def batch_events(self, event_ids: Sequence[str]) -> list[StoredEvent]:
-        rows = await self._pool.fetch(q("batch_events"), list(event_ids))
-        return [
-            StoredEvent(r["event_id"], r["body"], r["headers"], r["routing_key"], r["received_at"])
-            for r in rows
-        ]
+            events = await conn.fetch(q("batch_events"), list(batch.event_ids))
+        return NextBatch(
+            batch,
+            fresh,
+            conversation,
+            [
+                StoredEvent(
+                    r["event_id"], r["body"], r["headers"], r["routing_key"], r["received_at"]
+                )
+                for r in events
+            ],
+        )
 
     async def record_run_started(
         self, lease: Lease, batch_id: uuid.UUID, run_id: str, attempt: int
@@ -361,6 +345,42 @@ class OutboxAck:
     async def failed(self, ids: Sequence[int]) -> None:
         if ids:
             await self._conn.execute(q("mark_publish_failed"), list(ids))
+
+
+def _open_batch(row: asyncpg.Record) -> OpenBatch:
+    return OpenBatch(
+        row["batch_id"],
+        tuple(row["event_ids"]),
+        row["attempt"],
+        row["run_id"],
+        row["messages_added"],
+        row["after_item_id"],
+    )
+
+
+async def _start_batch(
+    conn: Connection, lease: Lease, conversation: ConversationRow, max_events: int
+) -> OpenBatch | None:
+    rows = await conn.fetch(q("pending_events"), lease.conversation_id, max_events)
+    if not rows:
+        return None
+    batch = OpenBatch(
+        batch_id=uuid.uuid4(),
+        event_ids=tuple(r["event_id"] for r in rows),
+        attempt=1,
+        run_id=None,
+        messages_added=False,
+        after_item_id=conversation.last_item_id,
+    )
+    await conn.execute(
+        q("insert_batch"),
+        batch.batch_id,
+        lease.conversation_id,
+        list(batch.event_ids),
+        batch.after_item_id,
+    )
+    await conn.execute(q("mark_events_batched"), batch.batch_id, list(batch.event_ids))
+    return batch
 
 
 async def _record_run_ended(conn: Connection, run: RunRecord) -> None:
