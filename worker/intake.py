@@ -47,15 +47,7 @@ class Intake:
         try:
             event = parse_user_message(delivery.body, delivery.message_id)
         except InvalidEvent as exc:
-            log.warning("event_invalid", reason=str(exc.reason), error=exc.detail)
-            self._metrics.events_received.labels("invalid").inc()
-            self._metrics.events_dead_lettered.labels(str(exc.reason)).inc()
-            await self._store.add_to_outbox(
-                dead_letter_outbox(
-                    delivery, Failure(exc.reason, exc.detail), self._settings.topology
-                )
-            )
-            self._on_outbox()
+            await self._dead_letter_invalid(delivery, exc)
             return Settlement.ACK
         with structlog.contextvars.bound_contextvars(
             event_id=event.event_id, conversation_id=event.conversation_id
@@ -77,3 +69,14 @@ class Intake:
             if result.needs_answer:
                 await self._ownership.own_and_process(event.conversation_id)
             return Settlement.ACK
+
+    async def _dead_letter_invalid(self, delivery: Delivery, exc: InvalidEvent) -> None:
+        """Straight to the dead-letter queue (through the outbox): retrying cannot fix it."""
+        log.warning("event_invalid", reason=str(exc.reason), error=exc.detail)
+        self._metrics.events_received.labels("invalid").inc()
+        self._metrics.events_dead_lettered.labels(str(exc.reason)).inc()
+        failure = Failure(exc.reason, exc.detail)
+        await self._store.add_to_outbox(
+            dead_letter_outbox(delivery, failure, self._settings.topology)
+        )
+        self._on_outbox()
