@@ -8,7 +8,7 @@ DURATION ?= 300
 WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format check migrate standin chaos clean
+.PHONY: help install demo test lint format check migrate standin chaos bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 
 chaos: $(STAMP) ## Kill workers under load for DURATION s (WORKERS, BACKEND), print a summary
 	$(BIN)/python -m tests.chaos --duration $(DURATION) --workers $(WORKERS) --backend $(BACKEND)
+
+bench: $(STAMP) ## Worker vs a naive baseline, all scenarios (REPEAT, BENCH_QUICK=1); writes bench/RESULTS.md
+	$(BIN)/python -m bench $(if $(REPEAT),--repeat $(REPEAT)) $(if $(filter-out 0,$(BENCH_QUICK)),--quick)
 
 format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -1,0 +1,118 @@
+"""`make bench`: every scenario, for the worker and the baseline, repeated; writes RESULTS.md.
+
+python -m bench [--quick] [--repeat 3] [--scenarios a,b,c,d]
+                [--contenders assistants,baseline,responses] [--output bench] [--profile DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench import results_doc
+from bench.machine import describe
+from bench.measure import RunMetrics
+from bench.run import Bench, bench, run_once
+from bench.scenarios import CONTENDERS, FULL, QUICK, Scenario, select
+from bench.services import postgres_version
+
+HERE = Path(__file__).resolve().parent
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        default=os.environ.get("BENCH_QUICK", "") not in ("", "0"),
+        help="small scenarios, one repetition (also BENCH_QUICK=1): a smoke run",
+    )
+    parser.add_argument("--repeat", type=int, help="repetitions (default 3, 1 with --quick)")
+    parser.add_argument("--scenarios", default="a,b,c,d")
+    parser.add_argument("--contenders", default="assistants,baseline,responses")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where RESULTS.md and results.json go (default bench/; --quick writes nothing)",
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--profile", type=Path, help="py-spy profiles of every run, into DIR")
+    return parser.parse_args(argv)
+
+
+def contender_order(contenders: list[str], repetition: int) -> list[str]:
+    """Rotated each repetition, so no contender always runs first on a fresh machine."""
+    shift = repetition % len(contenders)
+    return contenders[shift:] + contenders[:shift]
+
+
+async def measure_all(
+    b: Bench, scenarios: tuple[Scenario, ...], contenders: list[str], repeat: int, console: Console
+) -> list[RunMetrics]:
+    results = []
+    total = repeat * len(scenarios) * len(contenders)
+    for repetition in range(repeat):
+        for scenario in scenarios:
+            for key in contender_order(contenders, repetition):
+                m = await run_once(b, scenario, CONTENDERS[key], repetition)
+                results.append(m)
+                console.print(f"[{len(results)}/{total}] {progress(scenario, key, m)}")
+    return results
+
+
+def progress(scenario: Scenario, key: str, m: RunMetrics) -> str:
+    return (
+        f"({scenario.key}) {CONTENDERS[key].label:<20} {m.answered}/{m.events} answered, "
+        f"{m.events_per_s:.0f}/s, {m.cpu_ms_per_event:.2f} ms CPU/event, "
+        f"detection p50 {m.detection_ms['p50']:.0f} ms, lost {m.lost}, "
+        f"machine {m.machine_busy_pct:.0f}% busy, {m.wall_s:.1f} s"
+    )
+
+
+async def main(args: argparse.Namespace) -> int:
+    console = Console()
+    scenarios = select(QUICK if args.quick else FULL, args.scenarios)
+    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = set(contenders) - set(CONTENDERS)
+    if unknown:
+        raise SystemExit(f"unknown contenders: {sorted(unknown)}")
+    repeat = args.repeat or (1 if args.quick else 3)
+    log_dir = Path(tempfile.mkdtemp(prefix="aw-bench-"))
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    console.print(f"bench: logs in {log_dir}")
+    async with bench(log_dir, args.profile) as b:
+        machine = describe(postgres=await postgres_version(), rabbitmq=b.rabbitmq_version)
+        results = await measure_all(b, scenarios, contenders, repeat, console)
+    command = " ".join(["python -m bench", *sys.argv[1:]])
+    doc = results_doc.Document(command, machine, scenarios, contenders, repeat, results)
+    for renderable in doc.rich():
+        console.print(renderable)
+    # A quick run is a smoke test: it must not replace the recorded results by accident.
+    output = args.output or (None if args.quick else HERE)
+    if output is not None and not args.no_write:
+        write(output, doc, machine, results)
+        console.print(f"wrote {output / 'RESULTS.md'} and {output / 'results.json'}")
+    return 0
+
+
+def write(
+    output: Path, doc: results_doc.Document, machine: dict[str, Any], results: list[RunMetrics]
+) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "RESULTS.md").write_text(doc.markdown())
+    raw = {"machine": machine, "runs": [dataclasses.asdict(m) for m in results]}
+    (output / "results.json").write_text(json.dumps(raw, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(_arguments(sys.argv[1:]))))

@@ -1,0 +1,140 @@
+"""From runs to tables: medians over repetitions, worker/baseline ratios, targets, Markdown."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.measure import RunMetrics
+from bench.scenarios import BASELINE, CONTENDERS, Scenario
+
+Getter = Callable[[RunMetrics], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    label: str
+    get: Getter
+    fmt: str = "{:.1f}"
+    # Counts of failures are summed over repetitions (one loss in any run matters), not medians.
+    summed: bool = False
+    ratio: bool = True
+
+
+ROWS = (
+    Row("events answered", lambda m: m.answered, "{:.0f}", ratio=False),
+    Row("answered events/s (sustained)", lambda m: m.events_per_s),
+    Row("worker CPU ms per answered event", lambda m: m.cpu_ms_per_event, "{:.2f}"),
+    Row("end-to-end latency p50 (ms)", lambda m: m.latency_ms["p50"], "{:.0f}"),
+    Row("end-to-end latency p99 (ms)", lambda m: m.latency_ms["p99"], "{:.0f}"),
+    Row("detection delay p50 (ms)", lambda m: m.detection_ms["p50"], "{:.0f}"),
+    Row("detection delay p90 (ms)", lambda m: m.detection_ms["p90"], "{:.0f}"),
+    Row("OpenAI requests per answered event", lambda m: m.requests_per_event, "{:.2f}"),
+    Row("polls per run", lambda m: m.polls_per_run, "{:.2f}"),
+    Row("runs per conversation", lambda m: m.runs_per_conversation, "{:.2f}"),
+    Row("'active run' 400s", lambda m: m.active_run_400s, "{:.0f}", summed=True, ratio=False),
+    Row("injected faults", lambda m: m.injected_faults, "{:.0f}", ratio=False),
+    Row("lost replies", lambda m: m.lost, "{:.0f}", summed=True, ratio=False),
+    Row("events answered twice", lambda m: m.duplicated, "{:.0f}", summed=True, ratio=False),
+    Row("dead-lettered", lambda m: m.dead_lettered, "{:.0f}", summed=True, ratio=False),
+    Row("replies not 'completed'", lambda m: m.not_completed, "{:.0f}", summed=True, ratio=False),
+    Row("worker peak RSS (MB)", lambda m: m.peak_rss_mb),
+    Row("runs in flight (max)", lambda m: m.max_in_flight, "{:.0f}", ratio=False),
+    Row("RSS per in-flight run (KB)", lambda m: m.rss_per_in_flight_kb, "{:.0f}"),
+    Row("Postgres commits per event", lambda m: m.commits_per_event, "{:.1f}"),
+    Row("Postgres CPU ms per event (context)", lambda m: m.postgres_cpu_ms_per_event, "{:.2f}"),
+    Row("RabbitMQ CPU ms per event (context)", lambda m: m.rabbitmq_cpu_ms_per_event, "{:.2f}"),
+    Row("stand-in CPU ms per event (context)", lambda m: m.standin_cpu_ms_per_event, "{:.2f}"),
+    Row("machine CPU busy % (context)", lambda m: m.machine_busy_pct, "{:.0f}", ratio=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v for v in values if not math.isnan(v)]
+
+
+def median(values: Sequence[float]) -> float:
+    finite = _finite(values)
+    return statistics.median(finite) if finite else math.nan
+
+
+def _runs(results: list[RunMetrics], scenario: str, contender: str) -> list[RunMetrics]:
+    return [m for m in results if m.scenario == scenario and m.contender == contender]
+
+
+def value(results: list[RunMetrics], scenario: str, contender: str, row: Row) -> float:
+    values = [float(row.get(m)) for m in _runs(results, scenario, contender)]
+    if not values:
+        return math.nan
+    return sum(values) if row.summed else median(values)
+
+
+def ratio(results: list[RunMetrics], scenario: str, contender: str, row: Row) -> float:
+    """Median over repetitions of (contender / baseline) measured in the same repetition."""
+    baseline = {m.repetition: float(row.get(m)) for m in _runs(results, scenario, BASELINE.key)}
+    ratios = [
+        float(row.get(m)) / baseline[m.repetition]
+        for m in _runs(results, scenario, contender)
+        if baseline.get(m.repetition) not in (None, 0.0)
+    ]
+    return median(ratios)
+
+
+def _fmt(fmt: str, v: float) -> str:
+    return "n/a" if math.isnan(v) else fmt.format(v)
+
+
+def scenario_table(results: list[RunMetrics], scenario: Scenario, contenders: list[str]) -> Table:
+    """Metrics as rows; each contender a column, each worker followed by its ratio to baseline."""
+    has_baseline = BASELINE.key in contenders
+    headers = ["metric"]
+    for key in contenders:
+        headers.append(CONTENDERS[key].label)
+        if has_baseline and key != BASELINE.key:
+            headers.append("ratio")
+    rows = []
+    for row in ROWS:
+        cells = [row.label + (" (sum)" if row.summed else "")]
+        for key in contenders:
+            cells.append(_fmt(row.fmt, value(results, scenario.key, key, row)))
+            if has_baseline and key != BASELINE.key:
+                cells.append(
+                    _fmt("{:.2f}", ratio(results, scenario.key, key, row)) if row.ratio else ""
+                )
+        rows.append(cells)
+    reps = len({m.repetition for m in results if m.scenario == scenario.key})
+    title = f"({scenario.key}) {scenario.title}"
+    note = f"{scenario.describe()}. Medians of {reps} runs; ratio = median of worker/baseline."
+    return Table(title, headers, rows, note)
+
+
+def to_markdown(table: Table) -> str:
+    lines = [f"### {table.title}", ""]
+    if table.note:
+        lines += [table.note, ""]
+    lines.append("| " + " | ".join(table.headers) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(table.headers) - 1)) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_rich(table: Table) -> Any:
+    from rich.table import Table as RichTable
+
+    rich = RichTable(title=table.title, caption=table.note)
+    for n, header in enumerate(table.headers):
+        rich.add_column(header, justify="left" if n == 0 else "right")
+    for row in table.rows:
+        rich.add_row(*row)
+    return rich

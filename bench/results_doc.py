@@ -1,0 +1,86 @@
+"""bench/RESULTS.md, and the same tables on the terminal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bench import targets
+from bench.machine import summary
+from bench.measure import RunMetrics
+from bench.report import Table, scenario_table, to_markdown, to_rich
+from bench.scenarios import Scenario
+
+DEFINITIONS = """\
+How each number is measured (all times are epoch clocks of this one machine):
+
+- **answered events/s (sustained)**: events answered between the moment the 10th and the 90th
+  percentile of events got their first reply, divided by that span (warm-up and drain tail left
+  out). The whole plan is published at once as a backlog, so this is capacity.
+- **worker CPU ms per answered event**: user + system CPU time of the measured process only
+  (`/proc/PID/stat`; not the stand-in, broker, Postgres or harness), from the first event
+  published to the last event answered, divided by the events answered.
+- **end-to-end latency**: first reply naming the event in `in_reply_to`, as consumed by the
+  harness, minus the moment the harness published the event. It includes queueing behind the
+  backlog.
+- **detection delay**: for each distinct reply, its arrival at the harness's reply consumer minus
+  `ended_at` of the run named by the reply's `run_id` in the stand-in's run records (the instant
+  the stand-in moved the run to its terminal status). It covers noticing the end (polling),
+  fetching the reply, recording and publishing it, and the broker.
+- **OpenAI requests per answered event**: every `/v1` request in the stand-in's journal
+  (retries and failed ones included) divided by events answered.
+- **polls per run**: `GET` of one run (`/v1/threads/{t}/runs/{r}`) or one response
+  (`/v1/responses/{id}`), divided by runs created.
+- **runs per conversation**: runs created / conversations. In (c) each conversation is one burst
+  of 5 messages, so this is runs per burst.
+- **'active run' 400s**: `POST`s answered 400 by the one-run-per-thread lock (messages and runs,
+  or `conversation_locked` on Responses); injected faults are not counted.
+- **lost replies**: events no reply named. **events answered twice**: events named by two
+  replies with different `event_id` (a re-published reply keeps its `event_id` and does not count).
+- **peak RSS**: the kernel's high-water mark (`VmHWM`) of the measured process. **RSS per
+  in-flight run**: highest sampled RSS minus RSS idle before the load, divided by the most runs
+  active at once at the stand-in.
+- **machine CPU busy %**: busy time of all CPUs during the run / (wall time x CPUs), whoever
+  used it: the contenders share 2 cores with RabbitMQ, Postgres, the stand-in and the harness.
+"""
+
+CONDITIONS = """\
+Conditions: the stand-in runs as a process of its own (its CPU is not counted), configured with
+`poll_after_ms=None` for every contender, so neither gets an `openai-poll-after-ms` hint and the
+SDK's `create_and_poll` falls back to its 1 s interval. The worker runs with
+`AW_LOG_LEVEL=warning` and its default poll schedule (100 ms, x1.5, max 2 s); the baseline
+(`bench/baseline.py`) runs with the SDK's defaults (2 retries). Each run gets a fresh database,
+fresh queues and a reset stand-in; contenders alternate within each repetition.
+"""
+
+
+@dataclass
+class Document:
+    command: str
+    machine: dict[str, Any]
+    scenarios: tuple[Scenario, ...]
+    contenders: list[str]
+    repeat: int
+    results: list[RunMetrics]
+
+    def tables(self) -> list[Table]:
+        verdicts = targets.evaluate(self.results, self.scenarios)
+        found = [targets.table(verdicts)] if verdicts else []
+        return found + [scenario_table(self.results, s, self.contenders) for s in self.scenarios]
+
+    def markdown(self) -> str:
+        parts = [
+            "# Benchmark results",
+            "",
+            f"Produced by `{self.command}` (`make bench` runs it), {self.repeat} repetitions.",
+            "",
+            f"Machine: {summary(self.machine)}.",
+            "",
+            CONDITIONS,
+        ]
+        parts += [to_markdown(t) for t in self.tables()]
+        parts += ["## Definitions", "", DEFINITIONS]
+        return "\n".join(parts)
+
+    def rich(self) -> list[Any]:
+        return [f"machine: {summary(self.machine)}", *[to_rich(t) for t in self.tables()]]

@@ -1,0 +1,162 @@
+"""One benchmark run: a fresh database and queues, the contender started, the load, the data."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from bench.contenders import ContenderProcess, Wiring, environment
+from bench.load import ReplyCollector, publish_plan
+from bench.measure import RunData, RunMetrics, Samplers, compute, peak_rss_bytes
+from bench.profile import Recording
+from bench.scenarios import Contender, Scenario
+from bench.services import (
+    AMQP_URL,
+    StandInProcess,
+    bench_topology,
+    commit_count,
+    declared,
+    fresh_database,
+    queue_stats,
+)
+from worker.settings import Topology
+
+# After the last event is answered, how long to keep listening for late duplicate replies.
+SETTLE_S = 1.0
+
+
+@dataclass
+class Bench:
+    """What lives for the whole invocation: the stand-in process and a broker connection."""
+
+    standin: StandInProcess
+    connection: AbstractRobustConnection
+    channel: AbstractChannel
+    log_dir: Path
+    profile_dir: Path | None = None
+    # Settings for the worker contenders only (a tuned row); the baseline keeps its defaults.
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rabbitmq_version(self) -> str:
+        transport = getattr(self.connection, "transport", None)
+        properties = transport.connection.server_properties if transport else {}
+        version = properties.get("version", b"unknown")
+        return version.decode() if isinstance(version, bytes) else str(version)
+
+
+@contextlib.asynccontextmanager
+async def bench(log_dir: Path, profile_dir: Path | None = None) -> AsyncIterator[Bench]:
+    standin = StandInProcess(log_dir / "standin.log")
+    await standin.start()
+    try:
+        connection = await aio_pika.connect_robust(
+            AMQP_URL, client_properties={"connection_name": "assistant-worker bench"}
+        )
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            yield Bench(standin, connection, channel, log_dir, profile_dir)
+        finally:
+            await connection.close()
+    finally:
+        await standin.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    scenario: Scenario
+    contender: Contender
+    repetition: int
+    tag: str
+    database: str
+    topology: Topology
+
+    @property
+    def name(self) -> str:
+        return f"{self.scenario.key}-{self.contender.key}-{self.repetition}"
+
+
+async def run_once(
+    bench: Bench, scenario: Scenario, contender: Contender, repetition: int
+) -> RunMetrics:
+    tag = f"bench{uuid.uuid4().hex[:10]}"
+    setup = Setup(scenario, contender, repetition, tag, f"aw_{tag}", bench_topology(tag))
+    await bench.standin.prepare(scenario.run_ms, scenario.queue_ms, scenario.fault_rules())
+    async with (
+        fresh_database(setup.database, migrated=not contender.is_baseline) as dsn,
+        declared(bench.channel, setup.topology),
+    ):
+        process = ContenderProcess(contender, bench.log_dir / f"{setup.name}.log")
+        env = environment(contender, scenario, Wiring(dsn, bench.standin.base_url, setup.topology))
+        if not contender.is_baseline:
+            env.update(bench.worker_env)
+        await process.start(env)
+        try:
+            await process.wait_consuming(bench.channel, setup.topology.inbound_queue)
+            async with _profiled(bench, setup, process):
+                data = await _drive(bench, setup, process)
+        finally:
+            exit_code = await process.stop()
+        data.exit_code = exit_code
+        data.journal = await bench.standin.journal()
+        data.runs = await bench.standin.runs()
+    return compute(data)
+
+
+@contextlib.asynccontextmanager
+async def _profiled(bench: Bench, setup: Setup, process: ContenderProcess) -> AsyncIterator[None]:
+    """py-spy on the contender from its first consumed message on (start-up is not the load)."""
+    if bench.profile_dir is None:
+        yield
+        return
+    recording = Recording(process.pid, bench.profile_dir / f"{setup.name}.txt")
+    await recording.start()
+    try:
+        yield
+    finally:
+        await recording.stop()
+
+
+async def _drive(bench: Bench, setup: Setup, process: ContenderProcess) -> RunData:
+    """From a consuming contender to the last reply: publish, listen, sample."""
+    topology = setup.topology
+    plan = setup.scenario.plan(setup.tag)
+    collector = ReplyCollector({e["event_id"] for e in plan})
+    replies_channel = await bench.connection.channel()
+    try:
+        await collector.start(replies_channel, topology)
+        samplers = Samplers.of(process.pid, bench.standin.pid)
+        commits_before = await commit_count(setup.database)
+        idle = samplers.worker.start()
+        for sampler in samplers.all()[1:]:
+            sampler.start()
+        sent = await publish_plan(bench.channel, topology, plan)
+        await collector.wait(setup.scenario.quiet_s, SETTLE_S)
+        peak = peak_rss_bytes(process.pid)
+        for sampler in samplers.all():
+            await sampler.stop()
+        commits = await commit_count(setup.database) - commits_before
+        dead = await queue_stats(bench.channel, topology.dead_letter_queue)
+    finally:
+        await replies_channel.close()
+    return RunData(
+        scenario=setup.scenario,
+        contender=setup.contender,
+        repetition=setup.repetition,
+        sent=sent,
+        received=collector.received,
+        journal=[],
+        runs=[],
+        samplers=samplers,
+        commits=commits,
+        idle_rss_bytes=idle.rss_bytes,
+        peak_rss_bytes=peak,
+        dead_lettered=dead.messages,
+        exit_code=None,
+    )

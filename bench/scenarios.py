@@ -1,0 +1,130 @@
+"""What each benchmark run sends and how the stand-in behaves, and who is measured."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One load shape. `run_ms` is the stand-in's run duration (after `queue_ms` queued)."""
+
+    key: str
+    title: str
+    conversations: int
+    per_conversation: int
+    run_ms: int
+    concurrency: int
+    queue_ms: int = 20
+    # Each run lasts run_ms +- this fraction (uniform, seeded: the same for every contender).
+    # Fixed durations would phase-lock with a fixed poll interval: 2,000 ms runs polled at
+    # 0, 1 and 2 s are seen just after they end, which flatters 1 s polling.
+    run_jitter: float = 0.0
+    fault_rate: float = 0.0
+    # Burst: a conversation's messages are published back to back. Otherwise round robin, so
+    # a conversation's next message comes only after every other conversation had one.
+    burst: bool = False
+    # Give up waiting after this long without a new reply (faults make the tail slow).
+    quiet_s: float = 10.0
+
+    @property
+    def events(self) -> int:
+        return self.conversations * self.per_conversation
+
+    def plan(self, tag: str) -> list[dict[str, Any]]:
+        """The user_message.v1 events in publication order; every text is unique."""
+        if self.burst:
+            order = [
+                (c, k) for c in range(self.conversations) for k in range(self.per_conversation)
+            ]
+        else:
+            order = [
+                (c, k) for k in range(self.per_conversation) for c in range(self.conversations)
+            ]
+        durations = self._durations(len(order))
+        return [
+            {
+                "event_id": f"{tag}-{c}-{k}",
+                "conversation_id": f"{tag}-conv-{c}",
+                "text": f"message {k} of conversation {c} ({tag}){marker}",
+            }
+            for (c, k), marker in zip(order, durations, strict=True)
+        ]
+
+    def _durations(self, count: int) -> list[str]:
+        """The stand-in's per-run duration marker for each event, if durations vary."""
+        if not self.run_jitter:
+            return [""] * count
+        rng = random.Random(f"{self.key}-durations")
+        spread = self.run_ms * self.run_jitter
+        return [
+            f" [[delay_ms:{round(self.run_ms + rng.uniform(-spread, spread))}]]"
+            for _ in range(count)
+        ]
+
+    def fault_rules(self) -> list[dict[str, Any]]:
+        """Half 429 (with Retry-After), half 500, on every /v1 request, `fault_rate` in all.
+
+        The stand-in tries rules in order, so the second rate is scaled to make the total exact.
+        """
+        if not self.fault_rate:
+            return []
+        half = self.fault_rate / 2
+        return [
+            {"kind": "status", "status": 429, "rate": half, "retry_after_s": 0.5},
+            {"kind": "status", "status": 500, "rate": half / (1 - half)},
+        ]
+
+    def describe(self) -> str:
+        shape = "bursts" if self.burst else "round robin"
+        faults = f", {self.fault_rate:.0%} faults" if self.fault_rate else ""
+        jitter = f" +- {self.run_jitter:.0%}" if self.run_jitter else ""
+        return (
+            f"{self.events} events = {self.conversations} conversations x "
+            f"{self.per_conversation} ({shape}); runs {self.queue_ms} ms queued + "
+            f"{self.run_ms} ms{jitter}; concurrency {self.concurrency}{faults}"
+        )
+
+
+FULL = (
+    Scenario("a", "instant runs", 150, 10, run_ms=0, queue_ms=0, concurrency=32),
+    Scenario(
+        "b", "2 s runs, 1,000 in flight", 1000, 1, run_ms=2000, run_jitter=0.25, concurrency=1000
+    ),
+    Scenario("c", "bursts of 5", 100, 5, run_ms=500, concurrency=32, burst=True),
+    Scenario("d", "10% 429/500", 600, 1, run_ms=200, concurrency=32, fault_rate=0.10),
+)
+
+QUICK = (
+    Scenario("a", "instant runs", 30, 10, run_ms=0, queue_ms=0, concurrency=32, quiet_s=5),
+    Scenario("b", "2 s runs, 250 in flight", 250, 1, run_ms=2000, run_jitter=0.25, concurrency=250),
+    Scenario("c", "bursts of 5", 20, 5, run_ms=500, concurrency=32, burst=True, quiet_s=5),
+    Scenario("d", "10% 429/500", 120, 1, run_ms=200, concurrency=32, fault_rate=0.10),
+)
+
+# The smoke test's size: a few seconds per contender.
+SMOKE = Scenario("a", "instant runs (smoke)", 5, 4, run_ms=0, queue_ms=0, concurrency=8, quiet_s=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Contender:
+    key: str
+    label: str
+    # The reference the ratios are taken against.
+    is_baseline: bool = False
+
+
+ASSISTANTS = Contender("assistants", "worker (assistants)")
+BASELINE = Contender("baseline", "baseline", is_baseline=True)
+RESPONSES = Contender("responses", "worker (responses)")
+CONTENDERS = {c.key: c for c in (ASSISTANTS, BASELINE, RESPONSES)}
+
+
+def select(available: tuple[Scenario, ...], keys: str) -> tuple[Scenario, ...]:
+    wanted = {k.strip() for k in keys.split(",") if k.strip()}
+    unknown = wanted - {s.key for s in available}
+    if unknown:
+        raise ValueError(f"unknown scenarios: {sorted(unknown)}")
+    return tuple(s for s in available if s.key in wanted)

@@ -1,0 +1,214 @@
+"""The servers a run needs: a fresh database, fresh RabbitMQ names, the stand-in process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aio_pika.abc import AbstractChannel
+
+from worker import topology as topo
+from worker.migrate import migrate
+from worker.settings import Topology
+
+REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def dsn_for(database: str) -> str:
+    return PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def postgres_version() -> str:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+async def commit_count(database: str) -> int:
+    """Transactions committed in `database` so far (the statistics lag by up to a second)."""
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        count = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", database
+        )
+        return int(count or 0)
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(name: str, *, migrated: bool) -> AsyncIterator[str]:
+    """A database for one run (the worker's is migrated), dropped afterwards."""
+    await _admin(f'CREATE DATABASE "{name}"')
+    try:
+        if migrated:
+            await migrate(dsn_for(name))
+        yield dsn_for(name)
+    finally:
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def bench_topology(tag: str) -> Topology:
+    return Topology(
+        inbound_exchange=f"{tag}.inbound",
+        inbound_queue=f"{tag}.user_messages",
+        outbound_exchange=f"{tag}.outbound",
+        reply_queue=f"{tag}.replies",
+        dead_letter_exchange=f"{tag}.dead_letter",
+        dead_letter_queue=f"{tag}.dead_letter",
+    )
+
+
+@contextlib.asynccontextmanager
+async def declared(channel: AbstractChannel, topology: Topology) -> AsyncIterator[None]:
+    await topo.declare(channel, topology)
+    try:
+        yield
+    finally:
+        await topo.delete(channel, topology)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    messages: int
+    consumers: int
+
+
+async def queue_stats(channel: AbstractChannel, queue: str) -> QueueStats:
+    """Counts straight from the broker: a robust channel's `declare_queue` may hand back the
+    declaration it cached when the queue was first declared."""
+    underlay = await channel.get_underlay_channel()
+    ok = await underlay.queue_declare(queue, passive=True)
+    return QueueStats(ok.message_count or 0, ok.consumer_count or 0)
+
+
+def topology_env(t: Topology) -> dict[str, str]:
+    return {
+        "AW_INBOUND_EXCHANGE": t.inbound_exchange,
+        "AW_INBOUND_QUEUE": t.inbound_queue,
+        "AW_OUTBOUND_EXCHANGE": t.outbound_exchange,
+        "AW_REPLY_QUEUE": t.reply_queue,
+        "AW_DEAD_LETTER_EXCHANGE": t.dead_letter_exchange,
+        "AW_DEAD_LETTER_QUEUE": t.dead_letter_queue,
+    }
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without AW_* settings a developer may have exported."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AW_", "OPENAI_"))}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class StandInProcess:
+    """The OpenAI stand-in in a process of its own, so its CPU never counts as the worker's
+    and never competes with this process's clock readings; driven by its control API."""
+
+    def __init__(self, log_path: Path) -> None:
+        self._log_path = log_path
+        self._proc: asyncio.subprocess.Process | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> None:
+        self.port = free_port()
+        with self._log_path.open("ab") as log:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "worker",
+                "standin",
+                "--port",
+                str(self.port),
+                "--poll-after-ms",
+                "0",  # no openai-poll-after-ms hint: neither contender gets one (fair)
+                env=clean_env(),
+                cwd=REPO,
+                stdout=log,
+                stderr=log,
+            )
+        self._http = aiohttp.ClientSession(f"http://127.0.0.1:{self.port}")
+        async with asyncio.timeout(30):
+            while not await self._healthy():  # noqa: ASYNC110 - polling a port, nothing to await
+                await asyncio.sleep(0.1)
+
+    async def _healthy(self) -> bool:
+        try:
+            await self._call("GET", "/_standin/health")
+        except aiohttp.ClientError:
+            return False
+        return True
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        assert self._http is not None
+        async with self._http.request(method, path, json=body) as response:
+            response.raise_for_status()
+            return await response.json()
+
+    async def prepare(self, run_ms: int, queue_ms: int, faults: list[dict[str, Any]]) -> None:
+        """Forgets the previous run (state, journal, faults) and sets this run's behaviour."""
+        await self._call("POST", "/_standin/reset")
+        await self._call(
+            "POST",
+            "/_standin/config",
+            {"run_duration_ms": run_ms, "queue_ms": queue_ms, "poll_after_ms": None},
+        )
+        if faults:
+            await self._call("POST", "/_standin/faults", {"rules": faults})
+
+    async def clear_faults(self) -> None:
+        await self._call("DELETE", "/_standin/faults")
+
+    async def journal(self) -> list[dict[str, Any]]:
+        body = await self._call("GET", "/_standin/journal")
+        return list(body["entries"])
+
+    async def runs(self) -> list[dict[str, Any]]:
+        body = await self._call("GET", "/_standin/runs")
+        return list(body["runs"])
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.terminate()
+            try:
+                await asyncio.wait_for(self._proc.wait(), 10)
+            except TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
