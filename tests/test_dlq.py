@@ -196,7 +196,10 @@ async def test_a_replay_killed_midway_loses_nothing(
         env=worker_env(settings),
         stdout=asyncio.subprocess.DEVNULL,
     )
-    await asyncio.sleep(2.0)
+    # Kill it once the move is well under way (however slowly the process started).
+    async with asyncio.timeout(30):
+        while await queue_depth(channel, topology.inbound_queue) < 10:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
 
