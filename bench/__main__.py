@@ -22,7 +22,7 @@ from bench import results_doc
 from bench.machine import describe
 from bench.measure import RunMetrics
 from bench.run import Bench, bench, run_once
-from bench.scenarios import CONTENDERS, FULL, QUICK, Scenario, select
+from bench.scenarios import FULL, QUICK, Scenario, contender, select
 from bench.services import postgres_version
 
 HERE = Path(__file__).resolve().parent
@@ -63,7 +63,7 @@ async def measure_all(
     for repetition in range(repeat):
         for scenario in scenarios:
             for key in contender_order(contenders, repetition):
-                m = await run_once(b, scenario, CONTENDERS[key], repetition)
+                m = await run_once(b, scenario, contender(key), repetition)
                 results.append(m)
                 console.print(f"[{len(results)}/{total}] {progress(scenario, key, m)}")
     return results
@@ -71,7 +71,7 @@ async def measure_all(
 
 def progress(scenario: Scenario, key: str, m: RunMetrics) -> str:
     return (
-        f"({scenario.key}) {CONTENDERS[key].label:<20} {m.answered}/{m.events} answered, "
+        f"({scenario.key}) {contender(key).label:<20} {m.answered}/{m.events} answered, "
         f"{m.events_per_s:.0f}/s, {m.cpu_ms_per_event:.2f} ms CPU/event, "
         f"detection p50 {m.detection_ms['p50']:.0f} ms, lost {m.lost}, "
         f"machine {m.machine_busy_pct:.0f}% busy, {m.wall_s:.1f} s"
@@ -82,9 +82,8 @@ async def main(args: argparse.Namespace) -> int:
     console = Console()
     scenarios = select(QUICK if args.quick else FULL, args.scenarios)
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = set(contenders) - set(CONTENDERS)
-    if unknown:
-        raise SystemExit(f"unknown contenders: {sorted(unknown)}")
+    for key in contenders:
+        contender(key)  # fails early on a misspelt name
     repeat = args.repeat or (1 if args.quick else 3)
     log_dir = Path(tempfile.mkdtemp(prefix="aw-bench-"))
     if args.profile:

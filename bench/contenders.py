@@ -29,6 +29,8 @@ class Wiring:
 def command(contender: Contender) -> list[str]:
     if contender.is_baseline:
         return [sys.executable, "-m", "bench.baseline"]
+    if contender.variants:
+        return [sys.executable, "-m", "bench.variants", ",".join(contender.variants), "run"]
     return [sys.executable, "-m", "worker", "run"]
 
 
@@ -48,8 +50,8 @@ def environment(contender: Contender, scenario: Scenario, wiring: Wiring) -> dic
         "AW_HEALTH_PORT": "0",
         "AW_WORKER_NAME": f"bench-{contender.key}",
     }
-    if not contender.is_baseline:
-        env["AW_BACKEND"] = contender.key
+    if contender.backend is not None:
+        env["AW_BACKEND"] = contender.backend
     return env
 
 

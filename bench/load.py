@@ -22,11 +22,13 @@ from worker.settings import Topology
 _PUBLISH_WINDOW = 50
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sent:
     event_id: str
     conversation_id: str
     published_at: float
+    # When the broker confirmed it: from then on it is in the queue (or taken from it).
+    confirmed_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +51,10 @@ async def publish_plan(
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        sent.append(Sent(event["event_id"], event["conversation_id"], time.time()))
+        record = Sent(event["event_id"], event["conversation_id"], time.time())
+        sent.append(record)
         await exchange.publish(message, routing_key=topology.inbound_routing_key)
+        record.confirmed_at = time.time()
 
     # Windows keep the order within a conversation's burst: a window is published in order
     # on one channel before the next starts.

@@ -14,7 +14,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +137,29 @@ class Sampler:
         return last.cpu_s - first.cpu_s
 
 
+class QueueSampler:
+    """Samples how many messages wait in the inbound queue (ready, not yet delivered)."""
+
+    def __init__(self, read: Callable[[], Awaitable[int]], interval_s: float = 0.1) -> None:
+        self._read = read
+        self._interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            self.samples.append((time.time(), await self._read()))
+            await asyncio.sleep(self._interval_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 @dataclass
 class Samplers:
     """Everything sampled during the load; only `worker` is the measured process."""
@@ -174,6 +197,7 @@ class RunData:
     journal: list[dict[str, Any]]
     runs: list[dict[str, Any]]
     samplers: Samplers
+    queue: QueueSampler
     commits: int
     idle_rss_bytes: int
     peak_rss_bytes: int
@@ -205,6 +229,7 @@ class RunMetrics:
     injected_faults: int
     peak_rss_mb: float
     max_in_flight: int
+    max_runs_active: int
     rss_per_in_flight_kb: float
     standin_cpu_ms_per_event: float
     postgres_cpu_ms_per_event: float
@@ -265,7 +290,22 @@ def detection_delays(received: list[Received], runs: list[dict[str, Any]]) -> li
     return delays
 
 
-def max_in_flight(runs: list[dict[str, Any]]) -> int:
+def max_in_flight(
+    sent: list[Sent], answered: dict[str, float], queued: list[tuple[float, int]]
+) -> int:
+    """The most events taken from the queue and not yet answered at one moment: confirmed
+    by the broker so far, minus still waiting in the queue, minus answered. For the worker
+    these are the conversations it holds (prefetch); some may not have started their run."""
+    published = sorted(s.confirmed_at for s in sent)
+    answers = sorted(answered.values())
+    peak = 0
+    for at, waiting in queued:
+        taken = bisect.bisect_right(published, at) - waiting
+        peak = max(peak, taken - bisect.bisect_right(answers, at))
+    return peak
+
+
+def max_runs_active(runs: list[dict[str, Any]]) -> int:
     """The most runs active at one moment, as the stand-in saw them."""
     edges = []
     for r in runs:
@@ -342,7 +382,7 @@ def compute(data: RunData) -> RunMetrics:
     start = min(s.published_at for s in data.sent)
     end = max(answered.values(), default=start)
     counts = journal_counts(data.journal)
-    in_flight = max_in_flight(data.runs)
+    in_flight = max_in_flight(data.sent, answered, data.queue.samples)
     distinct = {str(r.reply.get("event_id")): r.reply for r in data.received}
     scenario = data.scenario
     return RunMetrics(
@@ -372,6 +412,7 @@ def compute(data: RunData) -> RunMetrics:
         injected_faults=counts["faults"],
         peak_rss_mb=data.peak_rss_bytes / 2**20,
         max_in_flight=in_flight,
+        max_runs_active=max_runs_active(data.runs),
         rss_per_in_flight_kb=_per_in_flight(data, in_flight),
         standin_cpu_ms_per_event=1000 * data.samplers.standin.cpu_between(start, end) / n,
         postgres_cpu_ms_per_event=1000 * data.samplers.postgres.cpu_between(start, end) / n,
@@ -385,7 +426,7 @@ def compute(data: RunData) -> RunMetrics:
 
 
 def _per_in_flight(data: RunData, in_flight: int) -> float:
-    """Growth of RSS over the idle process, per run in flight at the peak."""
+    """Growth of RSS over the idle process, per event in flight at the peak."""
     peak = max((s.rss_bytes for s in data.samplers.worker.samples), default=data.idle_rss_bytes)
     return (peak - data.idle_rss_bytes) / 1024 / max(1, in_flight)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.measure import RunMetrics
-from bench.scenarios import BASELINE, CONTENDERS, Scenario
+from bench.scenarios import BASELINE, Scenario, contender
 
 Getter = Callable[[RunMetrics], float]
 
@@ -42,9 +42,10 @@ ROWS = (
     Row("dead-lettered", lambda m: m.dead_lettered, "{:.0f}", summed=True, ratio=False),
     Row("replies not 'completed'", lambda m: m.not_completed, "{:.0f}", summed=True, ratio=False),
     Row("worker peak RSS (MB)", lambda m: m.peak_rss_mb),
-    Row("runs in flight (max)", lambda m: m.max_in_flight, "{:.0f}", ratio=False),
-    Row("RSS per in-flight run (KB)", lambda m: m.rss_per_in_flight_kb, "{:.0f}"),
-    Row("Postgres commits per event", lambda m: m.commits_per_event, "{:.1f}"),
+    Row("events in flight (max)", lambda m: m.max_in_flight, "{:.0f}", ratio=False),
+    Row("runs active at once (max)", lambda m: m.max_runs_active, "{:.0f}", ratio=False),
+    Row("RSS per event in flight (KB)", lambda m: m.rss_per_in_flight_kb, "{:.0f}"),
+    Row("Postgres transactions per event", lambda m: m.commits_per_event, "{:.1f}"),
     Row("Postgres CPU ms per event (context)", lambda m: m.postgres_cpu_ms_per_event, "{:.2f}"),
     Row("RabbitMQ CPU ms per event (context)", lambda m: m.rabbitmq_cpu_ms_per_event, "{:.2f}"),
     Row("stand-in CPU ms per event (context)", lambda m: m.standin_cpu_ms_per_event, "{:.2f}"),
@@ -100,7 +101,7 @@ def scenario_table(results: list[RunMetrics], scenario: Scenario, contenders: li
     has_baseline = BASELINE.key in contenders
     headers = ["metric"]
     for key in contenders:
-        headers.append(CONTENDERS[key].label)
+        headers.append(contender(key).label)
         if has_baseline and key != BASELINE.key:
             headers.append("ratio")
     rows = []

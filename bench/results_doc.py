@@ -37,9 +37,17 @@ How each number is measured (all times are epoch clocks of this one machine):
   or `conversation_locked` on Responses); injected faults are not counted.
 - **lost replies**: events no reply named. **events answered twice**: events named by two
   replies with different `event_id` (a re-published reply keeps its `event_id` and does not count).
-- **peak RSS**: the kernel's high-water mark (`VmHWM`) of the measured process. **RSS per
-  in-flight run**: highest sampled RSS minus RSS idle before the load, divided by the most runs
-  active at once at the stand-in.
+- **events in flight**: the most events taken from the inbound queue and not yet answered at
+  one moment (confirmed by the broker so far, minus the queue's ready count sampled every
+  100 ms, minus answered). For the worker these are the conversations it holds (prefetch =
+  concurrency), whether or not their run has started. **runs active at once**: the most runs
+  the stand-in had between creation and end at one moment.
+- **peak RSS**: the kernel's high-water mark (`VmHWM`) of the measured process. **RSS per event
+  in flight**: highest sampled RSS minus RSS idle before the load, divided by events in flight.
+- **Postgres transactions per event**: `xact_commit` of the contender's own database over the
+  run (read-only statements and the pool's connection resets count too) / events answered.
+  **Postgres / RabbitMQ / stand-in CPU per event**: CPU of those processes during the run, as
+  context for where the machine's time goes; not part of the worker's figure.
 - **machine CPU busy %**: busy time of all CPUs during the run / (wall time x CPUs), whoever
   used it: the contenders share 2 cores with RabbitMQ, Postgres, the stand-in and the harness.
 """

@@ -13,7 +13,14 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from bench.contenders import ContenderProcess, Wiring, environment
 from bench.load import ReplyCollector, publish_plan
-from bench.measure import RunData, RunMetrics, Samplers, compute, peak_rss_bytes
+from bench.measure import (
+    QueueSampler,
+    RunData,
+    RunMetrics,
+    Samplers,
+    compute,
+    peak_rss_bytes,
+)
 from bench.profile import Recording
 from bench.scenarios import Contender, Scenario
 from bench.services import (
@@ -132,15 +139,20 @@ async def _drive(bench: Bench, setup: Setup, process: ContenderProcess) -> RunDa
     try:
         await collector.start(replies_channel, topology)
         samplers = Samplers.of(process.pid, bench.standin.pid)
+        queue = QueueSampler(
+            lambda: _ready(replies_channel, topology.inbound_queue), interval_s=0.1
+        )
         commits_before = await commit_count(setup.database)
         idle = samplers.worker.start()
         for sampler in samplers.all()[1:]:
             sampler.start()
+        queue.start()
         sent = await publish_plan(bench.channel, topology, plan)
         await collector.wait(setup.scenario.quiet_s, SETTLE_S)
         peak = peak_rss_bytes(process.pid)
         for sampler in samplers.all():
             await sampler.stop()
+        await queue.stop()
         commits = await commit_count(setup.database) - commits_before
         dead = await queue_stats(bench.channel, topology.dead_letter_queue)
     finally:
@@ -154,9 +166,14 @@ async def _drive(bench: Bench, setup: Setup, process: ContenderProcess) -> RunDa
         journal=[],
         runs=[],
         samplers=samplers,
+        queue=queue,
         commits=commits,
         idle_rss_bytes=idle.rss_bytes,
         peak_rss_bytes=peak,
         dead_lettered=dead.messages,
         exit_code=None,
     )
+
+
+async def _ready(channel: AbstractChannel, queue: str) -> int:
+    return (await queue_stats(channel, queue)).messages

@@ -112,14 +112,31 @@ SMOKE = Scenario("a", "instant runs (smoke)", 5, 4, run_ms=0, queue_ms=0, concur
 class Contender:
     key: str
     label: str
-    # The reference the ratios are taken against.
-    is_baseline: bool = False
+    # The worker's AW_BACKEND; None for the baseline, the reference the ratios are taken against.
+    backend: str | None
+    # Experimental changes applied to the worker at start-up (bench/variants.py).
+    variants: tuple[str, ...] = ()
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.backend is None
 
 
-ASSISTANTS = Contender("assistants", "worker (assistants)")
-BASELINE = Contender("baseline", "baseline", is_baseline=True)
-RESPONSES = Contender("responses", "worker (responses)")
+ASSISTANTS = Contender("assistants", "worker (assistants)", "assistants")
+BASELINE = Contender("baseline", "baseline", None)
+RESPONSES = Contender("responses", "worker (responses)", "responses")
 CONTENDERS = {c.key: c for c in (ASSISTANTS, BASELINE, RESPONSES)}
+
+
+def contender(key: str) -> Contender:
+    """A named contender, or a worker variant: `assistants+aiohttp` is the worker on the
+    assistants backend with the `aiohttp` change of bench/variants.py applied."""
+    if key in CONTENDERS:
+        return CONTENDERS[key]
+    backend, *variants = key.split("+")
+    if backend not in ("assistants", "responses") or not variants:
+        raise ValueError(f"unknown contender {key!r}")
+    return Contender(key, f"worker ({backend}) + {' + '.join(variants)}", backend, tuple(variants))
 
 
 def select(available: tuple[Scenario, ...], keys: str) -> tuple[Scenario, ...]:

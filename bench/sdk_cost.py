@@ -3,9 +3,10 @@
     python -m bench.sdk_cost [--requests 2000] [--concurrency 16]
 
 Retrieves one run over and over (the worker's poll) with: the SDK's parsed `runs.retrieve`,
-the SDK's `with_raw_response` (what the worker calls, then `.parse()`), a bare `httpx2` client
-(the SDK's own transport) and `aiohttp`, and prints this process's CPU milliseconds per request.
-The stand-in runs in another process, so its CPU is not counted. It bounds what a poll can cost.
+the SDK's `with_raw_response` (what the worker calls, then `.parse()`), the same over the SDK's
+`DefaultAioHttpClient`, a bare `httpx2` client (the SDK's own transport) and bare `aiohttp`,
+and prints this process's CPU milliseconds per request. The stand-in runs in another process,
+so its CPU is not counted. It bounds what a poll can cost.
 """
 
 from __future__ import annotations
@@ -51,17 +52,28 @@ async def cpu_ms_per_call(call: Call, requests: int, concurrency: int) -> float:
 
 async def measure(base_url: str, requests: int, concurrency: int) -> dict[str, float]:
     sdk = openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
+    # The SDK's own option to put aiohttp under it (httpx2's API, aiohttp's transport).
+    sdk_aiohttp = openai.AsyncOpenAI(
+        base_url=base_url,
+        api_key="sk-bench",
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(),
+    )
     thread = await sdk.beta.threads.create()
     run = await sdk.beta.threads.runs.create(thread.id, assistant_id="asst_bench")
     url = f"{base_url}/threads/{thread.id}/runs/{run.id}"
     headers = {"Authorization": "Bearer sk-bench", "OpenAI-Beta": "assistants=v2"}
     runs = sdk.beta.threads.runs
+    runs_aiohttp = sdk_aiohttp.beta.threads.runs
     raw = httpx2.AsyncClient(headers=headers)
     session = aiohttp.ClientSession(headers=headers)
 
     async def via_aiohttp() -> object:
         async with session.get(url) as response:
             return json.loads(await response.read())["status"]
+
+    async def via_sdk_aiohttp() -> object:
+        return (await runs_aiohttp.with_raw_response.retrieve(run.id, thread_id=thread.id)).parse()
 
     async def via_httpx() -> object:
         return json.loads((await raw.get(url)).content)["status"]
@@ -72,6 +84,7 @@ async def measure(base_url: str, requests: int, concurrency: int) -> dict[str, f
     calls: dict[str, Call] = {
         "sdk runs.retrieve (parsed)": lambda: runs.retrieve(run.id, thread_id=thread.id),
         "sdk with_raw_response + parse (the worker's poll)": via_sdk_raw,
+        "sdk with_raw_response + parse, http_client=DefaultAioHttpClient()": via_sdk_aiohttp,
         "httpx2 GET + json (the SDK's transport, no SDK)": via_httpx,
         "aiohttp GET + json": via_aiohttp,
     }
@@ -81,6 +94,7 @@ async def measure(base_url: str, requests: int, concurrency: int) -> dict[str, f
         await session.close()
         await raw.aclose()
         await sdk.close()
+        await sdk_aiohttp.close()
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 from bench.measure import RunMetrics
 from bench.report import Row, Table, median, ratio, value
-from bench.scenarios import ASSISTANTS, BASELINE, Scenario
+from bench.scenarios import ASSISTANTS, BASELINE, Scenario, contender
 
 # Fewest requests a turn can take. Assistants: create the run with its messages
 # (additional_messages), retrieve it once, list its messages; Responses: create, retrieve
 # (the output comes with it). Plus one thread or conversation per conversation, created
 # before the first run so the thread ID is stored before anything runs in it.
-REQUESTS_PER_RUN = {"assistants": 3, "responses": 2, "baseline": 3}
+REQUESTS_PER_RUN = {"assistants": 3, "responses": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,8 @@ class Verdict:
 
 
 def minimum_requests_per_event(m: RunMetrics, conversations: int) -> float:
-    return (REQUESTS_PER_RUN[m.contender] * m.runs + conversations) / max(1, m.answered)
+    backend = contender(m.contender).backend or "assistants"
+    return (REQUESTS_PER_RUN[backend] * m.runs + conversations) / max(1, m.answered)
 
 
 def _row(get: Callable[[RunMetrics], float]) -> Row:
@@ -71,6 +72,7 @@ def scenario_a(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
 def scenario_b(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
     w, b = ASSISTANTS.key, BASELINE.key
     in_flight = _median(results, s.key, w, lambda m: m.max_in_flight)
+    active = _median(results, s.key, w, lambda m: m.max_runs_active)
     rss = _median(results, s.key, w, lambda m: m.peak_rss_mb)
     detection = _median(results, s.key, w, lambda m: m.detection_ms["p50"])
     polls = _median(results, s.key, w, lambda m: m.polls_per_run)
@@ -79,7 +81,7 @@ def scenario_b(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
     return [
         _verdict(
             f"(b) {s.conversations} in flight with worker RSS < 300 MB",
-            f"{in_flight:.0f} in flight, peak {rss:.0f} MB",
+            f"{in_flight:.0f} in flight ({active:.0f} runs active at once), peak {rss:.0f} MB",
             in_flight >= s.conversations and rss < 300,
         ),
         _verdict(

@@ -1,0 +1,85 @@
+"""Polls per run and detection delay of poll schedules alone, with no CPU or network cost.
+
+    python -m bench.poll_schedules [--run-ms 2000] [--jitter 0.25] [--queue-ms 20]
+
+Scenario (b)'s run durations (uniform run_ms +- jitter, after queue_ms queued) against:
+the SDK's `create_and_poll` without a server hint (a GET at once, then every 1 s), the worker's
+default schedule (100 ms x1.5 up to 2 s; its +-10 % jitter left out), and a schedule that knows
+roughly how long runs take (first poll at the 10th percentile of recent durations, then every
+250 ms: what a worker learning durations per assistant would do). The figures are lower bounds:
+a real poll also waits for the event loop, the network and the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import statistics
+import sys
+from collections.abc import Callable, Iterator
+
+Schedule = Callable[[], Iterator[float]]  # successive poll times after the create returned
+
+
+def sdk_default() -> Iterator[float]:
+    return itertools.count(0.0, 1.0)
+
+
+def worker_default(initial_s: float = 0.1, growth: float = 1.5, cap_s: float = 2.0) -> Schedule:
+    def polls() -> Iterator[float]:
+        at, n = 0.0, 0
+        while True:
+            at += min(initial_s * growth**n, cap_s)
+            n += 1
+            yield at
+
+    return polls
+
+
+def learned(first_s: float, step_s: float = 0.25) -> Schedule:
+    return lambda: itertools.count(first_s, step_s)
+
+
+def simulate(schedule: Schedule, durations: list[float]) -> tuple[float, float, float]:
+    """(polls per run, median detection delay ms, p90 detection delay ms)."""
+    polls, delays = [], []
+    for duration in durations:
+        for n, at in enumerate(schedule(), start=1):
+            if at >= duration:
+                polls.append(n)
+                delays.append(at - duration)
+                break
+    ordered = sorted(delays)
+    return (
+        statistics.mean(polls),
+        1000 * ordered[len(ordered) // 2],
+        1000 * ordered[int(0.9 * len(ordered))],
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    rng = random.Random(0)
+    spread = args.run_ms * args.jitter
+    durations = [
+        (args.queue_ms + args.run_ms + rng.uniform(-spread, spread)) / 1000 for _ in range(10_000)
+    ]
+    p10 = sorted(durations)[len(durations) // 10]
+    schedules = {
+        "SDK create_and_poll, no hint (baseline)": sdk_default,
+        "worker default (100 ms x1.5, max 2 s)": worker_default(),
+        f"learned durations (first at p10 = {p10 * 1000:.0f} ms, then 250 ms)": learned(p10),
+    }
+    print(f"runs {args.queue_ms} + {args.run_ms} ms +- {args.jitter:.0%}, schedule only:")
+    print(f"  {'polls/run':>9} {'delay p50':>10} {'delay p90':>10}  schedule")
+    for name, schedule in schedules.items():
+        polls, p50, p90 = simulate(schedule, durations)
+        print(f"  {polls:9.2f} {p50:8.0f} ms {p90:7.0f} ms  {name}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.poll_schedules", description=__doc__)
+    parser.add_argument("--run-ms", type=int, default=2000)
+    parser.add_argument("--jitter", type=float, default=0.25)
+    parser.add_argument("--queue-ms", type=int, default=20)
+    main(parser.parse_args(sys.argv[1:]))
