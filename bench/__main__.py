@@ -46,6 +46,12 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--profile", type=Path, help="py-spy profiles of every run, into DIR")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="write RESULTS.md again from a results.json, without running anything",
+    )
     return parser.parse_args(argv)
 
 
@@ -80,6 +86,10 @@ def progress(scenario: Scenario, key: str, m: RunMetrics) -> str:
 
 async def main(args: argparse.Namespace) -> int:
     console = Console()
+    if args.render:
+        doc = load(args.render)
+        (args.output or args.render.parent).joinpath("RESULTS.md").write_text(doc.markdown())
+        return 0
     scenarios = select(QUICK if args.quick else FULL, args.scenarios)
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     for key in contenders:
@@ -109,8 +119,28 @@ def write(
 ) -> None:
     output.mkdir(parents=True, exist_ok=True)
     (output / "RESULTS.md").write_text(doc.markdown())
-    raw = {"machine": machine, "runs": [dataclasses.asdict(m) for m in results]}
+    raw = {
+        "command": doc.command,
+        "machine": machine,
+        "scenarios": [dataclasses.asdict(s) for s in doc.scenarios],
+        "contenders": doc.contenders,
+        "repeat": doc.repeat,
+        "runs": [dataclasses.asdict(m) for m in results],
+    }
     (output / "results.json").write_text(json.dumps(raw, indent=1) + "\n")
+
+
+def load(path: Path) -> results_doc.Document:
+    """The document a results.json was written with (to change the text, not the numbers)."""
+    raw = json.loads(path.read_text())
+    return results_doc.Document(
+        raw["command"],
+        raw["machine"],
+        tuple(Scenario(**s) for s in raw["scenarios"]),
+        raw["contenders"],
+        raw["repeat"],
+        [RunMetrics(**m) for m in raw["runs"]],
+    )
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ class Table:
     headers: list[str]
     rows: list[list[str]]
     note: str = ""
+    # Leading columns that hold text (left-aligned); the rest are numbers.
+    text_columns: int = 1
 
 
 def _finite(values: Sequence[float]) -> list[float]:
@@ -120,12 +122,57 @@ def scenario_table(results: list[RunMetrics], scenario: Scenario, contenders: li
     return Table(title, headers, rows, note)
 
 
+# What each scenario is about, for the one-table summary (README).
+SUMMARY = {
+    "a": (
+        "answered events/s (sustained)",
+        "worker CPU ms per answered event",
+        "OpenAI requests per answered event",
+        "detection delay p50 (ms)",
+    ),
+    "b": (
+        "events in flight (max)",
+        "worker peak RSS (MB)",
+        "detection delay p50 (ms)",
+        "polls per run",
+    ),
+    "c": ("runs per conversation", "'active run' 400s", "lost replies"),
+    "d": ("lost replies", "events answered twice", "answered events/s (sustained)"),
+}
+
+
+def summary_table(
+    results: list[RunMetrics], scenarios: tuple[Scenario, ...], contenders: list[str]
+) -> Table:
+    """The headline metrics of every scenario in one table (the ratio is to the baseline)."""
+    by_label = {row.label: row for row in ROWS}
+    headers = ["scenario", "metric"]
+    for key in contenders:
+        headers.append(contender(key).label)
+        if BASELINE.key in contenders and key != BASELINE.key:
+            headers.append("ratio")
+    rows = []
+    for scenario in scenarios:
+        for label in SUMMARY[scenario.key]:
+            row = by_label[label]
+            cells = [f"({scenario.key}) {scenario.title}", label + (" (sum)" if row.summed else "")]
+            for key in contenders:
+                cells.append(_fmt(row.fmt, value(results, scenario.key, key, row)))
+                if BASELINE.key in contenders and key != BASELINE.key:
+                    r = ratio(results, scenario.key, key, row) if row.ratio else math.nan
+                    cells.append("" if not row.ratio else _fmt("{:.2f}", r))
+            rows.append(cells)
+    note = "Medians over repetitions; ratio = worker/baseline."
+    return Table("Summary", headers, rows, note, text_columns=2)
+
+
 def to_markdown(table: Table) -> str:
     lines = [f"### {table.title}", ""]
     if table.note:
         lines += [table.note, ""]
     lines.append("| " + " | ".join(table.headers) + " |")
-    lines.append("|" + "|".join(["---"] + ["---:"] * (len(table.headers) - 1)) + "|")
+    numbers = len(table.headers) - table.text_columns
+    lines.append("|" + "|".join(["---"] * table.text_columns + ["---:"] * numbers) + "|")
     lines += ["| " + " | ".join(row) + " |" for row in table.rows]
     return "\n".join(lines) + "\n"
 
@@ -135,7 +182,7 @@ def to_rich(table: Table) -> Any:
 
     rich = RichTable(title=table.title, caption=table.note)
     for n, header in enumerate(table.headers):
-        rich.add_column(header, justify="left" if n == 0 else "right")
+        rich.add_column(header, justify="left" if n < table.text_columns else "right")
     for row in table.rows:
         rich.add_row(*row)
     return rich

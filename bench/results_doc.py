@@ -8,7 +8,7 @@ from typing import Any
 from bench import targets
 from bench.machine import summary
 from bench.measure import RunMetrics
-from bench.report import Table, scenario_table, to_markdown, to_rich
+from bench.report import Table, scenario_table, summary_table, to_markdown, to_rich
 from bench.scenarios import Scenario
 
 DEFINITIONS = """\
@@ -74,6 +74,7 @@ class Document:
     def tables(self) -> list[Table]:
         verdicts = targets.evaluate(self.results, self.scenarios)
         found = [targets.table(verdicts)] if verdicts else []
+        found.append(summary_table(self.results, self.scenarios, self.contenders))
         return found + [scenario_table(self.results, s, self.contenders) for s in self.scenarios]
 
     def markdown(self) -> str:

@@ -57,12 +57,12 @@ class Scenario:
         """The stand-in's per-run duration marker for each event, if durations vary."""
         if not self.run_jitter:
             return [""] * count
+        return [f" [[delay_ms:{ms}]]" for ms in self.run_durations_ms(count)]
+
+    def run_durations_ms(self, count: int) -> list[int]:
         rng = random.Random(f"{self.key}-durations")
         spread = self.run_ms * self.run_jitter
-        return [
-            f" [[delay_ms:{round(self.run_ms + rng.uniform(-spread, spread))}]]"
-            for _ in range(count)
-        ]
+        return [round(self.run_ms + rng.uniform(-spread, spread)) for _ in range(count)]
 
     def fault_rules(self) -> list[dict[str, Any]]:
         """Half 429 (with Retry-After), half 500, on every /v1 request, `fault_rate` in all.
