@@ -1,7 +1,8 @@
 """`make bench`: every scenario, for the worker and the baseline, repeated; writes RESULTS.md.
 
 python -m bench [--quick] [--repeat 3] [--scenarios a,b,c,d]
-                [--contenders assistants,baseline,responses] [--output bench] [--profile DIR]
+                [--contenders assistants,baseline,responses] [--output bench]
+                [--profile DIR] [--render bench/results.json]
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         help="small scenarios, one repetition (also BENCH_QUICK=1): a smoke run",
     )
     parser.add_argument("--repeat", type=int, help="repetitions (default 3, 1 with --quick)")
-    parser.add_argument("--scenarios", default="a,b,c,d")
-    parser.add_argument("--contenders", default="assistants,baseline,responses")
+    parser.add_argument("--scenarios", default="a,b,c,d", help="any of a,b,c,d")
+    parser.add_argument(
+        "--contenders",
+        default="assistants,baseline,responses",
+        help="assistants, responses, baseline, or a worker variant such as "
+        "assistants+aiohttp+relay-pool (bench/variants.py)",
+    )
     parser.add_argument(
         "--output",
         type=Path,
