@@ -135,8 +135,7 @@ class AssistantReply:
     def event_id(self) -> str:
         return f"reply_{uuid.uuid5(REPLY_ID_NAMESPACE, self.run_id).hex}"
 
-    def to_json(self, created_at: datetime | None = None) -> dict[str, Any]:
-        when = created_at or datetime.now(UTC)
+    def to_json(self) -> dict[str, Any]:
         return {
             "schema": ASSISTANT_REPLY,
             "event_id": self.event_id,
@@ -154,11 +153,16 @@ class AssistantReply:
             "backend": self.backend,
             "usage": None if self.usage is None else vars_of(self.usage),
             "error": None if self.error is None else vars_of(self.error),
-            "created_at": when.isoformat().replace("+00:00", "Z"),
+            "created_at": rfc3339(datetime.now(UTC)),
         }
 
     def encode(self) -> bytes:
         return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+
+def rfc3339(when: datetime) -> str:
+    """A UTC time as the contract writes it (`Z`, not `+00:00`)."""
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def vars_of(value: Usage | RunError) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.errors import ReasonCode
-from worker.events import AssistantReply
+from worker.events import AssistantReply, rfc3339
 from worker.settings import Topology
 from worker.store import OutboxMessage
 
@@ -87,8 +87,8 @@ def dead_letter_outbox(
         H_REASON: str(failure.reason),
         H_ERROR: failure.error[:4000],
         H_ATTEMPTS: failure.attempts,
-        H_FIRST_FAILURE: _iso(failure.first_failure_at or now),
-        H_LAST_FAILURE: _iso(now),
+        H_FIRST_FAILURE: rfc3339(failure.first_failure_at or now),
+        H_LAST_FAILURE: rfc3339(now),
         H_ORIGINAL_EXCHANGE: delivery.exchange,
         H_ORIGINAL_ROUTING_KEY: delivery.routing_key,
     }
@@ -105,7 +105,3 @@ def dead_letter_outbox(
         headers=headers,
         body=delivery.body,
     )
-
-
-def _iso(when: datetime) -> str:
-    return when.isoformat().replace("+00:00", "Z")
