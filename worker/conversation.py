@@ -72,16 +72,14 @@ class ConversationProcessor:
         """Answers everything pending, batch by batch, then gives the conversation up."""
         with structlog.contextvars.bound_contextvars(conversation_id=lease.conversation_id):
             try:
-                while True:
-                    found = await self._store.next_batch(lease, self._settings.batch_max_events)
-                    if found is not None:
-                        await self._answer(lease, found)
-                    elif await self._store.release_lease_if_idle(lease):
-                        return
+                # Finishing a batch opens the next one, or gives the conversation up.
+                found = await self._store.next_batch(lease)
+                while found is not None:
+                    found = await self._answer(lease, found)
             except LeaseLost:
                 log.warning("lease_lost")
 
-    async def _answer(self, lease: Lease, found: NextBatch) -> None:
+    async def _answer(self, lease: Lease, found: NextBatch) -> NextBatch | None:
         batch, conversation, stored = found.batch, found.conversation, found.events
         with structlog.contextvars.bound_contextvars(batch_id=str(batch.batch_id)):
             try:
@@ -90,11 +88,12 @@ class ConversationProcessor:
                 thread_id = await self._thread(lease, conversation, runner.backend)
                 with structlog.contextvars.bound_contextvars(thread_id=thread_id):
                     work = _Work(lease, batch, runner, thread_id, found.fresh)
-                    await self._run_batch(work, conversation, stored)
+                    after = await self._run_batch(work, conversation, stored)
                 self._observe_latency(stored)
+                return after
             except PermanentApiError as exc:
                 failure = Failure(ReasonCode.OPENAI_REJECTED, str(exc))
-                await self._dead_letter(lease, batch, stored, failure)
+                return await self._dead_letter(lease, batch, stored, failure)
             except ApiUnavailable as exc:
                 failure = Failure(
                     ReasonCode.OPENAI_UNAVAILABLE,
@@ -102,7 +101,7 @@ class ConversationProcessor:
                     self._api.attempts,
                     exc.first_failure_at,
                 )
-                await self._dead_letter(lease, batch, stored, failure)
+                return await self._dead_letter(lease, batch, stored, failure)
 
     async def _thread(self, lease: Lease, conversation: ConversationRow, backend: Backend) -> str:
         if conversation.thread_id is not None:
@@ -117,7 +116,7 @@ class ConversationProcessor:
 
     async def _run_batch(
         self, work: _Work, conversation: ConversationRow, stored: list[StoredEvent]
-    ) -> None:
+    ) -> NextBatch | None:
         messages = tuple(UserMessage.from_json(json.loads(e.body)) for e in stored)
         turn = Turn(
             batch_id=work.batch.batch_id,
@@ -143,7 +142,7 @@ class ConversationProcessor:
             )
             work = replace(work, fresh=True)  # this process is the first to try the new attempt
             run_id = None
-        await self._record_reply(work, turn, finished)
+        return await self._record_reply(work, turn, finished)
 
     async def _run_once(self, work: _Work, turn: Turn, run_id: str | None) -> FinishedRun:
         if run_id is None:
@@ -184,7 +183,9 @@ class ConversationProcessor:
     async def _watermark(self, work: _Work) -> str | None:
         return await self._api.call("watermark", lambda: work.backend.watermark(work.thread_id))
 
-    async def _record_reply(self, work: _Work, turn: Turn, finished: FinishedRun) -> None:
+    async def _record_reply(
+        self, work: _Work, turn: Turn, finished: FinishedRun
+    ) -> NextBatch | None:
         snapshot = finished.snapshot
         messages: tuple[ReplyMessage, ...] = snapshot.messages or ()
         if snapshot.messages is None and snapshot.status in (
@@ -207,7 +208,7 @@ class ConversationProcessor:
             usage=snapshot.usage,
             error=snapshot.error,
         )
-        await self._store.finish_batch(
+        after = await self._store.finish_batch(
             work.lease,
             work.batch.batch_id,
             event_status="answered",
@@ -224,10 +225,11 @@ class ConversationProcessor:
             reply_event_id=reply.event_id,
             polls=finished.polls,
         )
+        return after
 
     async def _dead_letter(
         self, lease: Lease, batch: OpenBatch, stored: list[StoredEvent], failure: Failure
-    ) -> None:
+    ) -> NextBatch | None:
         topology = self._settings.topology
         outbox = [
             dead_letter_outbox(
@@ -239,7 +241,7 @@ class ConversationProcessor:
             )
             for e in stored
         ]
-        await self._store.finish_batch(
+        after = await self._store.finish_batch(
             lease, batch.batch_id, event_status="dead_lettered", outbox=outbox
         )
         self._on_outbox()
@@ -250,6 +252,7 @@ class ConversationProcessor:
             error=failure.error,
             events=list(batch.event_ids),
         )
+        return after
 
     def _observe_latency(self, stored: list[StoredEvent]) -> None:
         now = datetime.now(UTC)

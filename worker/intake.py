@@ -13,7 +13,7 @@ from worker.metrics import Metrics
 from worker.outbound import Delivery, Failure, dead_letter_outbox
 from worker.ownership import Ownership
 from worker.settings import Settings
-from worker.store import Store
+from worker.store import IncomingEvent, Store
 
 log = structlog.get_logger("worker.intake")
 
@@ -52,22 +52,29 @@ class Intake:
         with structlog.contextvars.bound_contextvars(
             event_id=event.event_id, conversation_id=event.conversation_id
         ):
-            result = await self._store.intake(
+            incoming = IncomingEvent(
                 event_id=event.event_id,
                 conversation_id=event.conversation_id,
                 body=delivery.body,
                 headers=delivery.headers,
                 routing_key=delivery.routing_key,
                 replay_count=delivery.replay_count,
-                force=delivery.forced,
-                backend=self._settings.backend.value,
-                assistant_id=self._settings.assistant_id,
+                forced=delivery.forced,
                 occurred_at=event.occurred_at,
             )
-            log.info("event_received", intake=result.value)
-            self._metrics.events_received.labels(result.value).inc()
-            if result.needs_answer:
-                await self._ownership.own_and_process(event.conversation_id)
+            async with self._ownership.slot():
+                stored = await self._store.intake(
+                    incoming,
+                    backend=self._settings.backend.value,
+                    assistant_id=self._settings.assistant_id,
+                    owner=self._ownership.owner,
+                    lease_ttl_s=self._ownership.ttl_s,
+                )
+                log.info("event_received", intake=stored.result.value)
+                self._metrics.events_received.labels(stored.result.value).inc()
+                # Without the lease, whoever holds it answers the event before giving it up.
+                if stored.lease is not None:
+                    await self._ownership.process_leased(stored.lease)
             return Settlement.ACK
 
     async def _dead_letter_invalid(self, delivery: Delivery, exc: InvalidEvent) -> None:

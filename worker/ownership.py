@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import structlog
 
@@ -40,25 +41,43 @@ class Ownership:
         self._sweeps: set[asyncio.Task[None]] = set()
 
     @property
+    def owner(self) -> str:
+        return self._owner
+
+    @property
+    def ttl_s(self) -> float:
+        return self._ttl_s
+
+    @property
     def in_flight(self) -> int:
         return len(self._leases)
 
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """A place among the `capacity` conversations; hold it before taking a lease."""
+        async with self._slots:
+            yield
+
     async def own_and_process(self, conversation_id: str) -> bool:
         """Answers the conversation if nobody else owns it; False if someone does."""
-        async with self._slots:
+        async with self.slot():
             lease = await self._store.acquire_lease(conversation_id, self._owner, self._ttl_s)
             if lease is None:
                 return False
-            self._leases[conversation_id] = lease
-            try:
-                await self._process(lease)
-            except BaseException:
-                # Crashing or cancelled mid-way: let another worker take over at once.
-                await asyncio.shield(self._hand_back(lease))
-                raise
-            finally:
-                self._leases.pop(conversation_id, None)
+            await self.process_leased(lease)
             return True
+
+    async def process_leased(self, lease: Lease) -> None:
+        """Answers a conversation whose lease the caller took while holding a `slot`."""
+        self._leases[lease.conversation_id] = lease
+        try:
+            await self._process(lease)
+        except BaseException:
+            # Crashing or cancelled mid-way: let another worker take over at once.
+            await asyncio.shield(self._hand_back(lease))
+            raise
+        finally:
+            self._leases.pop(lease.conversation_id, None)
 
     async def _hand_back(self, lease: Lease) -> None:
         try:

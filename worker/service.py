@@ -163,7 +163,7 @@ class WorkerService:
             )
             stack.push_async_callback(connection.close)
             client = await stack.enter_async_context(make_client(s))
-            yield Store(pool), connection, client
+            yield Store(pool, batch_max_events=s.batch_max_events), connection, client
 
 
 @contextlib.asynccontextmanager

@@ -54,11 +54,6 @@ FROM conversations
 WHERE conversation_id = $1 AND lease_token = $2
 FOR UPDATE;
 
--- name: has_pending_work
--- $1 conversation_id
-SELECT EXISTS (SELECT 1 FROM inbound_events WHERE conversation_id = $1 AND status = 'pending')
-    OR EXISTS (SELECT 1 FROM batches WHERE conversation_id = $1 AND status = 'open');
-
 -- name: release_lease
 -- $1 conversation_id, $2 lease_token
 UPDATE conversations
