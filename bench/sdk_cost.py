@@ -7,6 +7,10 @@ the SDK's `with_raw_response` (what the worker calls, then `.parse()`), the same
 `DefaultAioHttpClient`, a bare `httpx2` client (the SDK's own transport) and bare `aiohttp`,
 and prints this process's CPU milliseconds per request. The stand-in runs in another process,
 so its CPU is not counted. It bounds what a poll can cost.
+
+It also times, without any request, the SDK's transform of typed request parameters (the walk
+of a `responses.create` body against the SDK's TypedDicts), which is why the Responses backend
+passes `input` and `tools` through `extra_body`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -97,6 +102,37 @@ async def measure(base_url: str, requests: int, concurrency: int) -> dict[str, f
         await sdk_aiohttp.close()
 
 
+async def transform_ms(repeat: int = 2000) -> dict[str, float]:
+    """CPU of the SDK's parameter transform for the worker's `responses.create` body."""
+    from openai._utils import async_maybe_transform
+    from openai.types.responses.response_create_params import ResponseCreateParamsNonStreaming
+
+    from worker.tools import default_tools
+
+    body: dict[str, object] = {
+        "background": True,
+        "store": True,
+        "conversation": "conv_bench",
+        "model": "gpt-4o-mini",
+        "instructions": "You are a helpful helpdesk assistant.",
+        "metadata": {"aw_batch_id": "b", "aw_attempt": "1"},
+    }
+    wire = {
+        "input": [{"type": "message", "role": "user", "content": "Where is my order?"}],
+        "tools": default_tools().declarations(),
+    }
+    result = {}
+    for name, params in (
+        ("sdk transform, responses.create typed (input, tools)", {**body, **wire}),
+        ("sdk transform, input and tools in extra_body (the worker)", body),
+    ):
+        before = time.process_time()
+        for _ in range(repeat):
+            await async_maybe_transform(params, ResponseCreateParamsNonStreaming)
+        result[name] = 1000 * (time.process_time() - before) / repeat
+    return result
+
+
 async def main(args: argparse.Namespace) -> None:
     standin = StandInProcess(Path(tempfile.mkdtemp(prefix="aw-sdk-cost-")) / "standin.log")
     await standin.start()
@@ -108,6 +144,9 @@ async def main(args: argparse.Namespace) -> None:
         await standin.stop()
     print(f"CPU per request, {args.requests} requests, {args.concurrency} in flight:")
     for name, ms in results.items():
+        print(f"  {ms:6.3f} ms  {name}")
+    print("CPU per call, no request:")
+    for name, ms in (await transform_ms()).items():
         print(f"  {ms:6.3f} ms  {name}")
 
 
