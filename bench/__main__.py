@@ -42,8 +42,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--contenders",
         default="assistants,baseline,responses",
-        help="assistants, responses, baseline, or a worker variant such as "
-        "assistants+aiohttp+relay-pool (bench/variants.py)",
+        help="any of assistants, baseline, responses",
     )
     parser.add_argument(
         "--output",

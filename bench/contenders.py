@@ -29,8 +29,6 @@ class Wiring:
 def command(contender: Contender) -> list[str]:
     if contender.is_baseline:
         return [sys.executable, "-m", "bench.baseline"]
-    if contender.variants:
-        return [sys.executable, "-m", "bench.variants", ",".join(contender.variants), "run"]
     return [sys.executable, "-m", "worker", "run"]
 
 

@@ -4,10 +4,10 @@
 
 Scenario (b)'s run durations (uniform run_ms +- jitter, after queue_ms queued) against:
 the SDK's `create_and_poll` without a server hint (a GET at once, then every 1 s), the worker's
-default schedule (100 ms x1.5 up to 2 s; its +-10 % jitter left out), and a schedule that knows
-roughly how long runs take (first poll at the 10th percentile of recent durations, then every
-250 ms: what a worker learning durations per assistant would do). The figures are lower bounds:
-a real poll also waits for the event loop, the network and the server.
+geometric schedule (100 ms x1.5 up to 2 s: what it uses until it has seen 20 runs), and the
+worker's learned schedule (`worker.polling.PollPlan` after 100 runs of the same lengths), jitter
+left out. The figures are lower bounds: a real poll also waits for the event loop, the network
+and the server.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import random
 import statistics
 import sys
 from collections.abc import Callable, Iterator
+
+from worker.polling import PollPlan, PollSchedule, RunDurations
 
 Schedule = Callable[[], Iterator[float]]  # successive poll times after the create returned
 
@@ -37,8 +39,21 @@ def worker_default(initial_s: float = 0.1, growth: float = 1.5, cap_s: float = 2
     return polls
 
 
-def learned(first_s: float, step_s: float = 0.25) -> Schedule:
-    return lambda: itertools.count(first_s, step_s)
+def learned(seen: list[float]) -> Schedule:
+    """The worker's PollPlan, having learned from runs of lengths `seen`."""
+    schedule = PollSchedule(initial_ms=100, max_ms=2000, growth=1.5, jitter=0.0)
+    durations = RunDurations()
+    for length in seen:
+        durations.observe(length)
+
+    def polls() -> Iterator[float]:
+        plan = PollPlan(schedule, durations, started_at=0.0)
+        at = 0.0
+        while True:
+            at += plan.next_delay_s(at)
+            yield at
+
+    return polls
 
 
 def simulate(schedule: Schedule, durations: list[float]) -> tuple[float, float, float]:
@@ -64,11 +79,10 @@ def main(args: argparse.Namespace) -> None:
     durations = [
         (args.queue_ms + args.run_ms + rng.uniform(-spread, spread)) / 1000 for _ in range(10_000)
     ]
-    p10 = sorted(durations)[len(durations) // 10]
     schedules = {
         "SDK create_and_poll, no hint (baseline)": sdk_default,
-        "worker default (100 ms x1.5, max 2 s)": worker_default(),
-        f"learned durations (first at p10 = {p10 * 1000:.0f} ms, then 250 ms)": learned(p10),
+        "worker, geometric (100 ms x1.5, max 2 s)": worker_default(),
+        "worker, learned from 100 runs": learned(durations[:100]),
     }
     print(f"runs {args.queue_ms} + {args.run_ms} ms +- {args.jitter:.0%}, schedule only:")
     print(f"  {'polls/run':>9} {'delay p50':>10} {'delay p90':>10}  schedule")

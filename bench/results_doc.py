@@ -45,7 +45,7 @@ How each number is measured (all times are epoch clocks of this one machine):
 - **peak RSS**: the kernel's high-water mark (`VmHWM`) of the measured process. **RSS per event
   in flight**: highest sampled RSS minus RSS idle before the load, divided by events in flight.
 - **Postgres transactions per event**: `xact_commit` of the contender's own database over the
-  run (read-only statements and the pool's connection resets count too) / events answered.
+  run (read-only statements count too) / events answered.
   **Postgres / RabbitMQ / stand-in CPU per event**: CPU of those processes during the run, as
   context for where the machine's time goes; not part of the worker's figure.
 - **machine CPU busy %**: busy time of all CPUs during the run / (wall time x CPUs), whoever
@@ -56,9 +56,12 @@ CONDITIONS = """\
 Conditions: the stand-in runs as a process of its own (its CPU is not counted), configured with
 `poll_after_ms=None` for every contender, so neither gets an `openai-poll-after-ms` hint and the
 SDK's `create_and_poll` falls back to its 1 s interval. The worker runs with
-`AW_LOG_LEVEL=warning` and its default poll schedule (100 ms, x1.5, max 2 s); the baseline
-(`bench/baseline.py`) runs with the SDK's defaults (2 retries). Each run gets a fresh database,
-fresh queues and a reset stand-in; contenders alternate within each repetition.
+`AW_LOG_LEVEL=warning` and its default settings (poll schedule learned from run lengths, 100 ms
+x1.5 up to 2 s until it has seen 20 runs); the baseline (`bench/baseline.py`) runs with the
+SDK's defaults (2 retries). Each run gets a fresh database, fresh queues and a reset stand-in;
+each contender process first answers the scenario's warm-up events (one per conversation, same
+run lengths, no faults), which are then forgotten by the stand-in and left out of every figure,
+as a worker in production has seen runs before; contenders alternate within each repetition.
 """
 
 

@@ -94,7 +94,7 @@ async def run_once(
 ) -> RunMetrics:
     tag = f"bench{uuid.uuid4().hex[:10]}"
     setup = Setup(scenario, contender, repetition, tag, f"aw_{tag}", bench_topology(tag))
-    await bench.standin.prepare(scenario.run_ms, scenario.queue_ms, scenario.fault_rules())
+    await bench.standin.prepare(scenario.run_ms, scenario.queue_ms, [])
     async with (
         fresh_database(setup.database, migrated=not contender.is_baseline) as dsn,
         declared(bench.channel, setup.topology),
@@ -106,6 +106,8 @@ async def run_once(
         await process.start(env)
         try:
             await process.wait_consuming(bench.channel, setup.topology.inbound_queue)
+            await _warm_up(bench, setup)
+            await bench.standin.prepare(scenario.run_ms, scenario.queue_ms, scenario.fault_rules())
             async with _profiled(bench, setup, process):
                 data = await _drive(bench, setup, process)
         finally:
@@ -128,6 +130,24 @@ async def _profiled(bench: Bench, setup: Setup, process: ContenderProcess) -> As
         yield
     finally:
         await recording.stop()
+
+
+async def _warm_up(bench: Bench, setup: Setup) -> None:
+    """The contender answers the scenario's warm-up events first; then the stand-in forgets
+    them (threads, runs, journal), so the measured load starts from a clean record."""
+    plan = setup.scenario.warmup_plan(setup.tag)
+    if not plan:
+        return
+    collector = ReplyCollector({e["event_id"] for e in plan})
+    channel = await bench.connection.channel()
+    try:
+        await collector.start(channel, setup.topology)
+        await publish_plan(bench.channel, setup.topology, plan)
+        await collector.wait(setup.scenario.quiet_s, SETTLE_S)
+    finally:
+        await channel.close()
+    if collector.missing:
+        raise RuntimeError(f"{len(collector.missing)} warm-up events were not answered")
 
 
 async def _drive(bench: Bench, setup: Setup, process: ContenderProcess) -> RunData:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -28,6 +28,9 @@ class Scenario:
     burst: bool = False
     # Give up waiting after this long without a new reply (faults make the tail slow).
     quiet_s: float = 10.0
+    # Events (one per conversation, same run lengths, no faults) answered before the measured
+    # load, unmeasured: a worker in production has its connections open and has seen runs.
+    warmup: int = 50
 
     @property
     def events(self) -> int:
@@ -52,6 +55,10 @@ class Scenario:
             }
             for (c, k), marker in zip(order, durations, strict=True)
         ]
+
+    def warmup_plan(self, tag: str) -> list[dict[str, Any]]:
+        shape = replace(self, conversations=self.warmup, per_conversation=1, burst=False)
+        return shape.plan(f"{tag}-warmup")
 
     def _durations(self, count: int) -> list[str]:
         """The stand-in's per-run duration marker for each event, if durations vary."""
@@ -81,10 +88,11 @@ class Scenario:
         shape = "bursts" if self.burst else "round robin"
         faults = f", {self.fault_rate:.0%} faults" if self.fault_rate else ""
         jitter = f" +- {self.run_jitter:.0%}" if self.run_jitter else ""
+        warmup = f"; after {self.warmup} warm-up events" if self.warmup else ""
         return (
             f"{self.events} events = {self.conversations} conversations x "
             f"{self.per_conversation} ({shape}); runs {self.queue_ms} ms queued + "
-            f"{self.run_ms} ms{jitter}; concurrency {self.concurrency}{faults}"
+            f"{self.run_ms} ms{jitter}; concurrency {self.concurrency}{faults}{warmup}"
         )
 
 
@@ -105,7 +113,9 @@ QUICK = (
 )
 
 # The smoke test's size: a few seconds per contender.
-SMOKE = Scenario("a", "instant runs (smoke)", 5, 4, run_ms=0, queue_ms=0, concurrency=8, quiet_s=5)
+SMOKE = Scenario(
+    "a", "instant runs (smoke)", 5, 4, run_ms=0, queue_ms=0, concurrency=8, quiet_s=5, warmup=3
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +124,6 @@ class Contender:
     label: str
     # The worker's AW_BACKEND; None for the baseline, the reference the ratios are taken against.
     backend: str | None
-    # Experimental changes applied to the worker at start-up (bench/variants.py).
-    variants: tuple[str, ...] = ()
 
     @property
     def is_baseline(self) -> bool:
@@ -129,14 +137,9 @@ CONTENDERS = {c.key: c for c in (ASSISTANTS, BASELINE, RESPONSES)}
 
 
 def contender(key: str) -> Contender:
-    """A named contender, or a worker variant: `assistants+aiohttp` is the worker on the
-    assistants backend with the `aiohttp` change of bench/variants.py applied."""
-    if key in CONTENDERS:
-        return CONTENDERS[key]
-    backend, *variants = key.split("+")
-    if backend not in ("assistants", "responses") or not variants:
-        raise ValueError(f"unknown contender {key!r}")
-    return Contender(key, f"worker ({backend}) + {' + '.join(variants)}", backend, tuple(variants))
+    if key not in CONTENDERS:
+        raise ValueError(f"unknown contender {key!r}: one of {', '.join(CONTENDERS)}")
+    return CONTENDERS[key]
 
 
 def select(available: tuple[Scenario, ...], keys: str) -> tuple[Scenario, ...]:

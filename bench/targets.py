@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.measure import RunMetrics
-from bench.poll_schedules import sdk_default, simulate, worker_default
+from bench.poll_schedules import learned, sdk_default, simulate
 from bench.report import Row, Table, median, ratio, value
-from bench.scenarios import ASSISTANTS, BASELINE, Scenario, contender
+from bench.scenarios import ASSISTANTS, BASELINE, RESPONSES, Scenario, contender
 
 # Fewest requests a turn can take. Assistants: create the run with its messages
 # (additional_messages), retrieve it once, list its messages; Responses: create, retrieve
@@ -46,8 +46,7 @@ def _verdict(target: str, measured: str, ok: bool) -> Verdict:
     return Verdict(target, measured, ok)
 
 
-def scenario_a(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
-    w = ASSISTANTS.key
+def scenario_a(results: list[RunMetrics], s: Scenario, w: str) -> list[Verdict]:
     rate = _median(results, s.key, w, lambda m: m.events_per_s)
     cpu_ratio = ratio(results, s.key, w, _row(lambda m: m.cpu_ms_per_event))
     runs = [m for m in results if m.scenario == s.key and m.contender == w]
@@ -70,8 +69,8 @@ def scenario_a(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
     ]
 
 
-def scenario_b(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
-    w, b = ASSISTANTS.key, BASELINE.key
+def scenario_b(results: list[RunMetrics], s: Scenario, w: str) -> list[Verdict]:
+    b = BASELINE.key
     in_flight = _median(results, s.key, w, lambda m: m.max_in_flight)
     active = _median(results, s.key, w, lambda m: m.max_runs_active)
     rss = _median(results, s.key, w, lambda m: m.peak_rss_mb)
@@ -80,7 +79,8 @@ def scenario_b(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
     base_polls = _median(results, s.key, b, lambda m: m.polls_per_run)
     base_detection = _median(results, s.key, b, lambda m: m.detection_ms["p50"])
     durations = [(s.queue_ms + ms) / 1000 for ms in s.run_durations_ms(s.events)]
-    alone, _, _ = simulate(worker_default(), durations)
+    # The worker has learned from the warm-up's runs (the first of the same lengths).
+    alone, _, _ = simulate(learned(durations[: max(s.warmup, 20)]), durations)
     base_alone, _, _ = simulate(sdk_default, durations)
     return [
         _verdict(
@@ -101,8 +101,8 @@ def scenario_b(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
     ]
 
 
-def scenario_c(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
-    w, b = ASSISTANTS.key, BASELINE.key
+def scenario_c(results: list[RunMetrics], s: Scenario, w: str) -> list[Verdict]:
+    b = BASELINE.key
     runs = _median(results, s.key, w, lambda m: m.runs_per_conversation)
     base_runs = _median(results, s.key, b, lambda m: m.runs_per_conversation)
     base_400 = value(results, s.key, b, Row("", lambda m: m.active_run_400s, summed=True))
@@ -115,7 +115,7 @@ def scenario_c(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
     ]
 
 
-def scenario_d(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
+def scenario_d(results: list[RunMetrics], s: Scenario, w: str) -> list[Verdict]:
     def broken(contender: str) -> float:
         return value(
             results, s.key, contender, Row("", lambda m: m.lost + m.duplicated, summed=True)
@@ -123,7 +123,7 @@ def scenario_d(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
 
     lost = value(results, s.key, BASELINE.key, Row("", lambda m: m.lost, summed=True))
     doubled = value(results, s.key, BASELINE.key, Row("", lambda m: m.duplicated, summed=True))
-    worker = broken(ASSISTANTS.key)
+    worker = broken(w)
     return [
         _verdict(
             "(d) zero lost or duplicated replies (worker)",
@@ -133,15 +133,24 @@ def scenario_d(results: list[RunMetrics], s: Scenario) -> list[Verdict]:
     ]
 
 
-CHECKS = {"a": scenario_a, "b": scenario_b, "c": scenario_c, "d": scenario_d}
+CHECKS: dict[str, Callable[[list[RunMetrics], Scenario, str], list[Verdict]]] = {
+    "a": scenario_a,
+    "b": scenario_b,
+    "c": scenario_c,
+    "d": scenario_d,
+}
 
 
 def evaluate(results: list[RunMetrics], scenarios: tuple[Scenario, ...]) -> list[Verdict]:
     verdicts: list[Verdict] = []
     contenders = {m.contender for m in results}
     for s in scenarios:
-        if {ASSISTANTS.key, BASELINE.key} <= contenders:
-            verdicts += CHECKS[s.key](results, s)
+        for worker in (RESPONSES.key, ASSISTANTS.key):
+            if {worker, BASELINE.key} <= contenders:
+                verdicts += [
+                    Verdict(f"{v.target} [{worker}]", v.measured, v.met)
+                    for v in CHECKS[s.key](results, s, worker)
+                ]
     # A target whose numbers are missing (too few events, say) is neither met nor missed.
     return [Verdict(v.target, v.measured, None) if "nan" in v.measured else v for v in verdicts]
 
@@ -156,4 +165,4 @@ def table(verdicts: list[Verdict]) -> Table:
         "polls fewer times than its schedule says is polling late, because it is saturated."
     )
     headers = ["target", "measured", "verdict"]
-    return Table("Targets (worker on the assistants backend)", headers, rows, note, text_columns=3)
+    return Table("Targets (each worker backend)", headers, rows, note, text_columns=3)

@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from worker.logging import SecretScrubber
-from worker.polling import PollSchedule
+from worker.polling import PollPlan, PollSchedule, RunDurations
 from worker.retry import RetryPolicy, is_transient, retry_after_s
 
 
@@ -50,6 +50,92 @@ def test_poll_schedule_starts_fast_and_respects_the_hint() -> None:
     assert [schedule.delay_s(n) for n in range(5)] == [0.1, 0.2, 0.4, 0.8, 1.0]
     assert schedule.delay_s(0, server_hint_ms=500) == 0.5
     assert schedule.delay_s(0, server_hint_ms=5000) == 1.0
+
+
+def _simulate(plan: PollPlan, run_length_s: float, server_hint_ms: int | None = None) -> float:
+    """Polls a run that ends `run_length_s` after the plan's start; returns when it was seen."""
+    now = 0.0
+    while True:
+        now += plan.next_delay_s(now, server_hint_ms)
+        done = now >= run_length_s
+        plan.looked(now, completed=done)
+        if done:
+            return now
+
+
+SCHEDULE = PollSchedule(initial_ms=100, max_ms=2000, growth=1.5, jitter=0.0)
+
+
+def test_until_enough_runs_are_seen_the_geometric_schedule_applies() -> None:
+    durations = RunDurations(window=100, min_samples=20)
+    for _ in range(19):
+        durations.observe(2.0)
+    plan = PollPlan(SCHEDULE, durations, started_at=0.0)
+    assert plan.next_delay_s(0.0) == pytest.approx(0.1)
+
+
+def test_learned_lengths_put_the_first_poll_near_the_earliest_likely_end() -> None:
+    durations = RunDurations(window=100, min_samples=20)
+    for i in range(100):
+        durations.observe(1.5 + i / 100)  # 1.5 .. 2.49 s
+    earliest, latest = durations.likely_end_s() or (0.0, 0.0)
+    assert 1.5 < earliest < 1.65
+    assert 2.35 < latest < 2.49
+
+    plan = PollPlan(SCHEDULE, durations, started_at=0.0)
+    assert plan.next_delay_s(0.0) == pytest.approx(earliest)
+    # Inside the likely window the step is a quarter of its width.
+    assert plan.next_delay_s(earliest) == pytest.approx((latest - earliest) / 4)
+
+
+def test_learned_polling_sees_runs_sooner_with_fewer_polls_than_the_geometric() -> None:
+    learned = RunDurations()
+    for i in range(100):
+        learned.observe(1.5 + i / 100)
+    lengths = [1.5 + i / 40 for i in range(40)]
+    geometric = [PollPlan(SCHEDULE, None, 0.0) for _ in lengths]
+    informed = [PollPlan(SCHEDULE, learned, 0.0) for _ in lengths]
+    late_geometric = [_simulate(p, t) - t for p, t in zip(geometric, lengths, strict=True)]
+    late_informed = [_simulate(p, t) - t for p, t in zip(informed, lengths, strict=True)]
+    assert max(late_informed) < 0.25 < sorted(late_geometric)[len(lengths) // 2]
+    assert sum(p.polls for p in informed) < sum(p.polls for p in geometric)
+
+
+def test_a_run_longer_than_any_seen_is_backed_off_from() -> None:
+    durations = RunDurations(min_samples=20)
+    for _ in range(20):
+        durations.observe(1.0)
+    plan = PollPlan(SCHEDULE, durations, started_at=0.0)
+    seen_at = _simulate(plan, 60.0)
+    assert seen_at - 60.0 <= 2.0  # never slower than the cap
+    assert plan.polls < 60 / 0.1 / 10  # backed off, not polling at the fine step for a minute
+
+
+def test_lengths_are_learned_from_polls_and_follow_a_change() -> None:
+    durations = RunDurations(window=30, min_samples=20)
+    for _ in range(30):
+        _simulate(PollPlan(SCHEDULE, durations, 0.0), 2.0)
+    earliest, latest = durations.likely_end_s() or (0.0, 0.0)
+    assert 1.5 < earliest <= latest < 2.5
+    # Shorter runs are all seen done at the first poll, so each window of them halves the
+    # estimate (midpoint of start and first poll) until the polls catch up with the runs.
+    for _ in range(30):
+        _simulate(PollPlan(SCHEDULE, durations, 0.0), 0.3)
+    _, after_one_window = durations.likely_end_s() or (0.0, 0.0)
+    assert after_one_window < 1.0
+    for _ in range(60):
+        _simulate(PollPlan(SCHEDULE, durations, 0.0), 0.3)
+    earliest, latest = durations.likely_end_s() or (0.0, 0.0)
+    assert earliest > 0.15
+    assert latest < 0.5
+
+
+def test_the_servers_hint_is_a_floor_for_learned_polls_too() -> None:
+    durations = RunDurations(min_samples=20)
+    for _ in range(20):
+        durations.observe(0.2)
+    plan = PollPlan(SCHEDULE, durations, started_at=0.0)
+    assert plan.next_delay_s(0.0, server_hint_ms=1000) == pytest.approx(1.0)
 
 
 def test_scrubber_removes_secrets_from_strings_and_exceptions() -> None:

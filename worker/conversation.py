@@ -5,6 +5,7 @@ No broker or SQL here: state goes through Store, messages out through the outbox
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -67,6 +68,7 @@ class ConversationProcessor:
         self._api = api
         self._on_outbox = on_outbox
         self._metrics = metrics
+        self._starting = asyncio.Semaphore(settings.start_concurrency)
 
     async def process(self, lease: Lease) -> None:
         """Answers everything pending, batch by batch, then gives the conversation up."""
@@ -107,10 +109,11 @@ class ConversationProcessor:
         if conversation.thread_id is not None:
             return conversation.thread_id
         # An orphan thread from a crash right after this call is harmless: it holds nothing.
-        thread_id = await self._api.call(
-            "create_thread", lambda: backend.create_thread(lease.conversation_id)
-        )
-        await self._store.set_thread(lease, thread_id)
+        async with self._starting:
+            thread_id = await self._api.call(
+                "create_thread", lambda: backend.create_thread(lease.conversation_id)
+            )
+            await self._store.set_thread(lease, thread_id)
         log.info("thread_created", thread_id=thread_id, backend=backend.name)
         return thread_id
 
@@ -145,13 +148,16 @@ class ConversationProcessor:
         return await self._record_reply(work, turn, finished)
 
     async def _run_once(self, work: _Work, turn: Turn, run_id: str | None) -> FinishedRun:
+        started_at: float | None = None
         if run_id is None:
             maybe_crash(CrashPoint.BEFORE_RUN_START)
-            run = await work.runner.start(work.thread_id, turn, first_try=work.fresh)
-            maybe_crash(CrashPoint.AFTER_RUN_CREATED)
-            await self._store.record_run_started(
-                work.lease, turn.batch_id, run.run_id, turn.attempt
-            )
+            async with self._starting:
+                run = await work.runner.start(work.thread_id, turn, first_try=work.fresh)
+                started_at = time.monotonic()
+                maybe_crash(CrashPoint.AFTER_RUN_CREATED)
+                await self._store.record_run_started(
+                    work.lease, turn.batch_id, run.run_id, turn.attempt
+                )
             log.info("run_started", run_id=run.run_id, events=len(turn.messages))
         else:
             log.info("run_resumed", run_id=run_id)
@@ -164,9 +170,11 @@ class ConversationProcessor:
                 work.lease, turn.batch_id, new_run_id, turn.attempt
             )
 
-        started = time.monotonic()
-        finished = await work.runner.finish(work.thread_id, run, turn, remember)
-        self._metrics.run_duration.observe(time.monotonic() - started)
+        polling_from = time.monotonic()
+        finished = await work.runner.finish(
+            work.thread_id, run, turn, remember, started_at=started_at
+        )
+        self._metrics.run_duration.observe(time.monotonic() - polling_from)
         self._metrics.polls_per_run.observe(finished.polls)
         self._metrics.runs_finished.labels(work.backend.name, finished.snapshot.status.value).inc()
         return finished

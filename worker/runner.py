@@ -13,7 +13,7 @@ from worker.backends.base import Backend, RunSnapshot, RunStatus, Turn
 from worker.crashpoints import CrashPoint, maybe_crash
 from worker.errors import ThreadBusy
 from worker.events import RunError
-from worker.polling import PollSchedule
+from worker.polling import PollPlan, PollSchedule, RunDurations
 from worker.retry import RetryPolicy
 from worker.tools import ToolRegistry
 
@@ -40,6 +40,8 @@ class Runner:
         self._schedule = schedule
         self._deadline_s = deadline_s
         self._tools = tools
+        # One backend's runs share a model and so, roughly, a length.
+        self._durations = RunDurations()
 
     async def start(self, thread_id: str, turn: Turn, *, first_try: bool) -> RunSnapshot:
         """Starts the turn's run, or finds the one an earlier attempt already started.
@@ -75,9 +77,16 @@ class Runner:
         run: RunSnapshot,
         turn: Turn,
         on_new_run: Callable[[str], Awaitable[None]],
+        *,
+        started_at: float | None,
     ) -> FinishedRun:
-        """Polls until the run ends or the deadline passes (then cancels it)."""
+        """Polls until the run ends or the deadline passes (then cancels it).
+
+        `started_at` is when this process created the run (monotonic); None for a run resumed
+        from an earlier owner, whose age is unknown.
+        """
         deadline = time.monotonic() + self._deadline_s
+        plan = self._plan(started_at)
         polls = 0
         while not run.status.is_terminal:
             if run.status is RunStatus.REQUIRES_ACTION:
@@ -85,15 +94,24 @@ class Runner:
                 run = await self._serve_tools(thread_id, run, turn)
                 if run.run_id != previous:
                     await on_new_run(run.run_id)
+                plan = self._plan(time.monotonic())
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return FinishedRun(await self._cancel(thread_id, run), polls)
-            await asyncio.sleep(min(self._schedule.delay_s(polls, run.poll_after_ms), remaining))
+            await asyncio.sleep(
+                min(plan.next_delay_s(time.monotonic(), run.poll_after_ms), remaining)
+            )
             run = await self._retrieve(thread_id, run.run_id)
+            plan.looked(time.monotonic(), completed=run.status is RunStatus.COMPLETED)
             polls += 1
             maybe_crash(CrashPoint.MID_POLL)
         return FinishedRun(run, polls)
+
+    def _plan(self, started_at: float | None) -> PollPlan:
+        if started_at is None:
+            return PollPlan(self._schedule, None, time.monotonic())
+        return PollPlan(self._schedule, self._durations, started_at)
 
     async def _retrieve(self, thread_id: str, run_id: str) -> RunSnapshot:
         return await self._api.call(

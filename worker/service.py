@@ -74,14 +74,14 @@ class WorkerService:
     async def run(self, stop: asyncio.Event) -> None:
         """Consumes until `stop` is set, then drains within the grace period and returns."""
         s = self.settings
-        async with self._resources() as (store, connection, client):
+        async with self._resources() as (store, relay_store, connection, client):
             self.health.broker_connected = connection.connected.is_set
             consume_channel = await connection.channel()
             await consume_channel.set_qos(prefetch_count=s.concurrency)
             publish_channel = await connection.channel(publisher_confirms=True)
             if s.declare_topology:
                 await topology.declare(publish_channel, s.topology)
-            relay = OutboxRelay(store, publish_channel, s.outbox_interval_s, self.metrics)
+            relay = OutboxRelay(relay_store, publish_channel, s.outbox_interval_s, self.metrics)
             ownership = self._ownership(store, client, relay)
             self.metrics.in_flight.set_function(lambda: ownership.in_flight)
             intake = Intake(s, store, ownership, relay.wake, self.metrics)
@@ -146,7 +146,10 @@ class WorkerService:
     @contextlib.asynccontextmanager
     async def _resources(
         self,
-    ) -> AsyncIterator[tuple[Store, AbstractRobustConnection, openai.AsyncOpenAI]]:
+    ) -> AsyncIterator[tuple[Store, Store, AbstractRobustConnection, openai.AsyncOpenAI]]:
+        """The conversations' store, the relay's store (own connections, so a reply waiting to
+        be published does not queue behind every conversation's statements), the broker and
+        the API client."""
         s = self.settings
         async with contextlib.AsyncExitStack() as stack:
             server = HealthServer(self.health, self.metrics)
@@ -157,13 +160,16 @@ class WorkerService:
                 s.database_url.get_secret_value(), max_size=min(20, s.concurrency + 4)
             )
             stack.push_async_callback(pool.close)
+            relay_pool = await create_pool(s.database_url.get_secret_value(), max_size=2)
+            stack.push_async_callback(relay_pool.close)
             connection = await aio_pika.connect_robust(
                 s.amqp_url.get_secret_value(),
                 client_properties={"connection_name": f"assistant-worker {s.worker_name}"},
             )
             stack.push_async_callback(connection.close)
             client = await stack.enter_async_context(make_client(s))
-            yield Store(pool, batch_max_events=s.batch_max_events), connection, client
+            store = Store(pool, batch_max_events=s.batch_max_events)
+            yield store, Store(relay_pool), connection, client
 
 
 @contextlib.asynccontextmanager
