@@ -5,6 +5,7 @@ They are reported, never asserted: a missed target is a finding for the report, 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ class Verdict:
     target: str
     measured: str
     met: bool | None  # None: the scenario was not run
+    backend: str = ""
 
 
 def minimum_requests_per_event(m: RunMetrics, conversations: int) -> float:
@@ -148,21 +150,22 @@ def evaluate(results: list[RunMetrics], scenarios: tuple[Scenario, ...]) -> list
         for worker in (RESPONSES.key, ASSISTANTS.key):
             if {worker, BASELINE.key} <= contenders:
                 verdicts += [
-                    Verdict(f"{v.target} [{worker}]", v.measured, v.met)
+                    dataclasses.replace(v, backend=worker)
                     for v in CHECKS[s.key](results, s, worker)
                 ]
     # A target whose numbers are missing (too few events, say) is neither met nor missed.
-    return [Verdict(v.target, v.measured, None) if "nan" in v.measured else v for v in verdicts]
+    return [dataclasses.replace(v, met=None) if "nan" in v.measured else v for v in verdicts]
 
 
 def table(verdicts: list[Verdict]) -> Table:
     rows = [
-        [v.target, v.measured, {True: "met", False: "MISSED", None: "n/a"}[v.met]] for v in verdicts
+        [v.target, v.backend, v.measured, {True: "met", False: "MISSED", None: "n/a"}[v.met]]
+        for v in verdicts
     ]
     note = (
         "Verdicts from the medians below. 'Schedules alone' is what the poll schedules would do "
         "for these run durations at no cost (python -m bench.poll_schedules): a worker that "
         "polls fewer times than its schedule says is polling late, because it is saturated."
     )
-    headers = ["target", "measured", "verdict"]
-    return Table("Targets (each worker backend)", headers, rows, note, text_columns=3)
+    headers = ["target", "worker backend", "measured", "verdict"]
+    return Table("Targets", headers, rows, note, text_columns=4)
