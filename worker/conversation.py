@@ -61,21 +61,24 @@ class ConversationProcessor:
         api: RetryPolicy,
         on_outbox: Callable[[], None],
         metrics: Metrics,
+        starting: asyncio.Semaphore,
     ) -> None:
+        """`starting` bounds the starting steps (shared with intake); finishing is not bound."""
         self._settings = settings
         self._store = store
         self._runners = runners
         self._api = api
         self._on_outbox = on_outbox
         self._metrics = metrics
-        self._starting = asyncio.Semaphore(settings.start_concurrency)
+        self._starting = starting
 
     async def process(self, lease: Lease) -> None:
         """Answers everything pending, batch by batch, then gives the conversation up."""
         with structlog.contextvars.bound_contextvars(conversation_id=lease.conversation_id):
             try:
+                async with self._starting:
+                    found = await self._store.next_batch(lease)
                 # Finishing a batch opens the next one, or gives the conversation up.
-                found = await self._store.next_batch(lease)
                 while found is not None:
                     found = await self._answer(lease, found)
             except LeaseLost:

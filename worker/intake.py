@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from enum import StrEnum
 
@@ -31,12 +32,15 @@ class Intake:
         ownership: Ownership,
         on_outbox: Callable[[], None],
         metrics: Metrics,
+        starting: asyncio.Semaphore,
     ) -> None:
+        """`starting` bounds storing new events together with the other starting steps."""
         self._settings = settings
         self._store = store
         self._ownership = ownership
         self._on_outbox = on_outbox
         self._metrics = metrics
+        self._starting = starting
 
     async def handle(self, delivery: Delivery) -> Settlement:
         """Stores the event, then answers it if this worker can own the conversation.
@@ -63,13 +67,14 @@ class Intake:
                 occurred_at=event.occurred_at,
             )
             async with self._ownership.slot():
-                stored = await self._store.intake(
-                    incoming,
-                    backend=self._settings.backend.value,
-                    assistant_id=self._settings.assistant_id,
-                    owner=self._ownership.owner,
-                    lease_ttl_s=self._ownership.ttl_s,
-                )
+                async with self._starting:
+                    stored = await self._store.intake(
+                        incoming,
+                        backend=self._settings.backend.value,
+                        assistant_id=self._settings.assistant_id,
+                        owner=self._ownership.owner,
+                        lease_ttl_s=self._ownership.ttl_s,
+                    )
                 log.info("event_received", intake=stored.result.value)
                 self._metrics.events_received.labels(stored.result.value).inc()
                 # Without the lease, whoever holds it answers the event before giving it up.

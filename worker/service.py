@@ -82,9 +82,10 @@ class WorkerService:
             if s.declare_topology:
                 await topology.declare(publish_channel, s.topology)
             relay = OutboxRelay(relay_store, publish_channel, s.outbox_interval_s, self.metrics)
-            ownership = self._ownership(store, client, relay)
+            starting = asyncio.Semaphore(s.start_concurrency)
+            ownership = self._ownership(store, client, relay, starting)
             self.metrics.in_flight.set_function(lambda: ownership.in_flight)
-            intake = Intake(s, store, ownership, relay.wake, self.metrics)
+            intake = Intake(s, store, ownership, relay.wake, self.metrics, starting)
             # A declared (passive) queue, not a bare handle: only those get their consumer back
             # when the robust connection recovers from a broker restart.
             queue = await consume_channel.get_queue(s.topology.inbound_queue)
@@ -123,7 +124,13 @@ class WorkerService:
         await consumer.drain(self.settings.shutdown_grace_s)
         await relay.stop()
 
-    def _ownership(self, store: Store, client: openai.AsyncOpenAI, relay: OutboxRelay) -> Ownership:
+    def _ownership(
+        self,
+        store: Store,
+        client: openai.AsyncOpenAI,
+        relay: OutboxRelay,
+        starting: asyncio.Semaphore,
+    ) -> Ownership:
         s = self.settings
         api = RetryPolicy(
             s.api_attempts, s.api_backoff_base_s, s.api_backoff_cap_s, metrics=self.metrics
@@ -133,7 +140,9 @@ class WorkerService:
             name: Runner(backend, api, schedule, s.run_deadline_s, self._tools)
             for name, backend in make_backends(s, client, self._tools).items()
         }
-        processor = ConversationProcessor(s, store, runners, api, relay.wake, self.metrics)
+        processor = ConversationProcessor(
+            s, store, runners, api, relay.wake, self.metrics, starting
+        )
         return Ownership(
             store,
             processor.process,

@@ -60,9 +60,10 @@ class Settings(BaseSettings):
     prompt_id: str | None = None
 
     concurrency: PositiveInt = 32
-    # Of those, how many may be creating a thread or starting a run at once. Starting is the
-    # CPU-heavy step; unbounded, a flood of new conversations would queue in front of the polls
-    # and replies of runs that already finished.
+    # Of those, how many may be in a starting step at once: storing a new event, opening its
+    # batch, creating a thread, starting a run. Unbounded, a flood of new conversations would
+    # queue in front of the polls and replies of runs that already finished, for the CPU and
+    # for Postgres connections alike; finishing steps are never held back.
     start_concurrency: PositiveInt = 16
     batch_max_events: PositiveInt = 16
 
