@@ -241,33 +241,35 @@ class Store:
         events (oldest first), with everything needed to answer it. When nothing waits the
         conversation is given up in the same transaction, and None returned."""
         async with self._fenced(lease) as (conn, conversation):
-            return await self._next_batch_or_release(conn, lease, conversation)
+            row = await conn.fetchrow(q("open_batch"), lease.conversation_id)
+            if row is None:
+                return await self._start_batch_or_release(conn, lease, conversation)
+            batch = _open_batch(row)
+            events = await conn.fetch(q("batch_events"), list(batch.event_ids))
+            return NextBatch(batch, False, conversation, _stored(events))
 
-    async def _next_batch_or_release(
+    async def _start_batch_or_release(
         self, conn: Connection, lease: Lease, conversation: ConversationRow
     ) -> NextBatch | None:
-        # Intake locks the conversation row before adding an event, and so does the fence this
-        # runs under: an event stored after this look finds the lease free and takes it.
-        row = await conn.fetchrow(q("open_batch"), lease.conversation_id)
-        fresh = row is None
-        batch = _open_batch(row) if row is not None else None
-        if batch is None:
-            batch = await _start_batch(conn, lease, conversation, self._batch_max_events)
-        if batch is None:
+        # Every statement is a wait for the event loop while the transaction holds the row
+        # lock and a pooled connection, so opening a batch is one statement.
+        batch_id = uuid.uuid4()
+        after_item_id = conversation.last_item_id
+        rows = await conn.fetch(
+            q("start_batch"),
+            batch_id,
+            lease.conversation_id,
+            self._batch_max_events,
+            after_item_id,
+        )
+        if not rows:
+            # Intake locks the conversation row before adding an event, and so does the fence
+            # this runs under: an event stored after this look finds the lease free, takes it.
             await conn.execute(q("release_lease"), lease.conversation_id, lease.token)
             return None
-        events = await conn.fetch(q("batch_events"), list(batch.event_ids))
-        return NextBatch(
-            batch,
-            fresh,
-            conversation,
-            [
-                StoredEvent(
-                    r["event_id"], r["body"], r["headers"], r["routing_key"], r["received_at"]
-                )
-                for r in events
-            ],
-        )
+        event_ids = tuple(r["event_id"] for r in rows)
+        batch = OpenBatch(batch_id, event_ids, 1, None, False, after_item_id)
+        return NextBatch(batch, True, conversation, _stored(rows))
 
     async def record_run_started(
         self, lease: Lease, batch_id: uuid.UUID, run_id: str, attempt: int
@@ -294,17 +296,22 @@ class Store:
         last_item_id: str | None = None,
     ) -> NextBatch | None:
         """Closes the batch, settles its events and queues what to publish, atomically; then,
-        in the same transaction, the next batch as `next_batch` finds it."""
+        in the same transaction, opens the next batch or gives the conversation up."""
+        run = (
+            (ended.run_id, ended.status, ended.polls, ended.usage, ended.error)
+            if ended is not None
+            else (None, None, 0, None, None)
+        )
         async with self._fenced(lease) as (conn, conversation):
-            if ended is not None:
-                await _record_run_ended(conn, ended)
-            if last_item_id is not None:
-                await conn.execute(q("set_last_item"), lease.conversation_id, last_item_id)
-                conversation = replace(conversation, last_item_id=last_item_id)
-            await conn.execute(q("finish_batch"), batch_id, event_status)
+            await conn.execute(
+                q("close_batch"), batch_id, event_status, lease.conversation_id, last_item_id, *run
+            )
             for message in outbox:
                 await _insert_outbox(conn, message)
-            return await self._next_batch_or_release(conn, lease, conversation)
+            if last_item_id is not None:
+                conversation = replace(conversation, last_item_id=last_item_id)
+            # The batch just closed was the conversation's one open batch.
+            return await self._start_batch_or_release(conn, lease, conversation)
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -412,29 +419,11 @@ def _open_batch(row: asyncpg.Record) -> OpenBatch:
     )
 
 
-async def _start_batch(
-    conn: Connection, lease: Lease, conversation: ConversationRow, max_events: int
-) -> OpenBatch | None:
-    rows = await conn.fetch(q("pending_events"), lease.conversation_id, max_events)
-    if not rows:
-        return None
-    batch = OpenBatch(
-        batch_id=uuid.uuid4(),
-        event_ids=tuple(r["event_id"] for r in rows),
-        attempt=1,
-        run_id=None,
-        messages_added=False,
-        after_item_id=conversation.last_item_id,
-    )
-    await conn.execute(
-        q("insert_batch"),
-        batch.batch_id,
-        lease.conversation_id,
-        list(batch.event_ids),
-        batch.after_item_id,
-    )
-    await conn.execute(q("mark_events_batched"), batch.batch_id, list(batch.event_ids))
-    return batch
+def _stored(rows: Sequence[asyncpg.Record]) -> list[StoredEvent]:
+    return [
+        StoredEvent(r["event_id"], r["body"], r["headers"], r["routing_key"], r["received_at"])
+        for r in rows
+    ]
 
 
 async def _record_run_ended(conn: Connection, run: RunRecord) -> None:

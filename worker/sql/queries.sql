@@ -71,14 +71,28 @@ WHERE conversation_id = $1 AND lease_token = $2;
 -- $1 conversation_id, $2 thread_id
 UPDATE conversations SET thread_id = $2, updated_at = now() WHERE conversation_id = $1;
 
--- name: pending_events
--- In the order the customer wrote them when the helpdesk said, else in the order stored.
--- $1 conversation_id, $2 limit
-SELECT event_id, body
-FROM inbound_events
-WHERE conversation_id = $1 AND status = 'pending'
-ORDER BY coalesce(occurred_at, received_at), seq
-LIMIT $2;
+-- name: start_batch
+-- Opens a batch of the oldest pending events (in the order the customer wrote them when the
+-- helpdesk said, else in the order stored) and returns them in that order; no rows, and no
+-- batch, when none wait. One statement: it runs inside the owner's fenced transaction.
+-- $1 batch_id, $2 conversation_id, $3 limit, $4 after_item_id
+WITH pending AS (
+    SELECT event_id, body, headers, routing_key, received_at,
+           row_number() OVER (ORDER BY coalesce(occurred_at, received_at), seq) AS position
+    FROM inbound_events
+    WHERE conversation_id = $2 AND status = 'pending'
+    ORDER BY coalesce(occurred_at, received_at), seq
+    LIMIT $3
+), opened AS (
+    INSERT INTO batches (batch_id, conversation_id, event_ids, after_item_id)
+    SELECT $1, $2, array_agg(event_id ORDER BY position), $4
+    FROM pending
+    HAVING count(*) > 0
+), marked AS (
+    UPDATE inbound_events SET status = 'batched', batch_id = $1
+    WHERE event_id IN (SELECT event_id FROM pending)
+)
+SELECT event_id, body, headers, routing_key, received_at FROM pending ORDER BY position;
 
 -- name: open_batch
 -- $1 conversation_id
@@ -92,16 +106,6 @@ SELECT e.event_id, e.body, e.headers, e.routing_key, e.received_at
 FROM unnest($1::text[]) WITH ORDINALITY AS b(event_id, position)
 JOIN inbound_events e USING (event_id)
 ORDER BY b.position;
-
--- name: insert_batch
--- $1 batch_id, $2 conversation_id, $3 event_ids, $4 after_item_id
-INSERT INTO batches (batch_id, conversation_id, event_ids, after_item_id)
-VALUES ($1, $2, $3, $4);
-
--- name: mark_events_batched
--- $1 batch_id, $2 event_ids
-UPDATE inbound_events SET status = 'batched', batch_id = $1
-WHERE event_id = ANY($2::text[]) AND status = 'pending';
 
 -- name: record_run_started
 -- $1 batch_id, $2 run_id, $3 attempt
@@ -126,19 +130,26 @@ UPDATE batches
 SET run_id = NULL, first_failure_at = coalesce(first_failure_at, now()), after_item_id = $2
 WHERE batch_id = $1;
 
--- name: finish_batch
--- $1 batch_id, $2 final event status ('answered' or 'dead_lettered')
-WITH finished AS (
+-- name: close_batch
+-- Closes the batch, settles its events, records how its run ended (when it had one) and moves
+-- the conversation's item watermark (when given): one statement, inside the fenced transaction.
+-- $1 batch_id, $2 final event status ('answered' or 'dead_lettered'), $3 conversation_id,
+-- $4 last_item_id or NULL, $5 run_id or NULL, $6 run status, $7 polls, $8 usage, $9 error
+WITH closed AS (
     UPDATE batches SET status = 'finished', finished_at = now()
     WHERE batch_id = $1
     RETURNING event_ids
+), settled AS (
+    UPDATE inbound_events SET status = $2::event_status, settled_at = now()
+    WHERE event_id = ANY((SELECT event_ids FROM closed)::text[])
+), ended AS (
+    UPDATE runs SET status = $6, polls = polls + $7, usage = $8, error = $9, ended_at = now()
+    WHERE run_id = $5
+), advanced AS (
+    UPDATE conversations SET last_item_id = $4
+    WHERE conversation_id = $3 AND $4::text IS NOT NULL
 )
-UPDATE inbound_events SET status = $2::event_status, settled_at = now()
-WHERE event_id = ANY((SELECT event_ids FROM finished)::text[]);
-
--- name: set_last_item
--- $1 conversation_id, $2 last_item_id
-UPDATE conversations SET last_item_id = $2 WHERE conversation_id = $1;
+SELECT count(*) FROM closed;
 
 -- name: sweepable_conversations
 -- Conversations with work whose owner is gone (lease expired or never taken).
