@@ -5,7 +5,6 @@ No broker or SQL here: state goes through Store, messages out through the outbox
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from worker.errors import ApiUnavailable, LeaseLost, PermanentApiError, ReasonCo
 from worker.events import AssistantReply, ReplyMessage, UserMessage, vars_of
 from worker.metrics import Metrics
 from worker.outbound import Delivery, Failure, dead_letter_outbox, reply_outbox
+from worker.pacing import Pacer
 from worker.retry import RetryPolicy
 from worker.runner import FinishedRun, Runner
 from worker.settings import Settings
@@ -61,22 +61,22 @@ class ConversationProcessor:
         api: RetryPolicy,
         on_outbox: Callable[[], None],
         metrics: Metrics,
-        starting: asyncio.Semaphore,
+        pacer: Pacer,
     ) -> None:
-        """`starting` bounds the starting steps (shared with intake); finishing is not bound."""
+        """`pacer` paces the starting steps (with intake); finishing is never held back."""
         self._settings = settings
         self._store = store
         self._runners = runners
         self._api = api
         self._on_outbox = on_outbox
         self._metrics = metrics
-        self._starting = starting
+        self._pacer = pacer
 
     async def process(self, lease: Lease) -> None:
         """Answers everything pending, batch by batch, then gives the conversation up."""
         with structlog.contextvars.bound_contextvars(conversation_id=lease.conversation_id):
             try:
-                async with self._starting:
+                async with self._pacer.slot():
                     found = await self._store.next_batch(lease)
                 # Finishing a batch opens the next one, or gives the conversation up.
                 while found is not None:
@@ -112,7 +112,7 @@ class ConversationProcessor:
         if conversation.thread_id is not None:
             return conversation.thread_id
         # An orphan thread from a crash right after this call is harmless: it holds nothing.
-        async with self._starting:
+        async with self._pacer.slot():
             thread_id = await self._api.call(
                 "create_thread", lambda: backend.create_thread(lease.conversation_id)
             )
@@ -154,7 +154,7 @@ class ConversationProcessor:
         started_at: float | None = None
         if run_id is None:
             maybe_crash(CrashPoint.BEFORE_RUN_START)
-            async with self._starting:
+            async with self._pacer.slot():
                 run = await work.runner.start(work.thread_id, turn, first_try=work.fresh)
                 started_at = time.monotonic()
                 maybe_crash(CrashPoint.AFTER_RUN_CREATED)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from enum import StrEnum
 
@@ -13,6 +12,7 @@ from worker.events import parse_user_message
 from worker.metrics import Metrics
 from worker.outbound import Delivery, Failure, dead_letter_outbox
 from worker.ownership import Ownership
+from worker.pacing import Pacer
 from worker.settings import Settings
 from worker.store import IncomingEvent, Store
 
@@ -32,15 +32,15 @@ class Intake:
         ownership: Ownership,
         on_outbox: Callable[[], None],
         metrics: Metrics,
-        starting: asyncio.Semaphore,
+        pacer: Pacer,
     ) -> None:
-        """`starting` bounds storing new events together with the other starting steps."""
+        """`pacer` paces storing new events, a starting step like those of the conversation."""
         self._settings = settings
         self._store = store
         self._ownership = ownership
         self._on_outbox = on_outbox
         self._metrics = metrics
-        self._starting = starting
+        self._pacer = pacer
 
     async def handle(self, delivery: Delivery) -> Settlement:
         """Stores the event, then answers it if this worker can own the conversation.
@@ -67,7 +67,7 @@ class Intake:
                 occurred_at=event.occurred_at,
             )
             async with self._ownership.slot():
-                async with self._starting:
+                async with self._pacer.slot():
                     stored = await self._store.intake(
                         incoming,
                         backend=self._settings.backend.value,

@@ -13,6 +13,7 @@ from worker.backends.base import Backend, RunSnapshot, RunStatus, Turn
 from worker.crashpoints import CrashPoint, maybe_crash
 from worker.errors import ThreadBusy
 from worker.events import RunError
+from worker.pacing import Pacer
 from worker.polling import PollPlan, PollSchedule, RunDurations
 from worker.retry import RetryPolicy
 from worker.tools import ToolRegistry
@@ -34,8 +35,10 @@ class Runner:
         schedule: PollSchedule,
         deadline_s: float,
         tools: ToolRegistry,
+        pacer: Pacer,
     ) -> None:
         self.backend = backend
+        self._pacer = pacer
         self._api = api
         self._schedule = schedule
         self._deadline_s = deadline_s
@@ -102,7 +105,9 @@ class Runner:
             await asyncio.sleep(
                 min(plan.next_delay_s(time.monotonic(), run.poll_after_ms), remaining)
             )
-            run = await self._retrieve(thread_id, run.run_id)
+            # A poll can wait for the loop to catch up; the reply of a finished run cannot.
+            async with self._pacer.slot():
+                run = await self._retrieve(thread_id, run.run_id)
             plan.looked(time.monotonic(), completed=run.status is RunStatus.COMPLETED)
             polls += 1
             maybe_crash(CrashPoint.MID_POLL)

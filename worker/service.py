@@ -23,6 +23,7 @@ from worker.intake import Intake
 from worker.metrics import Metrics
 from worker.migrate import check_schema
 from worker.ownership import Ownership
+from worker.pacing import Pacer
 from worker.polling import PollSchedule
 from worker.publish import OutboxRelay
 from worker.retry import RetryPolicy
@@ -82,16 +83,17 @@ class WorkerService:
             if s.declare_topology:
                 await topology.declare(publish_channel, s.topology)
             relay = OutboxRelay(relay_store, publish_channel, s.outbox_interval_s, self.metrics)
-            starting = asyncio.Semaphore(s.start_concurrency)
-            ownership = self._ownership(store, client, relay, starting)
+            pacer = Pacer(ceiling=s.concurrency, lag_limit_s=s.loop_lag_limit_ms / 1000)
+            ownership = self._ownership(store, client, relay, pacer)
             self.metrics.in_flight.set_function(lambda: ownership.in_flight)
-            intake = Intake(s, store, ownership, relay.wake, self.metrics, starting)
+            intake = Intake(s, store, ownership, relay.wake, self.metrics, pacer)
             # A declared (passive) queue, not a bare handle: only those get their consumer back
             # when the robust connection recovers from a broker restart.
             queue = await consume_channel.get_queue(s.topology.inbound_queue)
             consumer = Consumer(queue, intake)
             async with _background(
                 relay.run_forever(),
+                pacer.watch_forever(),
                 ownership.renew_forever(),
                 ownership.sweep_forever(),
                 probe_database_forever(store, self.health, self.metrics, interval_s=2.0),
@@ -129,7 +131,7 @@ class WorkerService:
         store: Store,
         client: openai.AsyncOpenAI,
         relay: OutboxRelay,
-        starting: asyncio.Semaphore,
+        pacer: Pacer,
     ) -> Ownership:
         s = self.settings
         api = RetryPolicy(
@@ -137,12 +139,10 @@ class WorkerService:
         )
         schedule = PollSchedule(s.poll_initial_ms, s.poll_max_ms, s.poll_growth)
         runners = {
-            name: Runner(backend, api, schedule, s.run_deadline_s, self._tools)
+            name: Runner(backend, api, schedule, s.run_deadline_s, self._tools, pacer)
             for name, backend in make_backends(s, client, self._tools).items()
         }
-        processor = ConversationProcessor(
-            s, store, runners, api, relay.wake, self.metrics, starting
-        )
+        processor = ConversationProcessor(s, store, runners, api, relay.wake, self.metrics, pacer)
         return Ownership(
             store,
             processor.process,

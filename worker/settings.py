@@ -60,11 +60,9 @@ class Settings(BaseSettings):
     prompt_id: str | None = None
 
     concurrency: PositiveInt = 32
-    # Of those, how many may be in a starting step at once: storing a new event, opening its
-    # batch, creating a thread, starting a run. Unbounded, a flood of new conversations would
-    # queue in front of the polls and replies of runs that already finished, for the CPU and
-    # for Postgres connections alike; finishing steps are never held back.
-    start_concurrency: PositiveInt = 16
+    # How late the event loop may run before work that can wait (starting conversations,
+    # polling runs) is held back so that finished runs are answered first (worker/pacing.py).
+    loop_lag_limit_ms: PositiveInt = 10
     batch_max_events: PositiveInt = 16
 
     poll_initial_ms: PositiveInt = 100
