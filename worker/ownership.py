@@ -97,7 +97,9 @@ class Ownership:
                 log.warning("lease_renewal_failed", error=repr(exc))
                 continue
             for lease in leases:
-                if lease.token not in kept:
+                # One given up while the renewal ran was released, not lost.
+                still_held = self._leases.get(lease.conversation_id) is lease
+                if lease.token not in kept and still_held:
                     log.warning("lease_not_renewed", conversation_id=lease.conversation_id)
 
     async def sweep_forever(self) -> None:

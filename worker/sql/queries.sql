@@ -152,15 +152,16 @@ WITH closed AS (
 SELECT count(*) FROM closed;
 
 -- name: sweepable_conversations
--- Conversations with work whose owner is gone (lease expired or never taken).
+-- Conversations with work whose owner is gone (lease expired or never taken), found from the
+-- pending events and open batches (both partially indexed), not by reading every conversation.
 -- $1 limit
 SELECT c.conversation_id
 FROM conversations c
-WHERE (c.lease_token IS NULL OR c.lease_expires_at <= now())
-  AND (EXISTS (SELECT 1 FROM inbound_events e
-               WHERE e.conversation_id = c.conversation_id AND e.status = 'pending')
-       OR EXISTS (SELECT 1 FROM batches b
-                  WHERE b.conversation_id = c.conversation_id AND b.status = 'open'))
+WHERE c.conversation_id IN (
+        SELECT conversation_id FROM inbound_events WHERE status = 'pending'
+        UNION
+        SELECT conversation_id FROM batches WHERE status = 'open')
+  AND (c.lease_token IS NULL OR c.lease_expires_at <= now())
 LIMIT $1;
 
 -- name: insert_outbox

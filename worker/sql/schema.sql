@@ -21,6 +21,8 @@ CREATE TABLE conversations (
     -- The thread's newest item after the last finished turn (Responses backend).
     last_item_id     text
 );
+CREATE INDEX conversations_leased_idx ON conversations (lease_token)
+    WHERE lease_token IS NOT NULL;
 
 CREATE TABLE inbound_events (
     event_id        text PRIMARY KEY,
