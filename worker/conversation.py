@@ -154,13 +154,13 @@ class ConversationProcessor:
         started_at: float | None = None
         if run_id is None:
             maybe_crash(CrashPoint.BEFORE_RUN_START)
-            async with self._pacer.slot():
-                run = await work.runner.start(work.thread_id, turn, first_try=work.fresh)
-                started_at = time.monotonic()
-                maybe_crash(CrashPoint.AFTER_RUN_CREATED)
-                await self._store.record_run_started(
-                    work.lease, turn.batch_id, run.run_id, turn.attempt
-                )
+            # Paced inside: waiting out someone else's run holds nothing back.
+            run = await work.runner.start(work.thread_id, turn, first_try=work.fresh)
+            started_at = time.monotonic()
+            maybe_crash(CrashPoint.AFTER_RUN_CREATED)
+            await self._store.record_run_started(
+                work.lease, turn.batch_id, run.run_id, turn.attempt
+            )
             log.info("run_started", run_id=run.run_id, events=len(turn.messages))
         else:
             log.info("run_resumed", run_id=run_id)

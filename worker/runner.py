@@ -52,7 +52,7 @@ class Runner:
         The API takes no idempotency key, so an attempt first looks for a run tagged with this
         turn: a POST that timed out may have succeeded, and a worker that died may have sent
         one. Only a `first_try` (nobody has sent this turn yet) skips the look, saving a request
-        on the common path.
+        on the common path. Each attempt is paced; waiting out someone else's run is not.
         """
         sent = not first_try
 
@@ -68,7 +68,8 @@ class Runner:
 
         while True:
             try:
-                return await self._api.call("start_run", reconcile_then_start)
+                async with self._pacer.slot():
+                    return await self._api.call("start_run", reconcile_then_start)
             except ThreadBusy as busy:
                 # Someone else's run holds the thread: wait it out rather than fail ours.
                 log.warning("thread_busy", thread_id=thread_id, active_run_id=busy.active_run_id)
