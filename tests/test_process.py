@@ -107,6 +107,7 @@ async def test_worker_process_answers_then_exits_cleanly_on_sigterm(
         "assistant_worker_reply_latency_seconds_count 1.0",
         'assistant_worker_openai_requests_total{operation="start_run",status="ok"} 1.0',
         "assistant_worker_conversations_in_flight 0.0",
+        "assistant_worker_pacing_limit ",
         "assistant_worker_build_info{version=",
     )
     # The reply can reach us a moment before the relay has counted its broker confirm.

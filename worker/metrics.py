@@ -79,6 +79,12 @@ class Metrics:
             "Conversations this process owns now.",
             registry=r,
         )
+        self.pacing_limit = Gauge(
+            f"{_PREFIX}_pacing_limit",
+            "How many starting steps and polls may run at once: the concurrency while the event "
+            "loop keeps up, less while this process is short of CPU.",
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             f"{_PREFIX}_outbox_backlog",
             "Replies and dead letters recorded, not yet published.",

@@ -86,6 +86,7 @@ class WorkerService:
             pacer = Pacer(ceiling=s.concurrency, lag_limit_s=s.loop_lag_limit_ms / 1000)
             ownership = self._ownership(store, client, relay, pacer)
             self.metrics.in_flight.set_function(lambda: ownership.in_flight)
+            self.metrics.pacing_limit.set_function(lambda: pacer.limit)
             intake = Intake(s, store, ownership, relay.wake, self.metrics, pacer)
             # A declared (passive) queue, not a bare handle: only those get their consumer back
             # when the robust connection recovers from a broker restart.
