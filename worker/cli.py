@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import structlog
@@ -21,6 +22,8 @@ app = typer.Typer(
     help="Relay helpdesk messages to an OpenAI assistant and publish its replies.",
     no_args_is_help=True,
     add_completion=False,
+    # Docstring paragraphs are reflowed to the terminal, not broken where the source breaks.
+    rich_markup_mode="markdown",
 )
 
 
@@ -146,6 +149,60 @@ def move_conversations(
         )
 
     _run_logged("move", main)
+
+
+# Settled events are the record that makes a redelivered duplicate harmless: keep them at
+# least this long, well past any redelivery or replay of a message that was already answered.
+PRUNE_MIN_AGE = timedelta(days=1)
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option(help="Delete what was settled before this: an age such as 30d, or RFC 3339."),
+    ],
+    dry_run: Annotated[bool, typer.Option(help="Only count what would be deleted.")] = False,
+    chunk: Annotated[int, typer.Option(min=1, help="Rows deleted per transaction.")] = 5000,
+) -> None:
+    """Delete old settled work: answered and dead-lettered events, finished batches and their
+    runs, published outbox rows. Pending work and conversations (the thread mapping) are kept.
+
+    A duplicate of a pruned event would be answered again, so the cutoff must be at least a
+    day old; run it daily (a Kubernetes CronJob with the worker's image and Secret will do).
+    """
+    from worker.dlq_cli import parse_when
+    from worker.store import Store, create_pool
+
+    cutoff = parse_when(older_than, "--older-than")
+    assert cutoff is not None
+    if datetime.now(UTC) - cutoff < PRUNE_MIN_AGE:
+        raise typer.BadParameter(
+            "too recent: duplicates of events settled since then may still arrive; use at least 1d",
+            param_hint="--older-than",
+        )
+    settings = _settings()
+
+    def progress(table: str, count: int) -> None:
+        if count:
+            typer.echo(f"  {table}: deleted {count}", err=True)
+
+    async def main() -> None:
+        pool = await create_pool(settings.database_url.get_secret_value(), max_size=1)
+        try:
+            store = Store(pool)
+            counts = await (
+                store.prunable(cutoff)
+                if dry_run
+                else store.prune(cutoff, chunk=chunk, on_chunk=progress)
+            )
+        finally:
+            await pool.close()
+        verb = "would delete" if dry_run else "deleted"
+        summary = ", ".join(f"{count} {table}" for table, count in counts.items())
+        typer.echo(f"{verb} {summary} (settled before {cutoff.isoformat(timespec='seconds')})")
+
+    _run_logged("prune", main)
 
 
 @app.command()

@@ -63,8 +63,8 @@ def _selection(
         reasons=frozenset(reason or ()),
         conversations=frozenset(conversation or ()),
         event_ids=frozenset(event_id or ()),
-        since=_when(since, "--since"),
-        until=_when(until, "--until"),
+        since=parse_when(since, "--since"),
+        until=parse_when(until, "--until"),
         limit=limit,
     )
 
@@ -73,7 +73,7 @@ _AGE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-def _when(text: str | None, option: str) -> datetime | None:
+def parse_when(text: str | None, option: str) -> datetime | None:
     if text is None:
         return None
     if match := _AGE.match(text):

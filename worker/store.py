@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     Connection = PoolConnectionProxy[asyncpg.Record]
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
+# In the order `prune` empties them: runs reference batches.
+PRUNED_TABLES = ("runs", "batches", "events", "outbox")
 _QUERY_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
@@ -325,6 +327,28 @@ class Store:
             rows = await conn.fetch(q("move_conversations"), backend, ids)
         moved = [r["conversation_id"] for r in rows]
         return moved, int(candidates) - len(moved)
+
+    async def prunable(self, cutoff: datetime) -> dict[str, int]:
+        """How many rows `prune` would delete, per table."""
+        row = await self._pool.fetchrow(q("count_prunable"), cutoff)
+        assert row is not None
+        return {table: int(row[table]) for table in PRUNED_TABLES}
+
+    async def prune(
+        self, cutoff: datetime, *, chunk: int, on_chunk: Callable[[str, int], None]
+    ) -> dict[str, int]:
+        """Deletes what was settled before `cutoff`, `chunk` rows per transaction so that no lock
+        is held for long; reports each chunk. Returns the rows deleted per table."""
+        deleted = dict.fromkeys(PRUNED_TABLES, 0)
+        for table in PRUNED_TABLES:
+            while True:
+                status = await self._pool.execute(q(f"prune_{table}"), cutoff, chunk)
+                count = int(status.split()[-1])  # "DELETE <n>"
+                deleted[table] += count
+                on_chunk(table, count)
+                if count < chunk:
+                    break
+        return deleted
 
     # -- outbox ---------------------------------------------------------------------------------
 

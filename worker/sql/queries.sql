@@ -212,3 +212,43 @@ RETURNING conversation_id;
 -- $1 target backend, $2 conversation_ids or NULL
 SELECT count(*) FROM conversations
 WHERE backend <> $1 AND ($2::text[] IS NULL OR conversation_id = ANY($2::text[]));
+
+-- name: count_prunable
+-- What `prune` would delete: settled events, finished batches (with their runs) and published
+-- outbox rows, all settled before the cutoff. Conversations stay: they map to threads.
+-- $1 cutoff
+SELECT
+    (SELECT count(*) FROM inbound_events
+     WHERE status IN ('answered', 'dead_lettered') AND settled_at < $1) AS events,
+    (SELECT count(*) FROM batches WHERE status = 'finished' AND finished_at < $1) AS batches,
+    (SELECT count(*) FROM runs r JOIN batches b USING (batch_id)
+     WHERE b.status = 'finished' AND b.finished_at < $1) AS runs,
+    (SELECT count(*) FROM outbox WHERE published_at < $1) AS outbox;
+
+-- name: prune_runs
+-- $1 cutoff, $2 at most this many rows
+DELETE FROM runs WHERE run_id IN (
+    SELECT r.run_id FROM runs r JOIN batches b USING (batch_id)
+    WHERE b.status = 'finished' AND b.finished_at < $1
+    LIMIT $2);
+
+-- name: prune_batches
+-- After their runs (runs reference batches).
+-- $1 cutoff, $2 at most this many rows
+DELETE FROM batches WHERE batch_id IN (
+    SELECT batch_id FROM batches b
+    WHERE status = 'finished' AND finished_at < $1
+      AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.batch_id = b.batch_id)
+    LIMIT $2);
+
+-- name: prune_events
+-- $1 cutoff, $2 at most this many rows
+DELETE FROM inbound_events WHERE event_id IN (
+    SELECT event_id FROM inbound_events
+    WHERE status IN ('answered', 'dead_lettered') AND settled_at < $1
+    LIMIT $2);
+
+-- name: prune_outbox
+-- $1 cutoff, $2 at most this many rows
+DELETE FROM outbox WHERE outbox_id IN (
+    SELECT outbox_id FROM outbox WHERE published_at < $1 LIMIT $2);
