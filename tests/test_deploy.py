@@ -169,7 +169,14 @@ def selects(selector: dict[str, str], candidate: dict[str, str]) -> bool:
 
 
 def pod_labels(obj: Obj) -> dict[str, str]:
-    return dict(obj["spec"]["template"]["metadata"].get("labels") or {})
+    spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    return dict(spec["template"]["metadata"].get("labels") or {})
+
+
+def prune_cronjob(target: str) -> Obj:
+    found = [j for j in of_kind(target, "CronJob") if component(j) == "prune"]
+    assert len(found) == 1, f"{target}: expected one prune CronJob, found {len(found)}"
+    return found[0]
 
 
 def health_port(target: str) -> int:
@@ -580,7 +587,7 @@ def test_worker_selectors_pick_only_worker_pods(target: str) -> None:
     others = [
         pod_labels(o)
         for o in render(target)
-        if o["kind"] in ("Deployment", "Job") and component(o) != "worker"
+        if o["kind"] in ("Deployment", "Job", "CronJob") and component(o) != "worker"
     ]
     selectors = [
         s["spec"]["selector"] for s in of_kind(target, "Service") if component(s) == "worker"
@@ -614,6 +621,22 @@ def test_the_migrations_job_applies_on_its_own(target: str) -> None:
     assert component(account) == "migrations", "the Job's ServiceAccount must come along"
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_prune_job_runs_daily_alone_with_a_safe_cutoff(target: str) -> None:
+    cron = prune_cronjob(target)
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert len(cron["spec"]["schedule"].split()) == 5
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == worker_container(target)["image"]
+    args = container["args"]
+    assert args[0] == "prune"
+    cutoff = args[args.index("--older-than") + 1]
+    assert cutoff.endswith("d")
+    assert int(cutoff[:-1]) >= 7, "keep settled events long enough to recognise duplicates"
+    assert not [s for s in container.get("envFrom", []) if "configMapRef" in s]
+
+
 @pytest.mark.parametrize("target", OVERLAYS)
 def test_images_are_pinned(target: str) -> None:
     for name, pod in pod_specs(target):
@@ -632,6 +655,7 @@ def test_the_network_policy_allows_only_what_the_worker_needs(target: str) -> No
 def check_network_policy(target: str, spec: Obj) -> None:
     assert selects(spec["podSelector"]["matchLabels"], pod_labels(worker_deployment(target)))
     assert selects(spec["podSelector"]["matchLabels"], pod_labels(migrate_job(target)))
+    assert selects(spec["podSelector"]["matchLabels"], pod_labels(prune_cronjob(target)))
     assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
     ingress = {(p["port"], p.get("protocol", "TCP")) for r in spec["ingress"] for p in r["ports"]}
     assert ingress == {(health_port(target), "TCP")}

@@ -169,7 +169,7 @@ def prune(
     runs, published outbox rows. Pending work and conversations (the thread mapping) are kept.
 
     A duplicate of a pruned event would be answered again, so the cutoff must be at least a
-    day old; run it daily (a Kubernetes CronJob with the worker's image and Secret will do).
+    day old; run it daily (deploy/kustomize/base/prune-cronjob.yaml does, on Kubernetes).
     """
     from worker.dlq_cli import parse_when
     from worker.store import Store, create_pool
