@@ -190,6 +190,15 @@ class ReplyCollector:
                     await self._changed.wait()
         return event_ids - self._answered
 
+    async def wait_for_all(
+        self, sent: list[dict[str, Any]], timeout_s: float, workers: Supervisor
+    ) -> None:
+        """Fails, with the workers' log tail, unless every event is answered in time; then
+        listens a second more, since a late re-publication of a reply still counts."""
+        missing = await self.wait_for({str(e["event_id"]) for e in sent}, timeout_s)
+        assert not missing, f"{len(missing)} unanswered\n{workers.log_tail()}"
+        await asyncio.sleep(1)
+
 
 async def publish_load(
     channel: AbstractChannel,
