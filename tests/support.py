@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -132,3 +133,23 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+async def run_cli(
+    settings: Settings, *args: str, stdin: bytes | None = None
+) -> tuple[int, str, str]:
+    """`assistant-worker ARGS` as an operator runs it, against this test's services: exit code,
+    stdout, stderr. Wide enough that an error box does not fold the message it frames."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        *args,
+        env=worker_env(settings, COLUMNS="200"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(stdin)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-
 from aio_pika.abc import AbstractChannel
 
 from tests.conftest import start_worker
-from tests.support import publish, replies_for, worker_env
+from tests.support import publish, replies_for, run_cli
 from worker.settings import BackendName, Settings, Topology
 
 
@@ -25,18 +22,9 @@ async def _answer(
 
 
 async def _cli(settings: Settings, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        env=worker_env(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    code, out, err = await run_cli(settings, *args)
+    assert code == 0, err
+    return out
 
 
 async def test_a_conversation_keeps_its_backend_until_moved(
@@ -61,18 +49,6 @@ async def test_a_conversation_keeps_its_backend_until_moved(
 
 
 async def test_move_needs_a_selection(settings: Settings) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "conversations",
-        "move",
-        "--to",
-        "responses",
-        env=worker_env(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode == 2
-    assert "--conversation" in err.decode()
+    code, _, err = await run_cli(settings, "conversations", "move", "--to", "responses")
+    assert code == 2
+    assert "--conversation" in err

@@ -13,27 +13,14 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from tests.conftest import RunningWorker
-from tests.support import publish, publish_raw, replies_for, worker_env
+from tests.support import publish, publish_raw, replies_for, run_cli, worker_env
 from worker.dlq import DeadLetter, DeadLetterQueue
 from worker.settings import Settings, Topology
 from worker.standin import StandIn
 
 
 async def dlq(settings: Settings, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "dlq",
-        *args,
-        env=worker_env(settings),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate(stdin)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(settings, "dlq", *args, stdin=stdin)
 
 
 async def dlq_json(settings: Settings, *args: str) -> Any:

@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
 from tests.conftest import start_worker
-from tests.support import publish, replies_for, worker_env
+from tests.support import publish, replies_for, run_cli
 from worker.settings import Settings, Topology
 
 AGE_OLD = "UPDATE {table} SET {column} = {column} - interval '40 days' WHERE {where}"
 
 
 async def _cli(settings: Settings, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "prune",
-        *args,
-        # Wide enough that the error box does not fold the message.
-        env=worker_env(settings, COLUMNS="200"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(settings, "prune", *args)
 
 
 async def _answer(
