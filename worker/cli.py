@@ -132,18 +132,15 @@ def move_conversations(
     a new thread or Conversation there. Conversations with work in progress are left alone; run
     the command again once they are idle.
     """
-    from worker.store import Store, create_pool
+    from worker.store import open_store
 
     if not conversation and not all_:
         raise typer.BadParameter("name conversations with --conversation, or pass --all")
     settings = _settings()
 
     async def main() -> None:
-        pool = await create_pool(settings.database_url.get_secret_value(), max_size=2)
-        try:
-            moved, busy = await Store(pool).move_conversations(to.value, conversation or None)
-        finally:
-            await pool.close()
+        async with open_store(settings.database_url.get_secret_value()) as store:
+            moved, busy = await store.move_conversations(to.value, conversation or None)
         typer.echo(
             f"moved {len(moved)} conversation(s) to {to.value}; {busy} busy, left as they are"
         )
@@ -172,7 +169,7 @@ def prune(
     day old; run it daily (deploy/kustomize/base/prune-cronjob.yaml does, on Kubernetes).
     """
     from worker.dlq_cli import parse_when
-    from worker.store import Store, create_pool
+    from worker.store import open_store
 
     cutoff = parse_when(older_than, "--older-than")
     assert cutoff is not None
@@ -188,16 +185,12 @@ def prune(
             typer.echo(f"  {table}: deleted {count}", err=True)
 
     async def main() -> None:
-        pool = await create_pool(settings.database_url.get_secret_value(), max_size=1)
-        try:
-            store = Store(pool)
+        async with open_store(settings.database_url.get_secret_value()) as store:
             counts = await (
                 store.prunable(cutoff)
                 if dry_run
                 else store.prune(cutoff, chunk=chunk, on_chunk=progress)
             )
-        finally:
-            await pool.close()
         verb = "would delete" if dry_run else "deleted"
         summary = ", ".join(f"{count} {table}" for table, count in counts.items())
         typer.echo(f"{verb} {summary} (settled before {cutoff.isoformat(timespec='seconds')})")

@@ -145,6 +145,16 @@ async def create_pool(dsn: str, max_size: int = 10) -> asyncpg.Pool:
     return pool
 
 
+@asynccontextmanager
+async def open_store(dsn: str, max_size: int = 1) -> AsyncIterator[Store]:
+    """A store on a pool of its own, for one-off commands (the worker wires its pools itself)."""
+    pool = await create_pool(dsn, max_size=max_size)
+    try:
+        yield Store(pool)
+    finally:
+        await pool.close()
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingEvent:
     """A parsed delivery, as intake stores it (body and headers exactly as received)."""
