@@ -119,6 +119,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "AW_DATABASE_URL": settings.database_url.get_secret_value(),
         "AW_OPENAI_BASE_URL": settings.openai_base_url,
         "AW_OPENAI_API_KEY": API_KEY,
+        "AW_BACKEND": settings.backend.value,
         "AW_INBOUND_EXCHANGE": t.inbound_exchange,
         "AW_INBOUND_QUEUE": t.inbound_queue,
         "AW_OUTBOUND_EXCHANGE": t.outbound_exchange,

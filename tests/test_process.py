@@ -86,6 +86,17 @@ async def _spawn(env: dict[str, str], *args: str) -> WorkerProcess:
     return WorkerProcess(proc)
 
 
+@pytest.mark.parametrize("backend", ["assistants", "responses"])
+async def test_a_spawned_worker_runs_the_backend_its_test_asked_for(
+    settings: Settings, spawn: list[WorkerProcess]
+) -> None:
+    # Every process test (guarantees, restarts, chaos) covers a backend only through this.
+    worker = await _spawn(worker_env(settings), "run")
+    spawn.append(worker)
+    await worker.wait_for_log("worker_started")
+    assert worker.log_record("worker_started")["backend"] == settings.backend.value
+
+
 async def test_worker_process_answers_then_exits_cleanly_on_sigterm(
     settings: Settings,
     channel: AbstractChannel,
