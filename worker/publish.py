@@ -58,12 +58,15 @@ class OutboxRelay:
 
     async def _loop(self) -> None:
         while True:
+            # Read before the pass: a pass under way when stop() came may have looked before
+            # the last replies were recorded, so the last pass is one that starts after it.
+            last = self._stopping
             try:
                 while await self.publish_pending() == self._batch:
                     pass
             except Exception as exc:  # noqa: BLE001 - broker or database blip; next pass retries
                 log.warning("outbox_pass_failed", error=repr(exc))
-            if self._stopping:
+            if last:
                 return
             try:
                 async with asyncio.timeout(self._interval_s):
