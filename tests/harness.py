@@ -238,7 +238,8 @@ class Report:
     republished_replies: int
     conflicting_replies: list[str]
     duplicated_user_messages: list[tuple[str, str]]
-    runs_created_twice: list[tuple[str, str]]
+    second_runs_not_cancelled: list[tuple[str, str]]
+    second_runs_cancelled: int
     overlapping_runs: list[str]
     dead_lettered: int = 0
     kills: int = 0
@@ -251,7 +252,7 @@ class Report:
             "answered_more_than_once": self.answered_more_than_once,
             "conflicting_replies": self.conflicting_replies,
             "duplicated_user_messages": self.duplicated_user_messages,
-            "runs_created_twice": self.runs_created_twice,
+            "second_runs_not_cancelled": self.second_runs_not_cancelled,
             "overlapping_runs": self.overlapping_runs,
         }
         return {k: v for k, v in found.items() if v}
@@ -265,6 +266,7 @@ def check(sent: list[dict[str, Any]], collector: ReplyCollector, standin: StandI
     distinct = {event_id: json.loads(next(iter(bodies))) for event_id, bodies in by_id.items()}
     answers = Counter(e for reply in distinct.values() for e in reply["in_reply_to"])
     sent_ids = [e["event_id"] for e in sent]
+    second_runs_not_cancelled, second_runs_cancelled = _second_runs(standin)
     return Report(
         sent=len(sent_ids),
         answered=sum(1 for e in sent_ids if answers[e] >= 1),
@@ -273,7 +275,8 @@ def check(sent: list[dict[str, Any]], collector: ReplyCollector, standin: StandI
         republished_replies=len(collector.received) - len(by_id),
         conflicting_replies=[e for e, bodies in by_id.items() if len(bodies) > 1],
         duplicated_user_messages=_duplicated_user_messages(standin),
-        runs_created_twice=_runs_created_twice(standin),
+        second_runs_not_cancelled=second_runs_not_cancelled,
+        second_runs_cancelled=second_runs_cancelled,
         overlapping_runs=_overlapping_runs(standin),
     )
 
@@ -293,13 +296,22 @@ def _duplicated_user_messages(standin: StandIn) -> list[tuple[str, str]]:
     return dupes
 
 
-def _runs_created_twice(standin: StandIn) -> list[tuple[str, str]]:
-    keys = Counter(
-        (str(meta.get("aw_batch_id")), str(meta.get("aw_attempt")))
-        for record in standin.run_records()
-        if (meta := record.get("metadata") or {}).get("aw_batch_id")
-    )
-    return [key for key, n in keys.items() if n > 1]
+def _second_runs(standin: StandIn) -> tuple[list[tuple[str, str]], int]:
+    """Batch attempts with a second run that went on, and how many second runs were cancelled.
+
+    After a create whose answer was lost, the API offers no way to see an earlier response
+    that is still running, so a retry can start a second one; the worker then cancels it at
+    once (before it adds anything, which `duplicated_user_messages` checks). Any later run
+    of an attempt that was not cancelled is a violation.
+    """
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in standin.run_records():  # oldest first
+        meta = record.get("metadata") or {}
+        if meta.get("aw_batch_id"):
+            runs[(str(meta["aw_batch_id"]), str(meta.get("aw_attempt")))].append(record)
+    went_on = [key for key, rs in runs.items() if any(r["status"] != "cancelled" for r in rs[1:])]
+    cancelled = sum(1 for rs in runs.values() for r in rs[1:] if r["status"] == "cancelled")
+    return went_on, cancelled
 
 
 def _overlapping_runs(standin: StandIn) -> list[str]:

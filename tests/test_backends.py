@@ -1,12 +1,23 @@
-"""Conversations stay on the backend that created their thread until an operator moves them."""
+"""Conversations stay on the backend that created their thread until an operator moves them;
+what both backends promise the runner."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
+import openai
+import pytest
 from aio_pika.abc import AbstractChannel
 
 from tests.conftest import start_worker
 from tests.support import publish, replies_for, run_cli
+from worker.backends.assistants import AssistantsBackend
+from worker.backends.base import Backend, RunStatus, Turn
+from worker.backends.responses import ResponsesBackend
+from worker.events import UserMessage
 from worker.settings import BackendName, Settings, Topology
+from worker.standin import StandIn
 
 
 async def _answer(
@@ -52,3 +63,35 @@ async def test_move_needs_a_selection(settings: Settings) -> None:
     code, _, err = await run_cli(settings, "conversations", "move", "--to", "responses")
     assert code == 2
     assert "--conversation" in err
+
+
+@pytest.mark.parametrize("name", ["assistants", "responses"])
+async def test_cancelling_a_run_that_ended_on_its_own_leaves_it_be(
+    standin: StandIn, name: str
+) -> None:
+    # A deadline, or a duplicate found late, can cancel a run in the moment it ends.
+    async with openai.AsyncOpenAI(base_url=standin.base_url, api_key="sk-x") as client:
+        backend: Backend = (
+            AssistantsBackend(client)
+            if name == "assistants"
+            else ResponsesBackend(client, model="gpt-test", instructions="", tools=[])
+        )
+        thread_id = await backend.create_thread("c-cancel")
+        turn = Turn(
+            batch_id=uuid.uuid4(),
+            attempt=1,
+            conversation_id="c-cancel",
+            messages=(UserMessage("e-1", "c-cancel", "hello"),),
+            assistant_id="asst_default",
+            add_messages=True,
+        )
+        run = await backend.start_run(thread_id, turn)
+        while not run.status.is_terminal:
+            await asyncio.sleep(0.05)
+            run = await backend.retrieve_run(thread_id, run.run_id)
+
+        assert await backend.cancel_run(thread_id, run.run_id) is False
+
+        assert (await backend.retrieve_run(thread_id, run.run_id)).status is RunStatus.COMPLETED
+        journal = [(e["method"], e["status"]) for e in standin.journal if "cancel" in e["path"]]
+        assert journal == [("POST", 400)]  # the API was asked, and refused

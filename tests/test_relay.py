@@ -336,6 +336,85 @@ async def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(
     assert await drain(channel, topology.reply_queue, quiet_s=1.0) == []
 
 
+async def test_a_lost_create_whose_run_ends_while_the_retry_is_on_its_way_runs_once(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    backend: str,
+) -> None:
+    # The retry looks before it creates again, but a background response shows nothing in
+    # its conversation until it ends; here it ends while the retry's POST is held up.
+    create = r"/threads/[^/]+/runs$" if backend == "assistants" else r"/responses$"
+    standin.add_faults(
+        [
+            {"kind": "drop_after", "method": "POST", "path": create, "times": 1},
+            {"kind": "slow", "method": "POST", "path": create, "delay_s": 2.0, "times": 1},
+        ]
+    )
+    event = await publish(
+        channel, topology, conversation_id="c-late", text="still there? [[delay_ms:800]]"
+    )
+    [reply] = await replies_for(channel, topology, {event["event_id"]}, timeout_s=20)
+
+    assert reply["status"] == "completed"
+    assert reply["text"] == "Echo: still there? [[delay_ms:800]]"
+    faults = [e["fault"] for e in standin.journal if e["fault"]]
+    # A run is listed from its creation, so on Assistants the look finds it and never POSTs.
+    assert faults == (["drop_after"] if backend == "assistants" else ["drop_after", "slow"])
+    user_messages = [m for m in standin_messages(standin, reply["thread_id"]) if m[0] == "user"]
+    assert user_messages == [("user", "still there? [[delay_ms:800]]")]
+    runs = runs_in(standin, reply["thread_id"])
+    # The answer comes from the first run; a second one, if the API let it start, was
+    # cancelled before it added anything.
+    assert runs[0]["status"] == "completed"
+    assert all(r["status"] == "cancelled" for r in runs[1:])
+    assert await drain(channel, topology.reply_queue, quiet_s=1.0) == []
+
+
+async def test_lost_tool_outputs_are_not_sent_twice_though_their_run_ends_meanwhile(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    backend: str,
+) -> None:
+    # On Responses the outputs start a follow-up response: the same race as a lost create.
+    standin.update_config({"run_duration_ms": 800})
+    if backend == "assistants":
+        submits = {"method": "POST", "path": r"/submit_tool_outputs$"}
+        faults = [{"kind": "drop_after", "times": 1, **submits}]
+    else:
+        # Each rule counts the POSTs that reach it: the first create passes both.
+        submits = {"method": "POST", "path": r"/responses$"}
+        faults = [
+            {"kind": "slow", "delay_s": 2.0, "after": 2, "times": 1, **submits},
+            {"kind": "drop_after", "after": 1, "times": 1, **submits},
+        ]
+    standin.add_faults(faults)
+    event = await publish(
+        channel,
+        topology,
+        conversation_id="c-tool-lost",
+        text="time? [[outcome:requires_action:current_time]]",
+    )
+    [reply] = await replies_for(channel, topology, {event["event_id"]}, timeout_s=20)
+
+    assert reply["status"] == "completed"
+    assert '"utc"' in reply["text"]
+    expected = ["drop_after"] if backend == "assistants" else ["drop_after", "slow"]
+    assert [e["fault"] for e in standin.journal if e["fault"]] == expected
+    runs = runs_in(standin, reply["thread_id"])
+    assert [r["status"] for r in runs if r["status"] != "cancelled"] == (
+        ["completed"] if backend == "assistants" else ["completed", "completed"]
+    )
+    if backend == "responses":
+        items = standin.state.conversations[reply["thread_id"]].items
+        assert [i["type"] for i in items].count("function_call_output") == 1
+        assert [r["status"] for r in runs] == ["completed", "completed", "cancelled"]
+    assert await drain(channel, topology.reply_queue, quiet_s=1.0) == []
+
+
 async def test_another_clients_run_on_the_thread_is_waited_out(
     worker: RunningWorker,
     channel: AbstractChannel,

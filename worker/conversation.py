@@ -155,8 +155,9 @@ class ConversationProcessor:
         if run_id is None:
             maybe_crash(CrashPoint.BEFORE_RUN_START)
             # Paced inside: waiting out someone else's run holds nothing back.
-            run = await work.runner.start(work.thread_id, turn, first_try=work.fresh)
-            started_at = time.monotonic()
+            started = await work.runner.start(work.thread_id, turn, first_try=work.fresh)
+            run = started.run
+            started_at = None if started.adopted else time.monotonic()
             maybe_crash(CrashPoint.AFTER_RUN_CREATED)
             await self._store.record_run_started(
                 work.lease, turn.batch_id, run.run_id, turn.attempt

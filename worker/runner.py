@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,12 @@ from worker.retry import RetryPolicy
 from worker.tools import ToolRegistry
 
 log = structlog.get_logger("worker.runner")
+
+
+@dataclass(frozen=True, slots=True)
+class StartedRun:
+    run: RunSnapshot
+    adopted: bool  # an earlier attempt, perhaps another process's, created it
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,34 +53,86 @@ class Runner:
         # One backend's runs share a model and so, roughly, a length.
         self._durations = RunDurations()
 
-    async def start(self, thread_id: str, turn: Turn, *, first_try: bool) -> RunSnapshot:
+    async def start(self, thread_id: str, turn: Turn, *, first_try: bool) -> StartedRun:
         """Starts the turn's run, or finds the one an earlier attempt already started.
 
-        The API takes no idempotency key, so an attempt first looks for a run tagged with this
-        turn: a POST that timed out may have succeeded, and a worker that died may have sent
-        one. Only a `first_try` (nobody has sent this turn yet) skips the look, saving a request
-        on the common path. Each attempt is paced; waiting out someone else's run is not.
+        Only a `first_try` (nobody has sent this turn yet) skips looking for one first,
+        saving a request on the common path.
+        """
+        return await self._create_once(
+            "start_run",
+            thread_id,
+            find=lambda: self.backend.find_run(thread_id, turn),
+            create=lambda: self.backend.start_run(thread_id, turn),
+            first_try=first_try,
+        )
+
+    async def _create_once(
+        self,
+        what: str,
+        thread_id: str,
+        *,
+        find: Callable[[], Awaitable[str | None]],
+        create: Callable[[], Awaitable[RunSnapshot]],
+        first_try: bool,
+    ) -> StartedRun:
+        """Creates a run exactly once, though a POST whose answer was lost may have done so.
+
+        The API takes no idempotency key, so every attempt but a first try looks for the run
+        an earlier one created and adopts it. Each attempt is paced; waiting out someone
+        else's run is not.
         """
         sent = not first_try
+        looked_in_vain = False
 
-        async def reconcile_then_start() -> RunSnapshot:
-            nonlocal sent
+        async def look_then_create() -> StartedRun:
+            nonlocal sent, looked_in_vain
             if sent:
-                existing = await self.backend.find_run(thread_id, turn)
+                existing = await find()
                 if existing is not None:
                     log.info("run_adopted", run_id=existing)
-                    return await self.backend.retrieve_run(thread_id, existing)
+                    looked_in_vain = False
+                    return StartedRun(await self.backend.retrieve_run(thread_id, existing), True)
+                looked_in_vain = True
             sent = True
-            return await self.backend.start_run(thread_id, turn)
+            return StartedRun(await create(), False)
 
         while True:
             try:
                 async with self._pacer.slot():
-                    return await self._api.call("start_run", reconcile_then_start)
+                    started = await self._api.call(what, look_then_create)
+                    if not looked_in_vain:
+                        return started
+                    keep = functools.partial(self._keep_earlier, thread_id, find, started.run)
+                    return await self._api.call(what, keep)
             except ThreadBusy as busy:
                 # Someone else's run holds the thread: wait it out rather than fail ours.
                 log.warning("thread_busy", thread_id=thread_id, active_run_id=busy.active_run_id)
                 await self._wait_out(thread_id, busy.active_run_id)
+
+    async def _keep_earlier(
+        self, thread_id: str, find: Callable[[], Awaitable[str | None]], created: RunSnapshot
+    ) -> StartedRun:
+        """After a look found nothing and the create went through: was the look too early?
+
+        A background response shows nothing in its conversation until it ends, so the look
+        misses an earlier attempt's response that is still running. Had it still been running
+        at the create, the conversation's lock would have refused it; so if the earlier one
+        shows now and has ended, it ended in between: it is kept, and the new one cancelled
+        before it adds anything. Safe to repeat: cancelling is idempotent.
+        """
+        found = await find()
+        if found is None or found == created.run_id:
+            return StartedRun(created, False)
+        earlier = await self.backend.retrieve_run(thread_id, found)
+        if earlier.status in (RunStatus.QUEUED, RunStatus.IN_PROGRESS):
+            return StartedRun(created, False)  # what shows is this create's own input
+        if await self.backend.cancel_run(thread_id, created.run_id):
+            log.warning("duplicate_run_cancelled", run_id=created.run_id, kept_run_id=found)
+        else:
+            # It ended before this look did: its messages went into the thread a second time.
+            log.error("duplicate_run_ended_first", run_id=created.run_id, kept_run_id=found)
+        return StartedRun(earlier, True)
 
     async def finish(
         self,
@@ -86,19 +145,22 @@ class Runner:
     ) -> FinishedRun:
         """Polls until the run ends or the deadline passes (then cancels it).
 
-        `started_at` is when this process created the run (monotonic); None for a run resumed
-        from an earlier owner, whose age is unknown.
+        `started_at` is when this process created the run (monotonic); None for a run it
+        resumed or adopted from an earlier attempt, whose age is unknown and whose tool
+        outputs may have been sent already.
         """
         deadline = time.monotonic() + self._deadline_s
         plan = self._plan(started_at)
         polls = 0
+        ours = started_at is not None
         while not run.status.is_terminal:
             if run.status is RunStatus.REQUIRES_ACTION:
                 previous = run.run_id
-                run = await self._serve_tools(thread_id, run, turn)
+                run = await self._serve_tools(thread_id, run, turn, first_try=ours)
                 if run.run_id != previous:
                     await on_new_run(run.run_id)
                 plan = self._plan(time.monotonic())
+                ours = True
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -124,21 +186,26 @@ class Runner:
             "retrieve_run", lambda: self.backend.retrieve_run(thread_id, run_id)
         )
 
-    async def _serve_tools(self, thread_id: str, run: RunSnapshot, turn: Turn) -> RunSnapshot:
+    async def _serve_tools(
+        self, thread_id: str, run: RunSnapshot, turn: Turn, *, first_try: bool
+    ) -> RunSnapshot:
         outputs = await self._tools.run_all(run.tool_calls)
-
-        async def reconcile_then_submit() -> RunSnapshot:
-            # A retried submit after a lost answer would be refused: check first.
-            current = await self.backend.retrieve_run(thread_id, run.run_id)
-            if current.status is not RunStatus.REQUIRES_ACTION:
-                return current
-            return await self.backend.submit_tool_outputs(thread_id, run.run_id, turn, outputs)
-
-        return await self._api.call("submit_tool_outputs", reconcile_then_submit)
+        started = await self._create_once(
+            "submit_tool_outputs",
+            thread_id,
+            find=lambda: self.backend.find_tool_outputs_run(thread_id, run.run_id, turn, outputs),
+            create=lambda: self.backend.submit_tool_outputs(thread_id, run.run_id, turn, outputs),
+            first_try=first_try,
+        )
+        return started.run
 
     async def _cancel(self, thread_id: str, run: RunSnapshot) -> RunSnapshot:
         log.warning("run_deadline_exceeded", run_id=run.run_id, deadline_s=self._deadline_s)
-        await self._api.call("cancel_run", lambda: self.backend.cancel_run(thread_id, run.run_id))
+        cancelled = await self._api.call(
+            "cancel_run", lambda: self.backend.cancel_run(thread_id, run.run_id)
+        )
+        if not cancelled:  # it ended on its own in the meantime: that ending stands
+            return await self._retrieve(thread_id, run.run_id)
         return RunSnapshot(
             run_id=run.run_id,
             status=RunStatus.CANCELLED,

@@ -39,6 +39,20 @@ async def test_status_faults_fire_times_times_then_stop(
     assert standin.fault_rules == []
 
 
+async def test_after_lets_the_first_matches_through(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    standin.add_faults(
+        [{"kind": "status", "status": 500, "after": 2, "times": 1, "method": "POST"}]
+    )
+    await client.beta.threads.create()
+    await client.beta.threads.retrieve((await client.beta.threads.create()).id)
+    with pytest.raises(openai.InternalServerError):
+        await client.beta.threads.create()
+    await client.beta.threads.create()
+    assert [e["fault"] for e in standin.journal] == [None, None, None, "status", None]
+
+
 async def test_sdk_retries_honour_retry_after_ms(standin: StandIn) -> None:
     standin.add_faults([{"kind": "status", "status": 429, "retry_after_s": 0.05, "times": 2}])
     retrying = openai.AsyncOpenAI(base_url=standin.base_url, api_key="sk-test", max_retries=2)
@@ -161,6 +175,7 @@ async def test_control_api_manages_rules_and_is_never_faulted(
         {"kind": "status", "status": 500, "path": "("},
         {"kind": "slow"},
         {"kind": "drop", "typo_field": 1},
+        {"kind": "drop", "after": -1},
     ],
 )
 async def test_invalid_rules_are_400_and_add_nothing(

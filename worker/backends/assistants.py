@@ -67,6 +67,13 @@ class AssistantsBackend:
         raw = await self._threads.runs.with_raw_response.retrieve(run_id, thread_id=thread_id)
         return _snapshot(raw.parse(), _poll_after_ms(raw.headers.get("openai-poll-after-ms")))
 
+    async def find_tool_outputs_run(
+        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
+    ) -> str | None:
+        # The run takes its outputs itself, and moves on at once when it has.
+        run = await self.retrieve_run(thread_id, run_id)
+        return None if run.status is RunStatus.REQUIRES_ACTION else run_id
+
     async def submit_tool_outputs(
         self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
     ) -> RunSnapshot:
@@ -77,8 +84,15 @@ class AssistantsBackend:
         )
         return _snapshot(run)
 
-    async def cancel_run(self, thread_id: str, run_id: str) -> None:
-        await self._threads.runs.cancel(run_id, thread_id=thread_id)
+    async def cancel_run(self, thread_id: str, run_id: str) -> bool:
+        try:
+            await self._threads.runs.cancel(run_id, thread_id=thread_id)
+        except openai.BadRequestError:
+            # Refused because it ended on its own a moment ago: nothing is left to cancel.
+            if not (await self.retrieve_run(thread_id, run_id)).status.is_terminal:
+                raise
+            return False
+        return True
 
     async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]:
         page = self._threads.messages.list(thread_id, run_id=run_id, order="asc", limit=100)

@@ -116,10 +116,17 @@ class Backend(Protocol):
 
     async def retrieve_run(self, thread_id: str, run_id: str) -> RunSnapshot: ...
 
+    async def find_tool_outputs_run(
+        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
+    ) -> str | None:
+        """The run an earlier submit of these outputs started, where a submit starts one."""
+
     async def submit_tool_outputs(
         self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
-    ) -> RunSnapshot: ...
+    ) -> RunSnapshot:
+        """Hands the outputs to the run (or to a new run that takes them). May raise ThreadBusy."""
 
-    async def cancel_run(self, thread_id: str, run_id: str) -> None: ...
+    async def cancel_run(self, thread_id: str, run_id: str) -> bool:
+        """Cancels the run; False if it had already ended on its own (it is left as it is)."""
 
     async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]: ...

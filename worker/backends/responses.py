@@ -74,24 +74,36 @@ class ResponsesBackend:
         raw = await self._client.responses.with_raw_response.retrieve(run_id)
         return _snapshot(raw.parse(), _int_header(raw.headers.get("openai-poll-after-ms")))
 
-    async def submit_tool_outputs(
+    async def find_tool_outputs_run(
         self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
-    ) -> RunSnapshot:
-        # The outputs go in as the input of a follow-up response; if an earlier attempt got
-        # them into the conversation already, adopt that instead of sending them twice.
+    ) -> str | None:
         call_ids = {o.call_id for o in outputs}
         for item in await self._items_after(thread_id, turn.after_item_id):
             if item.type == "function_call_output" and item.call_id in call_ids:
-                return await self._retrieve_items_run(thread_id, ITEMS_RUN + item.id)
+                return ITEMS_RUN + item.id
+        return None
+
+    async def submit_tool_outputs(
+        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
+    ) -> RunSnapshot:
+        # The outputs go in as the input of a follow-up response.
         items: list[ResponseInputItemParam] = [
             {"type": "function_call_output", "call_id": o.call_id, "output": o.output}
             for o in outputs
         ]
         return await self._create(thread_id, turn, items)
 
-    async def cancel_run(self, thread_id: str, run_id: str) -> None:
-        if not run_id.startswith(ITEMS_RUN):
+    async def cancel_run(self, thread_id: str, run_id: str) -> bool:
+        if run_id.startswith(ITEMS_RUN):
+            return True  # its response has no known ID: given up on, as if cancelled
+        try:
             await self._client.responses.cancel(run_id)
+        except openai.BadRequestError:
+            # Refused because it ended on its own a moment ago: nothing is left to cancel.
+            if not (await self.retrieve_run(thread_id, run_id)).status.is_terminal:
+                raise
+            return False
+        return True
 
     async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]:
         if run_id.startswith(ITEMS_RUN):

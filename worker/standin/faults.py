@@ -3,6 +3,7 @@
 Rules are tried in order and the first one that fires wins. A rule fires on
 every match, on its first ``times`` matches, or with probability ``rate`` drawn
 from a seeded generator so a faulty benchmark run can be replayed exactly.
+``after`` lets that many matches through untouched first (fault the second POST).
 """
 
 from __future__ import annotations
@@ -19,7 +20,18 @@ from worker.standin.errors import ApiError, default_error_type
 FaultKind = Literal["status", "slow", "drop", "drop_after"]
 _KINDS: tuple[FaultKind, ...] = ("status", "slow", "drop", "drop_after")
 _FIELDS = frozenset(
-    {"kind", "method", "path", "status", "retry_after_s", "delay_s", "times", "rate", "message"}
+    {
+        "kind",
+        "method",
+        "path",
+        "status",
+        "retry_after_s",
+        "delay_s",
+        "times",
+        "after",
+        "rate",
+        "message",
+    }
 )
 
 
@@ -33,6 +45,8 @@ class FaultRule:
     delay_s: float = 0.0
     # Remaining firings; None means unlimited.
     times: int | None = None
+    # Matches still to let through before the rule may fire.
+    after: int = 0
     rate: float | None = None
     message: str | None = None
 
@@ -49,6 +63,7 @@ class FaultRule:
             retry_after_s=_number(raw, "retry_after_s"),
             delay_s=_number(raw, "delay_s") or 0.0,
             times=_opt_int(raw, "times"),
+            after=_opt_int(raw, "after") or 0,
             rate=_number(raw, "rate"),
             message=_opt_str(raw, "message"),
         )
@@ -60,6 +75,8 @@ class FaultRule:
             raise ValueError("status must be an HTTP error status (400-599)")
         if self.times is not None and self.times < 1:
             raise ValueError("times must be >= 1")
+        if self.after < 0:
+            raise ValueError("after must be >= 0")
         if self.rate is not None and not 0 <= self.rate <= 1:
             raise ValueError("rate must be between 0 and 1")
         if self.kind == "slow" and self.delay_s <= 0:
@@ -98,6 +115,7 @@ class FaultRule:
             "retry_after_s": self.retry_after_s,
             "delay_s": self.delay_s,
             "times": self.times,
+            "after": self.after,
             "rate": self.rate,
             "message": self.message,
         }
@@ -125,6 +143,9 @@ class FaultInjector:
     def pick(self, method: str, path: str) -> FaultRule | None:
         for rule in self._rules:
             if not rule.matches(method, path):
+                continue
+            if rule.after:
+                rule.after -= 1
                 continue
             if rule.rate is not None and self._random.random() >= rule.rate:
                 continue
