@@ -372,6 +372,34 @@ async def test_a_lost_create_whose_run_ends_while_the_retry_is_on_its_way_runs_o
     assert await drain(channel, topology.reply_queue, quiet_s=1.0) == []
 
 
+async def test_a_retried_create_whose_run_ends_before_the_second_look_is_kept(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    backend: str,
+) -> None:
+    # The first create never reached the server; the second look comes after the new run
+    # ended, so the turn it finds is that run's own: nothing to cancel, nothing doubled.
+    create = r"/threads/[^/]+/runs$" if backend == "assistants" else r"/responses$"
+    look = r"/threads/[^/]+/runs$" if backend == "assistants" else r"/items$"
+    standin.add_faults(
+        [
+            {"kind": "drop", "method": "POST", "path": create, "times": 1},
+            {"kind": "slow", "method": "GET", "path": look, "delay_s": 0.6, "after": 1, "times": 1},
+        ]
+    )
+    event = await publish(channel, topology, conversation_id="c-quick", text="quick one")
+    [reply] = await replies_for(channel, topology, {event["event_id"]}, timeout_s=20)
+
+    assert reply["status"] == "completed"
+    assert [e["fault"] for e in standin.journal if e["fault"]] == ["drop", "slow"]
+    assert [r["status"] for r in runs_in(standin, reply["thread_id"])] == ["completed"]
+    assert not [e for e in standin.journal if e["path"].endswith("/cancel")]
+    user_messages = [m for m in standin_messages(standin, reply["thread_id"]) if m[0] == "user"]
+    assert user_messages == [("user", "quick one")]
+
+
 async def test_lost_tool_outputs_are_not_sent_twice_though_their_run_ends_meanwhile(
     worker: RunningWorker,
     channel: AbstractChannel,

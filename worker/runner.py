@@ -21,6 +21,8 @@ from worker.tools import ToolRegistry
 
 log = structlog.get_logger("worker.runner")
 
+_RUNNING = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
+
 
 @dataclass(frozen=True, slots=True)
 class StartedRun:
@@ -117,20 +119,23 @@ class Runner:
 
         A background response shows nothing in its conversation until it ends, so the look
         misses an earlier attempt's response that is still running. Had it still been running
-        at the create, the conversation's lock would have refused it; so if the earlier one
-        shows now and has ended, it ended in between: it is kept, and the new one cancelled
-        before it adds anything. Safe to repeat: cancelling is idempotent.
+        at the create, the conversation's lock would have refused it; so if a turn shows now
+        while the new run has not ended, the earlier one ended in between: it is kept, and the
+        new one cancelled before it adds anything. Safe to repeat: cancelling is idempotent.
         """
         found = await find()
         if found is None or found == created.run_id:
             return StartedRun(created, False)
+        ours = await self.backend.retrieve_run(thread_id, created.run_id)
+        if ours.status not in _RUNNING:
+            return StartedRun(ours, False)  # ended already: what shows may be its own turn
         earlier = await self.backend.retrieve_run(thread_id, found)
-        if earlier.status in (RunStatus.QUEUED, RunStatus.IN_PROGRESS):
-            return StartedRun(created, False)  # what shows is this create's own input
+        if earlier.status in _RUNNING:
+            return StartedRun(ours, False)  # what shows is its own input, shown early
         if await self.backend.cancel_run(thread_id, created.run_id):
             log.warning("duplicate_run_cancelled", run_id=created.run_id, kept_run_id=found)
         else:
-            # It ended before this look did: its messages went into the thread a second time.
+            # It ended in the moment since: its messages went into the thread a second time.
             log.error("duplicate_run_ended_first", run_id=created.run_id, kept_run_id=found)
         return StartedRun(earlier, True)
 
