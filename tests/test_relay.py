@@ -211,8 +211,7 @@ async def test_a_duplicate_delivery_is_answered_once(
     await publish(channel, topology, **event)
     [reply] = await replies_for(channel, topology, {event["event_id"]})
     assert await drain(channel, topology.reply_queue, quiet_s=1.0) == []
-    user_messages = [m for m in standin_messages(standin, reply["thread_id"]) if m[0] == "user"]
-    assert user_messages == [("user", "only once")]
+    assert user_texts(standin, reply["thread_id"]) == ["only once"]
 
 
 async def test_a_burst_is_coalesced_into_few_runs_answering_in_order(
@@ -303,6 +302,14 @@ def runs_in(standin: StandIn, thread_id: str) -> list[dict[str, object]]:
     return [r for r in standin.run_records() if thread_id in (r["thread_id"], r["conversation_id"])]
 
 
+# The POST that starts a run, by backend (for aiming faults at it).
+RUN_CREATE = {"assistants": r"/threads/[^/]+/runs$", "responses": r"/responses$"}
+
+
+def user_texts(standin: StandIn, thread_id: str) -> list[str]:
+    return [text for role, text in standin_messages(standin, thread_id) if role == "user"]
+
+
 def standin_messages(standin: StandIn, thread_id: str) -> list[tuple[str, str]]:
     """(role, text) of every message in a stand-in thread or conversation, oldest first."""
     if thread_id in standin.state.threads:
@@ -321,7 +328,7 @@ async def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(
     standin: StandIn,
     backend: str,
 ) -> None:
-    create = r"/threads/[^/]+/runs$" if backend == "assistants" else r"/responses$"
+    create = RUN_CREATE[backend]
     # The server does the work, then the connection drops before the answer is sent.
     standin.add_faults([{"kind": "drop_after", "method": "POST", "path": create, "times": 1}])
     event = await publish(channel, topology, conversation_id="c-lost", text="did it work?")
@@ -331,8 +338,7 @@ async def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(
     assert reply["text"] == "Echo: did it work?"
     assert [e["fault"] for e in standin.journal if e["fault"]] == ["drop_after"]
     assert len(runs_in(standin, reply["thread_id"])) == 1
-    user_messages = [m for m in standin_messages(standin, reply["thread_id"]) if m[0] == "user"]
-    assert user_messages == [("user", "did it work?")]
+    assert user_texts(standin, reply["thread_id"]) == ["did it work?"]
     assert await drain(channel, topology.reply_queue, quiet_s=1.0) == []
 
 
@@ -345,7 +351,7 @@ async def test_a_lost_create_whose_run_ends_while_the_retry_is_on_its_way_runs_o
 ) -> None:
     # The retry looks before it creates again, but a background response shows nothing in
     # its conversation until it ends; here it ends while the retry's POST is held up.
-    create = r"/threads/[^/]+/runs$" if backend == "assistants" else r"/responses$"
+    create = RUN_CREATE[backend]
     standin.add_faults(
         [
             {"kind": "drop_after", "method": "POST", "path": create, "times": 1},
@@ -362,8 +368,7 @@ async def test_a_lost_create_whose_run_ends_while_the_retry_is_on_its_way_runs_o
     faults = [e["fault"] for e in standin.journal if e["fault"]]
     # A run is listed from its creation, so on Assistants the look finds it and never POSTs.
     assert faults == (["drop_after"] if backend == "assistants" else ["drop_after", "slow"])
-    user_messages = [m for m in standin_messages(standin, reply["thread_id"]) if m[0] == "user"]
-    assert user_messages == [("user", "still there? [[delay_ms:800]]")]
+    assert user_texts(standin, reply["thread_id"]) == ["still there? [[delay_ms:800]]"]
     runs = runs_in(standin, reply["thread_id"])
     # The answer comes from the first run; a second one, if the API let it start, was
     # cancelled before it added anything.
@@ -381,7 +386,7 @@ async def test_a_retried_create_whose_run_ends_before_the_second_look_is_kept(
 ) -> None:
     # The first create never reached the server; the second look comes after the new run
     # ended, so the turn it finds is that run's own: nothing to cancel, nothing doubled.
-    create = r"/threads/[^/]+/runs$" if backend == "assistants" else r"/responses$"
+    create = RUN_CREATE[backend]
     look = r"/threads/[^/]+/runs$" if backend == "assistants" else r"/items$"
     standin.add_faults(
         [
@@ -396,8 +401,7 @@ async def test_a_retried_create_whose_run_ends_before_the_second_look_is_kept(
     assert [e["fault"] for e in standin.journal if e["fault"]] == ["drop", "slow"]
     assert [r["status"] for r in runs_in(standin, reply["thread_id"])] == ["completed"]
     assert not [e for e in standin.journal if e["path"].endswith("/cancel")]
-    user_messages = [m for m in standin_messages(standin, reply["thread_id"]) if m[0] == "user"]
-    assert user_messages == [("user", "quick one")]
+    assert user_texts(standin, reply["thread_id"]) == ["quick one"]
 
 
 async def test_lost_tool_outputs_are_not_sent_twice_though_their_run_ends_meanwhile(
