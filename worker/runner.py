@@ -127,7 +127,8 @@ class Runner:
         if found is None or found == created.run_id:
             return StartedRun(created, False)
         ours = await self.backend.retrieve_run(thread_id, created.run_id)
-        if ours.status not in _RUNNING:
+        # Cancelled can only be this step's own doing, by a try whose answer was lost.
+        if ours.status not in _RUNNING and ours.status is not RunStatus.CANCELLED:
             return StartedRun(ours, False)  # ended already: what shows may be its own turn
         earlier = await self.backend.retrieve_run(thread_id, found)
         if earlier.status in _RUNNING:
