@@ -16,6 +16,7 @@ from worker.backends.assistants import AssistantsBackend
 from worker.backends.base import Backend, RunStatus, Turn
 from worker.backends.responses import ResponsesBackend
 from worker.events import UserMessage
+from worker.runner import cancel_unless_ended
 from worker.settings import BackendName, Settings, Topology
 from worker.standin import StandIn
 
@@ -69,7 +70,6 @@ async def test_move_needs_a_selection(settings: Settings) -> None:
 async def test_cancelling_a_run_that_ended_on_its_own_leaves_it_be(
     standin: StandIn, name: str
 ) -> None:
-    # A deadline, or a duplicate found late, can cancel a run in the moment it ends.
     async with openai.AsyncOpenAI(base_url=standin.base_url, api_key="sk-x") as client:
         backend: Backend = (
             AssistantsBackend(client)
@@ -90,7 +90,7 @@ async def test_cancelling_a_run_that_ended_on_its_own_leaves_it_be(
             await asyncio.sleep(0.05)
             run = await backend.retrieve_run(thread_id, run.run_id)
 
-        assert await backend.cancel_run(thread_id, run.run_id) is False
+        assert await cancel_unless_ended(backend, thread_id, run.run_id) is False
 
         assert (await backend.retrieve_run(thread_id, run.run_id)).status is RunStatus.COMPLETED
         journal = [(e["method"], e["status"]) for e in standin.journal if "cancel" in e["path"]]

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import openai
 import structlog
 
 from worker.backends.base import Backend, RunSnapshot, RunStatus, Turn
@@ -133,7 +134,7 @@ class Runner:
         earlier = await self.backend.retrieve_run(thread_id, found)
         if earlier.status in _RUNNING:
             return StartedRun(ours, False)  # what shows is its own input, shown early
-        if await self.backend.cancel_run(thread_id, created.run_id):
+        if await cancel_unless_ended(self.backend, thread_id, created.run_id):
             log.warning("duplicate_run_cancelled", run_id=created.run_id, kept_run_id=found)
         else:
             # It ended in the moment since: its messages went into the thread a second time.
@@ -208,7 +209,7 @@ class Runner:
     async def _cancel(self, thread_id: str, run: RunSnapshot) -> RunSnapshot:
         log.warning("run_deadline_exceeded", run_id=run.run_id, deadline_s=self._deadline_s)
         cancelled = await self._api.call(
-            "cancel_run", lambda: self.backend.cancel_run(thread_id, run.run_id)
+            "cancel_run", lambda: cancel_unless_ended(self.backend, thread_id, run.run_id)
         )
         if not cancelled:  # it ended on its own in the meantime: that ending stands
             return await self._retrieve(thread_id, run.run_id)
@@ -234,3 +235,17 @@ class Runner:
             polls += 1
         if not run.status.is_terminal:
             await self._cancel(thread_id, run)
+
+
+async def cancel_unless_ended(backend: Backend, thread_id: str, run_id: str) -> bool:
+    """Cancels the run; False if it had just ended on its own (it is left as it is).
+
+    A deadline, or a duplicate found late, can ask in the very moment the run ends.
+    """
+    try:
+        await backend.cancel_run(thread_id, run_id)
+    except openai.BadRequestError:
+        if not (await backend.retrieve_run(thread_id, run_id)).status.is_terminal:
+            raise
+        return False
+    return True

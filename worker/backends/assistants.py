@@ -84,15 +84,8 @@ class AssistantsBackend:
         )
         return _snapshot(run)
 
-    async def cancel_run(self, thread_id: str, run_id: str) -> bool:
-        try:
-            await self._threads.runs.cancel(run_id, thread_id=thread_id)
-        except openai.BadRequestError:
-            # Refused because it ended on its own a moment ago: nothing is left to cancel.
-            if not (await self.retrieve_run(thread_id, run_id)).status.is_terminal:
-                raise
-            return False
-        return True
+    async def cancel_run(self, thread_id: str, run_id: str) -> None:
+        await self._threads.runs.cancel(run_id, thread_id=thread_id)
 
     async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]:
         page = self._threads.messages.list(thread_id, run_id=run_id, order="asc", limit=100)

@@ -126,7 +126,7 @@ class Backend(Protocol):
     ) -> RunSnapshot:
         """Hands the outputs to the run (or to a new run that takes them). May raise ThreadBusy."""
 
-    async def cancel_run(self, thread_id: str, run_id: str) -> bool:
-        """Cancels the run; False if it had already ended on its own (it is left as it is)."""
+    async def cancel_run(self, thread_id: str, run_id: str) -> None:
+        """Asks for the run to be cancelled; refused (400) if it has already ended."""
 
     async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]: ...

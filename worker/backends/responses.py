@@ -93,17 +93,10 @@ class ResponsesBackend:
         ]
         return await self._create(thread_id, turn, items)
 
-    async def cancel_run(self, thread_id: str, run_id: str) -> bool:
-        if run_id.startswith(ITEMS_RUN):
-            return True  # its response has no known ID: given up on, as if cancelled
-        try:
+    async def cancel_run(self, thread_id: str, run_id: str) -> None:
+        # An items run's response has no known ID: it is given up on, as if cancelled.
+        if not run_id.startswith(ITEMS_RUN):
             await self._client.responses.cancel(run_id)
-        except openai.BadRequestError:
-            # Refused because it ended on its own a moment ago: nothing is left to cancel.
-            if not (await self.retrieve_run(thread_id, run_id)).status.is_terminal:
-                raise
-            return False
-        return True
 
     async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]:
         if run_id.startswith(ITEMS_RUN):
