@@ -28,26 +28,25 @@ def sdk_default() -> Iterator[float]:
     return itertools.count(0.0, 1.0)
 
 
-def worker_default(initial_s: float = 0.1, growth: float = 1.5, cap_s: float = 2.0) -> Schedule:
-    def polls() -> Iterator[float]:
-        at, n = 0.0, 0
-        while True:
-            at += min(initial_s * growth**n, cap_s)
-            n += 1
-            yield at
+# The worker's defaults, jitter left out.
+SCHEDULE = PollSchedule(initial_ms=100, max_ms=2000, growth=1.5, jitter=0.0)
 
-    return polls
+
+def worker_default() -> Iterator[float]:
+    at = 0.0
+    for n in itertools.count():
+        at += SCHEDULE.delay_s(n)
+        yield at
 
 
 def learned(seen: list[float]) -> Schedule:
     """The worker's PollPlan, having learned from runs of lengths `seen`."""
-    schedule = PollSchedule(initial_ms=100, max_ms=2000, growth=1.5, jitter=0.0)
     durations = RunDurations()
     for length in seen:
         durations.observe(length)
 
     def polls() -> Iterator[float]:
-        plan = PollPlan(schedule, durations, started_at=0.0)
+        plan = PollPlan(SCHEDULE, durations, started_at=0.0)
         at = 0.0
         while True:
             at += plan.next_delay_s(at)
@@ -81,7 +80,7 @@ def main(args: argparse.Namespace) -> None:
     ]
     schedules = {
         "SDK create_and_poll, no hint (baseline)": sdk_default,
-        "worker, geometric (100 ms x1.5, max 2 s)": worker_default(),
+        "worker, geometric (100 ms x1.5, max 2 s)": worker_default,
         "worker, learned from 100 runs": learned(durations[:100]),
     }
     print(f"runs {args.queue_ms} + {args.run_ms} ms +- {args.jitter:.0%}, schedule only:")
