@@ -100,26 +100,39 @@ def _fmt(fmt: str, v: float) -> str:
 
 def scenario_table(results: list[RunMetrics], scenario: Scenario, contenders: list[str]) -> Table:
     """Metrics as rows; each contender a column, each worker followed by its ratio to baseline."""
-    has_baseline = BASELINE.key in contenders
-    headers = ["metric"]
-    for key in contenders:
-        headers.append(contender(key).label)
-        if has_baseline and key != BASELINE.key:
-            headers.append("ratio")
-    rows = []
-    for row in ROWS:
-        cells = [row.label + (" (sum)" if row.summed else "")]
-        for key in contenders:
-            cells.append(_fmt(row.fmt, value(results, scenario.key, key, row)))
-            if has_baseline and key != BASELINE.key:
-                cells.append(
-                    _fmt("{:.2f}", ratio(results, scenario.key, key, row)) if row.ratio else ""
-                )
-        rows.append(cells)
+    headers = ["metric", *_contender_headers(contenders)]
+    rows = [
+        [row.label + (" (sum)" if row.summed else ""), *_cells(results, scenario, contenders, row)]
+        for row in ROWS
+    ]
     reps = len({m.repetition for m in results if m.scenario == scenario.key})
     title = f"({scenario.key}) {scenario.title}"
     note = f"{scenario.describe()}. Medians of {reps} runs; ratio = median of worker/baseline."
     return Table(title, headers, rows, note)
+
+
+def _contender_headers(contenders: list[str]) -> list[str]:
+    """Each contender's label, each worker's followed by "ratio" (to the baseline, if run)."""
+    headers = []
+    for key in contenders:
+        headers.append(contender(key).label)
+        if BASELINE.key in contenders and key != BASELINE.key:
+            headers.append("ratio")
+    return headers
+
+
+def _cells(
+    results: list[RunMetrics], scenario: Scenario, contenders: list[str], row: Row
+) -> list[str]:
+    """One metric's cells under `_contender_headers`."""
+    cells = []
+    for key in contenders:
+        cells.append(_fmt(row.fmt, value(results, scenario.key, key, row)))
+        if BASELINE.key in contenders and key != BASELINE.key:
+            cells.append(
+                _fmt("{:.2f}", ratio(results, scenario.key, key, row)) if row.ratio else ""
+            )
+    return cells
 
 
 # What each scenario is about, for the one-table summary (README).
@@ -146,22 +159,13 @@ def summary_table(
 ) -> Table:
     """The headline metrics of every scenario in one table (the ratio is to the baseline)."""
     by_label = {row.label: row for row in ROWS}
-    headers = ["scenario", "metric"]
-    for key in contenders:
-        headers.append(contender(key).label)
-        if BASELINE.key in contenders and key != BASELINE.key:
-            headers.append("ratio")
+    headers = ["scenario", "metric", *_contender_headers(contenders)]
     rows = []
     for scenario in scenarios:
         for label in SUMMARY[scenario.key]:
             row = by_label[label]
             cells = [f"({scenario.key}) {scenario.title}", label + (" (sum)" if row.summed else "")]
-            for key in contenders:
-                cells.append(_fmt(row.fmt, value(results, scenario.key, key, row)))
-                if BASELINE.key in contenders and key != BASELINE.key:
-                    r = ratio(results, scenario.key, key, row) if row.ratio else math.nan
-                    cells.append("" if not row.ratio else _fmt("{:.2f}", r))
-            rows.append(cells)
+            rows.append(cells + _cells(results, scenario, contenders, row))
     note = "Medians over repetitions; ratio = worker/baseline."
     return Table("Summary", headers, rows, note, text_columns=2)
 
