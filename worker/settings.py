@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     run_deadline_s: Annotated[float, Field(gt=0)] = 600.0
     run_attempts: PositiveInt = 3
 
+    # A failure no other class covers (a bug, bad data the schema let through): the event or
+    # batch is tried this many times, with capped exponential backoff, then dead-lettered as
+    # `internal_error`, so one poisoned event never wedges its conversation.
+    internal_attempts: PositiveInt = 4
+    internal_backoff_base_s: Annotated[float, Field(gt=0)] = 1.0
+    internal_backoff_cap_s: Annotated[float, Field(gt=0)] = 30.0
+
+    # Inline attachments (decoded bytes), checked at intake before anything is stored.
+    attachment_max_bytes: PositiveInt = 10 * 1024 * 1024
+    event_attachments_max_bytes: PositiveInt = 20 * 1024 * 1024
+
     api_attempts: PositiveInt = 6
     api_backoff_base_s: Annotated[float, Field(gt=0)] = 0.5
     api_backoff_cap_s: Annotated[float, Field(gt=0)] = 30.0
