@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import openai
+from openai.types import FilePurpose
 
 from worker.standin import StandIn, StandInConfig
 
@@ -43,6 +45,17 @@ class RawHttp:
 
     async def delete(self, path: str) -> Reply:
         return await self.request("DELETE", path)
+
+
+async def upload(
+    client: openai.AsyncOpenAI,
+    filename: str,
+    content: bytes = b"data",
+    purpose: FilePurpose = "user_data",
+) -> str:
+    """Upload a file through the SDK and return its id."""
+    uploaded = await client.files.create(file=(filename, content), purpose=purpose)
+    return uploaded.id
 
 
 async def wait_until(standin: StandIn, object_id: str, statuses: frozenset[str] = TERMINAL) -> str:

@@ -7,18 +7,19 @@ the rest runs without yielding, so checks and mutations cannot interleave.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
 from worker.standin.config import LiveConfig
+from worker.standin.content_parts import message_file_ids, parse_attachments, parse_message_part
 from worker.standin.errors import bad_request, not_found
 from worker.standin.models import Assistant, Message, Thread, new_id, text_block
 from worker.standin.pagination import PageQuery, list_body, paginate
 from worker.standin.params import (
     Json,
     metadata,
-    opt_dict,
     opt_list,
     opt_str,
     read_json,
@@ -29,7 +30,6 @@ from worker.standin.state import StandInState, ensure_can_add_message
 from worker.standin.web_util import json_response, note_ids
 
 _TOOL_TYPES = frozenset({"code_interpreter", "file_search", "function"})
-_IMAGE_PART_TYPES = frozenset({"image_file", "image_url"})
 
 
 class AssistantsApi:
@@ -91,6 +91,7 @@ class AssistantsApi:
     async def create_thread(self, request: web.Request) -> web.Response:
         body = await read_json(request)
         thread = build_thread(body)
+        self._state.ensure_files(message_file_refs(thread.messages))
         self._state.threads[thread.id] = thread
         note_ids(request, thread_id=thread.id)
         return json_response(thread.to_api())
@@ -108,6 +109,7 @@ class AssistantsApi:
         body = await read_json(request)
         thread = self._state.thread(request.match_info["thread_id"])
         message = parse_new_message(body, thread.id)
+        self._state.ensure_files(message_file_refs([message]))
         ensure_can_add_message(thread)
         thread.messages.append(message)
         return json_response(message.to_api())
@@ -160,7 +162,7 @@ def parse_new_message(raw: Any, thread_id: str, param: str | None = None) -> Mes
         content=_parse_content(raw.get("content"), f"{prefix}content"),
         created_at=time.time(),
         metadata=metadata(raw),
-        attachments=opt_list(raw, "attachments") or [],
+        attachments=parse_attachments(raw.get("attachments"), f"{prefix}attachments"),
     )
 
 
@@ -169,18 +171,16 @@ def _parse_content(content: object, param: str) -> list[Json]:
         return [text_block(content)]
     if not isinstance(content, list) or not content:
         raise bad_request("'content' must be a string or a non-empty array.", param=param)
-    return [_parse_part(part, f"{param}[{index}]") for index, part in enumerate(content)]
+    return [parse_message_part(part, f"{param}[{index}]") for index, part in enumerate(content)]
 
 
-def _parse_part(part: object, param: str) -> Json:
-    if not isinstance(part, dict):
-        raise bad_request("Content parts must be objects.", param=param)
-    if part.get("type") == "text" and isinstance(part.get("text"), str):
-        return text_block(part["text"])
-    # Image parts have the same shape in requests and in stored messages.
-    if part.get("type") in _IMAGE_PART_TYPES and opt_dict(part, str(part["type"])) is not None:
-        return part
-    raise bad_request("Unsupported content part.", param=param)
+def message_file_refs(messages: Iterable[Message]) -> list[str]:
+    """The uploaded files that new messages name, for ``StandInState.ensure_files``."""
+    return [
+        file_id
+        for message in messages
+        for file_id in message_file_ids(message.content, message.attachments)
+    ]
 
 
 def parse_tools(body: Json) -> list[Json] | None:

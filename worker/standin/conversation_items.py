@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from worker.standin.content_parts import input_part_file_ids, parse_input_part
 from worker.standin.errors import bad_request
 from worker.standin.models import Json, new_id
 
 _MESSAGE_ROLES = frozenset({"user", "assistant", "system", "developer"})
-_INPUT_PART_TYPES = frozenset({"input_text", "input_image", "input_file"})
+_OUTPUT_PART_TYPES = frozenset({"output_text", "refusal"})
 
 
 def parse_input(raw: object, param: str = "input") -> list[Json]:
@@ -72,14 +73,16 @@ def _parse_message(item: dict[str, Any], param: str) -> Json:
         return message_item(role, [part])
     if not isinstance(content, list) or not content:
         raise bad_request("'content' must be a string or non-empty array.", param=param)
+    if role != "assistant":
+        parts = [
+            parse_input_part(part, f"{param}.content[{index}]")
+            for index, part in enumerate(content)
+        ]
+        return message_item(role, parts)
     for index, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") not in _content_types(role):
+        if not isinstance(part, dict) or part.get("type") not in _OUTPUT_PART_TYPES:
             raise bad_request("Unsupported content part.", param=f"{param}.content[{index}]")
     return message_item(role, list(content))
-
-
-def _content_types(role: str) -> frozenset[str]:
-    return frozenset({"output_text", "refusal"}) if role == "assistant" else _INPUT_PART_TYPES
 
 
 def _parse_call_output(item: dict[str, Any], param: str) -> Json:
@@ -119,18 +122,27 @@ def output_text(item: Json) -> str:
     return "\n".join(part.get("text", "") for part in output if isinstance(part, dict))
 
 
-def unanswered_user_texts(items: Sequence[Json], new_items: Sequence[Json]) -> list[str]:
-    """User texts after the newest assistant message: what the next reply answers."""
-    texts: list[str] = []
+def items_file_ids(items: Iterable[Json]) -> list[str]:
+    """The uploaded files that input items name, for the existence check."""
+    ids: list[str] = []
+    for item in items:
+        if item["type"] == "message" and item["role"] != "assistant":
+            ids += input_part_file_ids(item["content"])
+    return ids
+
+
+def unanswered_user_messages(items: Sequence[Json], new_items: Sequence[Json]) -> list[Json]:
+    """User messages after the newest assistant message: what the next reply answers."""
+    messages: list[Json] = []
     for item in _newest_first(items, new_items):
         if item["type"] != "message":
             continue
         if item["role"] == "assistant":
             break
         if item["role"] == "user":
-            texts.append(message_text(item))
-    texts.reverse()
-    return texts
+            messages.append(item)
+    messages.reverse()
+    return messages
 
 
 def newest_user_text(items: Sequence[Json]) -> str | None:

@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from worker.standin.conversation_items import parse_input
+from worker.standin.conversation_items import items_file_ids, parse_input
 from worker.standin.errors import bad_request, not_found
 from worker.standin.models import Json, new_id
 from worker.standin.pagination import PageQuery, list_body, paginate
@@ -36,6 +36,11 @@ class ConversationsApi:
             web.get(f"{path}/items/{{item_id}}", self.retrieve_item),
         ]
 
+    def _items(self, body: Json, *, required: bool) -> list[Json]:
+        items = _parse_items(body, required=required)
+        self._state.ensure_files(items_file_ids(items))
+        return items
+
     def _conversation(self, request: web.Request) -> Conversation:
         return self._state.conversation(request.match_info["conversation_id"])
 
@@ -45,7 +50,7 @@ class ConversationsApi:
             id=new_id("conv"),
             created_at=time.time(),
             metadata=metadata(body),
-            items=_items(body, required=False),
+            items=self._items(body, required=False),
         )
         self._state.conversations[conversation.id] = conversation
         note_ids(request, conversation_id=conversation.id)
@@ -77,7 +82,7 @@ class ConversationsApi:
     async def add_items(self, request: web.Request) -> web.Response:
         body = await read_json(request)
         conversation = self._conversation(request)
-        items = _items(body, required=True)
+        items = self._items(body, required=True)
         ensure_conversation_unlocked(conversation)
         conversation.items.extend(items)
         return json_response(list_body(items, has_more=False))
@@ -95,7 +100,7 @@ def _item_id(item: Json) -> str:
     return str(item["id"])
 
 
-def _items(body: Json, *, required: bool) -> list[Json]:
+def _parse_items(body: Json, *, required: bool) -> list[Json]:
     raw = body.get("items")
     if raw is None and not required:
         return []

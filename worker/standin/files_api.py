@@ -6,15 +6,17 @@ import time
 
 from aiohttp import web
 
-from worker.standin.errors import bad_request
+from worker.standin.errors import bad_request, missing_parameter
 from worker.standin.models import StoredFile, new_id
 from worker.standin.pagination import PageQuery, list_body, paginate
 from worker.standin.state import StandInState
 from worker.standin.web_util import json_response
 
-# Upload purposes that FileObject.purpose can report back.
-_PURPOSES = frozenset({"assistants", "batch", "fine-tune", "vision", "user_data"})
-# The real endpoint lists up to 10,000 files per page and defaults to all of them.
+# CreateFileRequest.purpose in the spec (the SDK's FilePurpose). FileObject.purpose
+# does not list `evals` yet; the stand-in reports back what was uploaded.
+_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+# The real endpoint lists up to 10,000 files per page, newest first, and defaults to
+# all of them (spec: limit 1-10,000, default 10,000; order asc|desc, default desc).
 _FILES_PAGE_LIMIT = 10_000
 
 
@@ -39,8 +41,10 @@ class FilesApi:
         purpose = form.get("purpose")
         if not isinstance(upload, web.FileField):
             raise bad_request("Missing required parameter: 'file'.", param="file")
-        if not isinstance(purpose, str) or purpose not in _PURPOSES:
-            raise bad_request(f"'purpose' must be one of {sorted(_PURPOSES)}.", param="purpose")
+        if not isinstance(purpose, str):
+            raise missing_parameter("purpose")
+        if purpose not in _PURPOSES:
+            raise bad_request(f"'purpose' must be one of {list(_PURPOSES)}.", param="purpose")
         stored = StoredFile(
             id=new_id("file"),
             filename=upload.filename,
@@ -56,7 +60,11 @@ class FilesApi:
             request.query, default_limit=_FILES_PAGE_LIMIT, max_limit=_FILES_PAGE_LIMIT
         )
         purpose = request.query.get("purpose")
-        files = [f for f in self._state.files.values() if purpose in (None, f.purpose)]
+        files = [
+            stored
+            for stored in self._state.files.values()
+            if not stored.deleted and purpose in (None, stored.purpose)
+        ]
         page, has_more = paginate(files, lambda stored: stored.id, query)
         return json_response(list_body([stored.to_api() for stored in page], has_more))
 
@@ -69,5 +77,5 @@ class FilesApi:
 
     async def delete(self, request: web.Request) -> web.Response:
         stored = self._state.file(request.match_info["file_id"])
-        del self._state.files[stored.id]
+        stored.deleted = True
         return json_response({"id": stored.id, "object": "file", "deleted": True})

@@ -185,7 +185,9 @@ class Run:
     created_at: float
     expires_at: float
     script: Script
+    # The user texts this run answers, and each as the echo names it (with files).
     batch: list[str]
+    echoed: list[str]
     # Request fields the stand-in does not act on but echoes back, as the API does.
     options: Json = field(default_factory=dict)
     status: RunStatus = "queued"
@@ -283,6 +285,20 @@ class StoredFile:
     purpose: str
     content: bytes
     created_at: float
+    # A deleted file is gone from the API but kept here, for inspection and for
+    # the names in echo replies to messages that named it before.
+    deleted: bool = False
+
+    def inspect(self) -> Json:
+        """The test view: what was uploaded and whether it was deleted since."""
+        return {
+            "id": self.id,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "bytes": len(self.content),
+            "created_at": self.created_at,
+            "deleted": self.deleted,
+        }
 
     def to_api(self) -> Json:
         return {

@@ -1,6 +1,7 @@
 """Deterministic stand-ins for model output, shared by runs and responses.
 
-Replies name every user text they answer so tests can prove batching, and token
+Replies name every user text they answer so tests can prove batching, and every
+file or image a user message carried so tests can prove the model saw it; token
 counts are word counts so usage assertions are exact.
 """
 
@@ -22,6 +23,15 @@ def echo_text(user_texts: Sequence[str], tool: tuple[str, str] | None = None) ->
         name, output = tool
         text += f" | tool {name} said: {output}"
     return text
+
+
+def echo_piece(text: str, file_names: Sequence[str]) -> str:
+    """One user message as the echo names it: its text, then ``[files: a, b]``
+    when it carried files or images, so a test can see what the model was shown."""
+    if not file_names:
+        return text
+    files = f"[files: {', '.join(file_names)}]"
+    return f"{text} {files}" if text else files
 
 
 def partial(text: str) -> str:

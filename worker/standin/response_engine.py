@@ -14,16 +14,18 @@ from dataclasses import dataclass, field
 
 from worker.standin.clock import Clock
 from worker.standin.config import LiveConfig
+from worker.standin.content_parts import input_part_names
 from worker.standin.conversation_items import (
     function_call_item,
     message_item,
+    message_text,
     newest_user_text,
     output_text,
-    unanswered_user_texts,
+    unanswered_user_messages,
 )
 from worker.standin.errors import bad_request
 from worker.standin.models import Json, new_id
-from worker.standin.replies import FAILURE_MESSAGES, count_tokens, echo_text, partial
+from worker.standin.replies import FAILURE_MESSAGES, count_tokens, echo_piece, echo_text, partial
 from worker.standin.response_models import Conversation, ResponseRecord, ResponseStatus
 from worker.standin.script import Script, parse_script
 from worker.standin.state import StandInState, active_response, ensure_conversation_unlocked
@@ -54,6 +56,7 @@ class ResponseEngine:
         if conversation is not None:
             ensure_conversation_unlocked(conversation)
         tool_reply = _tool_reply(history, spec.input_items)
+        unanswered = unanswered_user_messages(history, spec.input_items)
         script = _script(spec, answers_tool_call=tool_reply is not None)
         record = ResponseRecord(
             id=new_id("resp"),
@@ -68,7 +71,8 @@ class ResponseEngine:
                 is_first=conversation is None or not conversation.responses
             ),
             input_items=spec.input_items,
-            batch=unanswered_user_texts(history, spec.input_items),
+            batch=[message_text(item) for item in unanswered],
+            echoed=[self._echo_piece(item) for item in unanswered],
             tool_reply=tool_reply,
             options=spec.options,
         )
@@ -77,6 +81,10 @@ class ResponseEngine:
             conversation.responses.append(record)
         self._clock.schedule(record.id, self._config.current.queue_ms, lambda: self._begin(record))
         return record
+
+    def _echo_piece(self, item: Json) -> str:
+        names = input_part_names(item["content"], self._state.file_name)
+        return echo_piece(message_text(item), names)
 
     def cancel(self, record: ResponseRecord) -> None:
         """Idempotent, as the real endpoint is; only background responses qualify."""
@@ -111,11 +119,11 @@ class ResponseEngine:
             self._end(record, "failed")
         elif outcome == "incomplete":
             record.incomplete_reason = "max_output_tokens"
-            self._reply(record, partial(echo_text(record.batch, record.tool_reply)), "incomplete")
+            self._reply(record, partial(echo_text(record.echoed, record.tool_reply)), "incomplete")
         elif outcome == "requires_action":
             self._request_tool(record)
         else:
-            self._reply(record, echo_text(record.batch, record.tool_reply), "completed")
+            self._reply(record, echo_text(record.echoed, record.tool_reply), "completed")
 
     def _reply(self, record: ResponseRecord, text: str, status: ResponseStatus) -> None:
         content = [{"type": "output_text", "text": text, "annotations": []}]

@@ -42,7 +42,9 @@ class ResponseRecord:
     background: bool
     script: Script
     input_items: list[Json]
+    # The user texts this response answers, and each as the echo names it (with files).
     batch: list[str]
+    echoed: list[str]
     # (tool name, output) when this response answers an earlier function_call.
     tool_reply: tuple[str, str] | None = None
     # Request fields the stand-in does not act on but echoes back, as the API does.

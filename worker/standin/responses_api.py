@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from worker.standin.config import LiveConfig
-from worker.standin.conversation_items import parse_input
+from worker.standin.conversation_items import items_file_ids, parse_input
 from worker.standin.errors import bad_request
 from worker.standin.pagination import PageQuery, list_body, paginate
 from worker.standin.params import (
@@ -64,7 +64,7 @@ class ResponsesApi:
             metadata=metadata(body),
             tools=_tools(body),
             background=background,
-            input_items=parse_input(body["input"]) if body.get("input") is not None else [],
+            input_items=self._input_items(body),
             options={key: body[key] for key in _ECHOED_OPTIONS if body.get(key) is not None},
         )
         record = self._responses.create(spec, conversation)
@@ -72,6 +72,13 @@ class ResponsesApi:
         if not background:
             await record.settled.wait()
         return json_response(record.to_api())
+
+    def _input_items(self, body: Json) -> list[Json]:
+        if body.get("input") is None:
+            return []
+        items = parse_input(body["input"])
+        self._state.ensure_files(items_file_ids(items))
+        return items
 
     def _conversation(self, body: Json) -> Conversation | None:
         raw = body.get("conversation")

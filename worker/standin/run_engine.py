@@ -14,6 +14,7 @@ from typing import Literal
 
 from worker.standin.clock import Clock
 from worker.standin.config import LiveConfig
+from worker.standin.content_parts import message_names
 from worker.standin.errors import bad_request
 from worker.standin.models import (
     Json,
@@ -26,7 +27,7 @@ from worker.standin.models import (
     new_id,
     text_block,
 )
-from worker.standin.replies import FAILURE_MESSAGES, count_tokens, echo_text, partial
+from worker.standin.replies import FAILURE_MESSAGES, count_tokens, echo_piece, echo_text, partial
 from worker.standin.script import parse_script
 from worker.standin.state import (
     StandInState,
@@ -57,9 +58,8 @@ class RunEngine:
     def create(self, thread: Thread, spec: RunSpec, new_messages: list[Message]) -> Run:
         """Add ``new_messages`` and start a run in one step, or change nothing."""
         ensure_can_start_run(thread)
-        batch = [
-            message.text() for message in unanswered_user_messages(thread.messages, new_messages)
-        ]
+        unanswered = unanswered_user_messages(thread.messages, new_messages)
+        batch = [message.text() for message in unanswered]
         script = parse_script(batch[-1] if batch else None, spec.metadata)
         now = time.time()
         run = Run(
@@ -74,6 +74,7 @@ class RunEngine:
             expires_at=now + self._config.current.run_expires_after_s,
             script=script.settle_failed_once(is_first=not thread.runs),
             batch=batch,
+            echoed=[self._echo_piece(message) for message in unanswered],
             options=spec.options,
         )
         thread.messages.extend(new_messages)
@@ -81,6 +82,10 @@ class RunEngine:
         self._state.runs[run.id] = run
         self._clock.schedule(run.id, self._config.current.queue_ms, lambda: self._begin(run))
         return run
+
+    def _echo_piece(self, message: Message) -> str:
+        names = message_names(message.content, message.attachments, self._state.file_name)
+        return echo_piece(message.text(), names)
 
     def cancel(self, run: Run) -> None:
         if run.status == "cancelling":
@@ -147,7 +152,7 @@ class RunEngine:
     def _reply_text(self, run: Run) -> str:
         calls = run.tool_calls
         tool = (calls[0].name, calls[0].output or "") if calls else None
-        return echo_text(run.batch, tool)
+        return echo_text(run.echoed, tool)
 
     def _complete(self, run: Run) -> None:
         reply = self._reply_text(run)

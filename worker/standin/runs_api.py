@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from worker.standin.assistants_api import build_thread, parse_new_message, parse_tools
+from worker.standin.assistants_api import (
+    build_thread,
+    message_file_refs,
+    parse_new_message,
+    parse_tools,
+)
 from worker.standin.config import LiveConfig
 from worker.standin.errors import bad_request, not_found
 from worker.standin.models import Run, RunStep
@@ -88,6 +93,7 @@ class RunsApi:
             parse_new_message(raw, thread.id, param=f"additional_messages[{index}]")
             for index, raw in enumerate(additional)
         ]
+        self._state.ensure_files(message_file_refs(new_messages))
         run = self._runs.create(thread, spec, new_messages)
         note_ids(request, run_id=run.id)
         return json_response(run.to_api())
@@ -99,6 +105,7 @@ class RunsApi:
         thread = build_thread(opt_dict(body, "thread") or {})
         # The thread's messages go in through the run so a rejected run leaves nothing.
         initial, thread.messages = thread.messages, []
+        self._state.ensure_files(message_file_refs(initial))
         run = self._runs.create(thread, spec, initial)
         self._state.threads[thread.id] = thread
         note_ids(request, thread_id=thread.id, run_id=run.id)

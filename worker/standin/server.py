@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from worker.standin.files_api import FilesApi
 from worker.standin.journal import Journal
 from worker.standin.middleware import v1_middleware
 from worker.standin.response_engine import ResponseEngine
+from worker.standin.response_models import Conversation, ResponseRecord
 from worker.standin.responses_api import ResponsesApi
 from worker.standin.run_engine import RunEngine
 from worker.standin.runs_api import RunsApi
@@ -32,7 +34,29 @@ _SHUTDOWN_TIMEOUT_S = 1.0
 
 
 class StandIn:
-    """An in-process OpenAI API stand-in listening on a real socket."""
+    """An in-process OpenAI API stand-in listening on a real socket.
+
+    Tests read what clients left behind through these methods, which hand out
+    copies in the API's own shapes (or plain dicts) and raise ``KeyError`` for an
+    unknown or deleted id:
+
+    - ``conversation_items(conversation_id)``: a conversation's items, oldest
+      first, as ``GET /v1/conversations/{id}/items`` shows them (content parts
+      included);
+    - ``thread_messages(thread_id)``: a thread's messages, oldest first, as the
+      Assistants API shows them (``content``, ``attachments``, ``metadata``);
+    - ``response(response_id)``: a response as ``GET /v1/responses/{id}`` shows
+      it (``metadata``, ``status``, ``output``...);
+    - ``response_input_items(response_id)``: the input items that response was
+      created with, oldest first;
+    - ``files()``: every file ever uploaded, oldest first, deleted ones included,
+      each ``{id, filename, purpose, bytes, created_at, deleted}`` (``bytes`` is
+      the size); ``file_content(file_id)`` gives a file's bytes, deleted or not;
+    - ``run_records()``, ``journal``: runs and responses for timing analysis, and
+      one entry per ``/v1`` request.
+
+    ``state`` stays available for anything these do not cover.
+    """
 
     def __init__(self, config: StandInConfig | None = None) -> None:
         self._config = LiveConfig(config or StandInConfig())
@@ -112,6 +136,42 @@ class StandIn:
         records = [run.record() for run in self.state.runs.values()]
         records += [response.record() for response in self.state.responses.values()]
         return sorted(records, key=lambda record: float(record["created_at"]))
+
+    def conversation_items(self, conversation_id: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self._conversation(conversation_id).items)
+
+    def thread_messages(self, thread_id: str) -> list[dict[str, Any]]:
+        thread = self.state.threads.get(thread_id)
+        if thread is None:
+            raise KeyError(f"no thread {thread_id!r} in the stand-in")
+        return [copy.deepcopy(message.to_api()) for message in thread.messages]
+
+    def response(self, response_id: str) -> dict[str, Any]:
+        return copy.deepcopy(self._response(response_id).to_api())
+
+    def response_input_items(self, response_id: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self._response(response_id).input_items)
+
+    def files(self) -> list[dict[str, Any]]:
+        return [stored.inspect() for stored in self.state.files.values()]
+
+    def file_content(self, file_id: str) -> bytes:
+        stored = self.state.files.get(file_id)
+        if stored is None:
+            raise KeyError(f"no file {file_id!r} was uploaded to the stand-in")
+        return stored.content
+
+    def _conversation(self, conversation_id: str) -> Conversation:
+        conversation = self.state.conversations.get(conversation_id)
+        if conversation is None:
+            raise KeyError(f"no conversation {conversation_id!r} in the stand-in")
+        return conversation
+
+    def _response(self, response_id: str) -> ResponseRecord:
+        response = self.state.responses.get(response_id)
+        if response is None:
+            raise KeyError(f"no response {response_id!r} in the stand-in")
+        return response
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on ``host:port`` (0 picks a free port); returns the ``/v1`` base URL."""

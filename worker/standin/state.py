@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from worker.standin.errors import ApiError, bad_request, not_found
+from worker.standin.errors import ApiError, bad_request, files_not_found, not_found
 from worker.standin.models import Assistant, Message, Run, StoredFile, Thread
 from worker.standin.response_models import Conversation, ResponseRecord
 
@@ -61,9 +61,25 @@ class StandInState:
 
     def file(self, file_id: str) -> StoredFile:
         stored = self.files.get(file_id)
-        if stored is None:
-            raise not_found("file", file_id)
+        if stored is None or stored.deleted:
+            # The Files endpoints' own 404 wording, as clients quote it.
+            raise ApiError(404, f"No such File object: {file_id}", param="id")
         return stored
+
+    def ensure_files(self, file_ids: Iterable[str]) -> None:
+        """Refuse a request that names files the API would not find (unknown or deleted)."""
+        missing = [
+            file_id
+            for file_id in dict.fromkeys(file_ids)
+            if file_id not in self.files or self.files[file_id].deleted
+        ]
+        if missing:
+            raise files_not_found(missing)
+
+    def file_name(self, file_id: str) -> str:
+        """The filename echo replies show for a file id (deleted files keep theirs)."""
+        stored = self.files.get(file_id)
+        return stored.filename if stored is not None else file_id
 
     def conversation(self, conversation_id: str) -> Conversation:
         conversation = self.conversations.get(conversation_id)
