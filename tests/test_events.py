@@ -11,6 +11,8 @@ import yaml
 from worker.errors import InvalidEvent, ReasonCode
 from worker.events import (
     AssistantReply,
+    Attachment,
+    Author,
     ReplyMessage,
     RunError,
     Usage,
@@ -49,8 +51,8 @@ def test_a_full_event_parses() -> None:
     assert (event.event_id, event.conversation_id, event.text) == ("evt-1", "conv-1", "hello")
     assert event.metadata == {"ticket": "42"}
     assert event.assistant_id == "asst_x"
-    assert event.author_name == "Ada"
-    assert event.attachments == ({"file_id": "file-1"},)
+    assert event.author == Author("u1", "Ada")
+    assert event.attachments == (Attachment(0, file_id="file-1"),)
 
 
 @pytest.mark.parametrize(
@@ -60,7 +62,11 @@ def test_a_full_event_parses() -> None:
         (b"\xff\xfe", ReasonCode.MALFORMED_JSON, "body is not JSON"),
         (_event(text=None), ReasonCode.SCHEMA_INVALID, "'text' is a required property"),
         (_event(text=""), ReasonCode.SCHEMA_INVALID, "should be non-empty (at /text)"),
-        (_event(text="x" * 32001), ReasonCode.SCHEMA_INVALID, "is too long (at /text)"),
+        (
+            _event(text="x" * 32001),
+            ReasonCode.SCHEMA_INVALID,
+            "is too long: 32001 characters, at most 32000 (at /text)",
+        ),
         (_event(occurred_at="yesterday"), ReasonCode.SCHEMA_INVALID, "is not a 'date-time'"),
         (_event(colour="red"), ReasonCode.SCHEMA_INVALID, "'colour' was unexpected"),
         (_event(metadata={"k": 1}), ReasonCode.SCHEMA_INVALID, "(at /metadata/k)"),

@@ -11,19 +11,23 @@ from typing import Any
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from worker.errors import is_dependency_failure
+from worker.errors import error_class, is_dependency_failure, origin
 from worker.intake import Intake, Settlement
 from worker.outbound import Delivery
+from worker.retry import Backoff
 
 log = structlog.get_logger("worker.consume")
-REQUEUE_DELAY_S = 1.0
 DEPENDENCY_BACKOFF_CAP_S = 10.0
 
 
 class Consumer:
-    def __init__(self, queue: AbstractQueue, intake: Intake) -> None:
+    """Hands each delivery to intake and settles it: the one place messages are acked."""
+
+    def __init__(self, queue: AbstractQueue, intake: Intake, failures: Backoff) -> None:
+        """`failures` bounds failures no class covers: tries, and the waits between them."""
         self._queue = queue
         self._intake = intake
+        self._failures = failures
         self._tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -65,23 +69,56 @@ class Consumer:
     async def _handle_until_settled(
         self, message: AbstractIncomingMessage, delivery: Delivery
     ) -> Settlement:
-        """Waits out an unreachable Postgres while holding the message.
+        """Waits out an unreachable Postgres while holding the message; bounds anything else.
 
         Holding it, rather than requeueing, keeps the quorum queue's delivery count (and so its
-        delivery limit) for messages that really are poison.
+        delivery limit) for processes that die on a message. A failure no class covers is tried
+        `failures.attempts` times, then dead-lettered with the worker's own verdict.
         """
+        failures: list[datetime.datetime] = []
         for attempt in itertools.count(1):
             try:
                 return await self._intake.handle(delivery)
-            except Exception as exc:
-                if not is_dependency_failure(exc) or message.channel.is_closed:
-                    log.exception("delivery_failed", message_id=message.message_id)
-                    await asyncio.sleep(REQUEUE_DELAY_S)
+            except Exception as exc:  # noqa: BLE001 - every failure ends in a verdict here
+                if _channel_gone(message):
+                    # Nobody can settle it now; the broker redelivers it after reconnecting.
+                    log.warning("delivery_abandoned", reason="channel closed", error=repr(exc))
                     return Settlement.REQUEUE
-                delay = min(DEPENDENCY_BACKOFF_CAP_S, 0.25 * 2**attempt)
-                log.warning("dependency_unavailable", error=repr(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
+                if is_dependency_failure(exc):
+                    delay = min(DEPENDENCY_BACKOFF_CAP_S, 0.25 * 2**attempt)
+                    log.warning("dependency_unavailable", error=repr(exc), retry_in_s=delay)
+                    await asyncio.sleep(delay)
+                    continue
+                failures.append(datetime.datetime.now(datetime.UTC))
+                if await self._gave_up(delivery, exc, failures):
+                    return Settlement.ACK
         raise AssertionError("unreachable")
+
+    async def _gave_up(
+        self, delivery: Delivery, exc: Exception, failures: list[datetime.datetime]
+    ) -> bool:
+        """Logs the failure; after the last try dead-letters the delivery (True), else waits."""
+        tries = len(failures)
+        log.error(
+            "delivery_failed",
+            error_class=error_class(exc),
+            origin=origin(exc),
+            failure=tries,
+            attempts=self._failures.attempts,
+        )
+        if tries < self._failures.attempts:
+            await asyncio.sleep(self._failures.delay_s(tries))
+            return False
+        await self._intake.dead_letter_failed(delivery, exc, tries, failures[0])
+        return True
+
+
+def _channel_gone(message: AbstractIncomingMessage) -> bool:
+    # A channel the broker closed can raise on being asked instead of answering.
+    try:
+        return bool(message.channel.is_closed)
+    except Exception:  # noqa: BLE001 - whatever it raises, it is gone
+        return True
 
 
 async def _settle(message: AbstractIncomingMessage, settlement: Settlement) -> None:
@@ -103,7 +140,7 @@ def to_delivery(message: AbstractIncomingMessage) -> Delivery:
     return Delivery(
         body=message.body,
         headers={
-            str(k): json_safe(v)
+            json_safe(str(k)): json_safe(v)
             for k, v in (message.headers or {}).items()
             if k not in _BROKER_HEADERS
         },
@@ -114,15 +151,31 @@ def to_delivery(message: AbstractIncomingMessage) -> Delivery:
 
 
 def json_safe(value: Any) -> Any:
-    """AMQP header values as JSON, so they can be stored and re-published unchanged in meaning."""
+    """AMQP header values as JSON, so they can be stored and re-published unchanged in meaning.
+
+    Postgres' jsonb takes no NUL and no lone surrogate, and neither does UTF-8: such characters
+    are escaped, so a header can never make a delivery impossible to store.
+    """
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        return _storable(value.decode("utf-8", "replace"))
+    if isinstance(value, str):
+        return _storable(value)
     if isinstance(value, datetime.datetime):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
         return float(value)
     if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {_storable(str(k)): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+def _storable(text: str) -> str:
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 
 import asyncpg
 from aiormq.exceptions import AMQPConnectionError
@@ -15,8 +16,14 @@ class ReasonCode(StrEnum):
     MALFORMED_JSON = "malformed_json"
     SCHEMA_INVALID = "schema_invalid"
     MESSAGE_ID_MISMATCH = "message_id_mismatch"
+    ATTACHMENT_INVALID = "attachment_invalid"
+    # A field this conversation's backend cannot honour (refused rather than dropped).
+    FIELD_UNSUPPORTED = "field_unsupported"
     OPENAI_REJECTED = "openai_rejected"
     OPENAI_UNAVAILABLE = "openai_unavailable"
+    # Nothing else covers it (a bug, data the checks let through): tried a bounded number of
+    # times, then dead-lettered so the conversation moves on.
+    INTERNAL_ERROR = "internal_error"
 
 
 class InvalidEvent(Exception):
@@ -57,6 +64,28 @@ class ThreadBusy(Exception):
         self.active_run_id = active_run_id
 
 
+def error_class(exc: BaseException) -> str:
+    """The exception's class, qualified unless built in: what an operator searches for."""
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def origin(exc: BaseException, frames: int = 3) -> str:
+    """Where it was raised, innermost last (file:line function): no message, so no values.
+
+    An exception's message may quote what it choked on, which can be customer text.
+    """
+    tb = exc.__traceback__
+    steps: list[str] = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        steps.append(f"{Path(code.co_filename).name}:{tb.tb_lineno} {code.co_name}")
+        tb = tb.tb_next
+    return " < ".join(reversed(steps[-frames:]))
+
+
 def is_dependency_failure(exc: BaseException) -> bool:
     """Postgres or RabbitMQ is unreachable or restarting: wait it out; not the event's fault."""
     return isinstance(
@@ -65,6 +94,9 @@ def is_dependency_failure(exc: BaseException) -> bool:
         | asyncpg.InterfaceError
         | asyncpg.CannotConnectNowError
         | asyncpg.TooManyConnectionsError
+        # A pooled connection caught mid-statement by a server restart ("cannot switch to
+        # state ..."): the server is the problem, not the event.
+        | asyncpg.InternalClientError
         | AMQPConnectionError
         | ConnectionError
         | OSError

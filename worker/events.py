@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -46,56 +48,228 @@ def validator(name: str) -> Validator:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file for the model: the ID of one already uploaded, or inline content to upload once."""
+
+    position: int
+    file_id: str | None = None
+    filename: str | None = None
+    content_base64: str | None = None
+
+    @property
+    def inline(self) -> bool:
+        return self.content_base64 is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    id: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UserMessage:
     event_id: str
     conversation_id: str
     text: str
-    attachments: tuple[dict[str, str], ...] = ()
+    attachments: tuple[Attachment, ...] = ()
     metadata: dict[str, str] = field(default_factory=dict)
     assistant_id: str | None = None
     instructions: str | None = None
-    author_name: str | None = None
+    author: Author | None = None
     occurred_at: datetime | None = None
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> UserMessage:
-        author = doc.get("author") or {}
+        author = doc.get("author")
         return cls(
             event_id=doc["event_id"],
             conversation_id=doc["conversation_id"],
             text=doc["text"],
-            attachments=tuple(doc.get("attachments", ())),
+            attachments=tuple(
+                Attachment(n, a.get("file_id"), a.get("filename"), a.get("content_base64"))
+                for n, a in enumerate(doc.get("attachments", ()))
+            ),
             metadata=dict(doc.get("metadata", {})),
             assistant_id=doc.get("assistant_id"),
             instructions=doc.get("instructions"),
-            author_name=author.get("name"),
+            author=None if author is None else Author(author["id"], author.get("name")),
             occurred_at=datetime.fromisoformat(doc["occurred_at"])
             if "occurred_at" in doc
             else None,
         )
 
+    @property
+    def batch_key(self) -> str | None:
+        """What a run applies to all of its messages: events coalesce only when it is equal.
 
-def _describe(error: ValidationError) -> str:
-    where = "/" + "/".join(str(p) for p in error.absolute_path)
-    return f"{error.message} (at {where})"
+        On Responses the metadata and author go on the response, not on each message, and an
+        event's assistant answers a run of its own; None when the event sets none of them.
+        """
+        shared = {
+            "metadata": self.metadata or None,
+            "author": None if self.author is None else [self.author.id, self.author.name],
+            "assistant_id": self.assistant_id,
+        }
+        if not any(shared.values()):
+            return None
+        canonical = json.dumps(shared, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# AMQP carries message_id as a short string: at most 255 bytes.
+MAX_ID_BYTES = 255
+_ID_FIELDS = ("event_id", "conversation_id")
 
 
 def parse_user_message(body: bytes, message_id: str | None = None) -> UserMessage:
-    """Turns delivery bytes into a UserMessage or raises InvalidEvent saying exactly why not."""
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEvent(ReasonCode.MALFORMED_JSON, f"body is not JSON: {exc}") from None
+    """Turns delivery bytes into a UserMessage or raises InvalidEvent saying exactly why not.
+
+    The reason names fields and sizes, never values: an event is customer content, and the
+    reason travels into logs and dead-letter headers.
+    """
+    doc = _json(body)
     errors = sorted(validator(USER_MESSAGE).iter_errors(doc), key=lambda e: list(e.path))
     if errors:
-        detail = "; ".join(_describe(e) for e in errors[:5])
+        detail = "; ".join(describe(e) for e in errors[:5])
         raise InvalidEvent(ReasonCode.SCHEMA_INVALID, f"not a valid {USER_MESSAGE}: {detail}")
+    _check_carriable(doc)
     if message_id is not None and message_id != doc["event_id"]:
         raise InvalidEvent(
             ReasonCode.MESSAGE_ID_MISMATCH,
-            f"AMQP message_id {message_id!r} differs from event_id {doc['event_id']!r}",
+            f"AMQP message_id ({_size(message_id)}) differs from event_id "
+            f"({_size(doc['event_id'])})",
         )
     return UserMessage.from_json(doc)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise InvalidEvent(
+            ReasonCode.MALFORMED_JSON, "body is nested too deeply to be parsed"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent(
+            ReasonCode.MALFORMED_JSON,
+            f"body is not JSON: not UTF-8 (byte {exc.start} of {len(body)})",
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(
+            ReasonCode.MALFORMED_JSON,
+            f"body is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+        ) from None
+
+
+def _check_carriable(doc: dict[str, Any]) -> None:
+    """What the schema cannot say: IDs fit AMQP's 255 bytes, and every string is valid UTF-8.
+
+    JSON can spell a lone UTF-16 surrogate (`"\\ud800"`); no UTF-8 system can carry it on.
+    """
+    for name in _ID_FIELDS:
+        size = len(doc[name].encode("utf-8", "surrogatepass"))
+        if size > MAX_ID_BYTES:
+            raise InvalidEvent(
+                ReasonCode.SCHEMA_INVALID,
+                f"{name} is {size} bytes in UTF-8, at most {MAX_ID_BYTES} (at /{name})",
+            )
+    for path, value in _strings(doc, ""):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidEvent(
+                ReasonCode.SCHEMA_INVALID,
+                f"contains a lone UTF-16 surrogate at character {exc.start}, which UTF-8 "
+                f"cannot carry (at {path or '/'})",
+            ) from None
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    # Keys too: metadata keys are strings the API is sent.
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield path, key
+            yield from _strings(item, f"{path}/{_step(key)}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{path}/{index}")
+
+
+def _step(key: object) -> str:
+    """A path step as shown in errors: field and metadata key names, bounded; never values."""
+    # A lone surrogate in a key must not make the error itself unencodable.
+    text = str(key).encode("utf-8", "backslashreplace").decode()
+    return text if len(text) <= 64 else f"{text[:64]}..."
+
+
+def _size(value: object) -> str:
+    if isinstance(value, str):
+        return f"{len(value)} characters"
+    if isinstance(value, list):
+        return f"{len(value)} items"
+    if isinstance(value, dict):
+        return f"{len(value)} properties"
+    return type(value).__name__
+
+
+_JSON_TYPES = {
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _where(error: ValidationError) -> str:
+    return "/" + "/".join(_step(step) for step in error.absolute_path)
+
+
+def describe(error: ValidationError) -> str:
+    """A schema violation in words that carry no part of the value itself."""
+    value, limit = error.instance, error.validator_value
+    messages: dict[str, Callable[[], str]] = {
+        "required": lambda: error.message,  # names the missing field, from the schema
+        "additionalProperties": lambda: _unexpected(error),
+        "type": lambda: f"is not of type {limit!r} (it is {_json_type(value)!r})",
+        "minLength": lambda: (
+            "should be non-empty"
+            if limit == 1
+            else f"is too short: {_size(value)}, at least {limit}"
+        ),
+        "maxLength": lambda: f"is too long: {_size(value)}, at most {limit}",
+        "maxItems": lambda: f"has too many items: {_size(value)}, at most {limit}",
+        "minItems": lambda: f"has too few items: {_size(value)}, at least {limit}",
+        "maxProperties": lambda: f"has too many entries: {_size(value)}, at most {limit}",
+        "propertyNames": lambda: "has a key that is too long or not a string",
+        "pattern": lambda: "contains a NUL character",
+        "format": lambda: f"is not a {limit!r}",
+        "const": lambda: f"must be {limit!r}",
+        "oneOf": lambda: (
+            "is neither a file reference ({file_id}) nor inline content "
+            "({filename, content_base64})"
+        ),
+    }
+    text = messages.get(str(error.validator), lambda: f"fails the schema's {error.validator}")()
+    return f"{text} (at {_where(error)})"
+
+
+def _unexpected(error: ValidationError) -> str:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    allowed = set(schema.get("properties", {}))
+    extra = sorted(set(error.instance) - allowed) if isinstance(error.instance, dict) else []
+    names = ", ".join(repr(_step(name)) for name in extra[:5])
+    verb = "was" if len(extra) == 1 else "were"
+    return f"Additional properties are not allowed ({names} {verb} unexpected)"
 
 
 @dataclass(frozen=True, slots=True)

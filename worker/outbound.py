@@ -15,6 +15,7 @@ from worker.store import OutboxMessage
 # Headers on a dead letter; the body is the original delivery, byte for byte.
 H_REASON = "x-aw-reason"
 H_ERROR = "x-aw-error"
+H_ERROR_CLASS = "x-aw-error-class"
 H_ATTEMPTS = "x-aw-attempts"
 H_FIRST_FAILURE = "x-aw-first-failure-at"
 H_LAST_FAILURE = "x-aw-last-failure-at"
@@ -47,12 +48,28 @@ class Delivery:
         return str(self.headers.get(H_FORCE, "")).lower() in ("1", "true", "yes")
 
 
+# Every x-aw-* header the worker writes stays within this many UTF-8 bytes.
+HEADER_MAX_BYTES = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
+    """Why events are dead-lettered: the reason code and a readable, content-free error."""
+
     reason: ReasonCode
     error: str
     attempts: int = 1
     first_failure_at: datetime | None = None
+    # For internal errors: the exception class and the stage it failed in.
+    error_class: str | None = None
+
+
+def bounded(text: str, limit: int = HEADER_MAX_BYTES) -> str:
+    """`text` cut to `limit` UTF-8 bytes (marked), never inside a character."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "..."
 
 
 def reply_outbox(reply: AssistantReply, topology: Topology) -> OutboxMessage:
@@ -85,13 +102,15 @@ def dead_letter_outbox(
     headers = {
         **delivery.headers,
         H_REASON: str(failure.reason),
-        H_ERROR: failure.error[:4000],
+        H_ERROR: bounded(failure.error),
         H_ATTEMPTS: failure.attempts,
         H_FIRST_FAILURE: rfc3339(failure.first_failure_at or now),
         H_LAST_FAILURE: rfc3339(now),
         H_ORIGINAL_EXCHANGE: delivery.exchange,
         H_ORIGINAL_ROUTING_KEY: delivery.routing_key,
     }
+    if failure.error_class is not None:
+        headers[H_ERROR_CLASS] = bounded(failure.error_class)
     if event_id is not None:
         headers[H_EVENT_ID] = event_id
     if conversation_id is not None:

@@ -18,6 +18,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from worker.errors import ApiUnavailable, PermanentApiError
 from worker.metrics import Metrics
+from worker.settings import Settings
 
 T = TypeVar("T")
 log = structlog.get_logger("worker.retry")
@@ -46,6 +47,30 @@ def retry_after_s(exc: BaseException) -> float | None:
     except ValueError:
         return None
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How often to try something that failed for no known reason, and how long to wait."""
+
+    attempts: int
+    base_s: float
+    cap_s: float
+    jitter: float = 0.25
+
+    def delay_s(self, failures: int) -> float:
+        """The wait after the `failures`-th failure: doubling from `base_s`, capped, jittered."""
+        delay: float = min(self.cap_s, self.base_s * 2.0 ** (failures - 1))
+        return delay * (1 - self.jitter * random.random())
+
+
+def internal_backoff(settings: Settings) -> Backoff:
+    """AW_INTERNAL_*: for failures no other class covers, wherever they happen."""
+    return Backoff(
+        settings.internal_attempts,
+        settings.internal_backoff_base_s,
+        settings.internal_backoff_cap_s,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,4 +161,18 @@ def _error_code(exc: openai.APIStatusError) -> str:
 def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, openai.APIStatusError):
         return f"HTTP {exc.status_code}: {exc.message}"
+    if isinstance(exc, openai.APIConnectionError):
+        # The SDK's transport reports a refused or dropped connection as "Request timed out";
+        # what really happened is at the end of the cause chain.
+        root = _root_cause(exc)
+        if root is not exc:
+            return f"{type(exc).__name__}: {type(root).__name__}: {str(root)[:200]}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from worker.attachments import FileKind, ModelFile
 from worker.errors import LeaseLost
 
 if TYPE_CHECKING:
@@ -46,10 +47,12 @@ class IntakeResult(StrEnum):
     REOPENED = "reopened"
     ALREADY_PENDING = "already_pending"
     ALREADY_SETTLED = "already_settled"
+    # Not stored: the conversation's backend cannot honour a field the event sets.
+    REFUSED = "refused"
 
     @property
     def needs_answer(self) -> bool:
-        return self is not IntakeResult.ALREADY_SETTLED
+        return self not in (IntakeResult.ALREADY_SETTLED, IntakeResult.REFUSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,8 @@ class OpenBatch:
     run_id: str | None
     messages_added: bool
     after_item_id: str | None
+    # Failures no other class covers, so far (AW_INTERNAL_ATTEMPTS bounds them).
+    failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +173,10 @@ class IncomingEvent:
     # An operator's forced replay: answer it again even if it was answered.
     forced: bool
     occurred_at: datetime | None
+    # Events coalesce only with neighbours of equal key (see start_batch in queries.sql).
+    batch_key: str | None = None
+    # The backend the event's fields need, if only one can honour them.
+    needs_backend: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +184,8 @@ class Intaken:
     result: IntakeResult
     # Taken in the same transaction when the event needs an answer and nobody owns it.
     lease: Lease | None
+    # The conversation's backend (recorded on first contact).
+    backend: str
 
 
 class Store:
@@ -216,16 +227,19 @@ class Store:
     ) -> Intaken:
         """Stores the event, says whether it still needs an answer, and if it does takes the
         conversation's lease for `owner` unless somebody holds it. A new conversation starts on
-        `backend` with `assistant_id`."""
+        `backend` with `assistant_id`. An event that needs another backend than the
+        conversation's is not stored (REFUSED)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.fetchrow(
+            actual = await conn.fetchval(
                 q("lock_conversation"), event.conversation_id, backend, assistant_id
             )
+            if event.needs_backend not in (None, actual):
+                return Intaken(IntakeResult.REFUSED, None, actual)
             result = await _store_event(conn, event)
             lease = None
             if result.needs_answer:
                 lease = await _acquire_lease(conn, event.conversation_id, owner, lease_ttl_s)
-        return Intaken(result, lease)
+        return Intaken(result, lease, actual)
 
     async def acquire_lease(self, conversation_id: str, owner: str, ttl_s: float) -> Lease | None:
         async with self._pool.acquire() as conn:
@@ -289,6 +303,37 @@ class Store:
         async with self._fenced(lease) as (conn, _):
             await conn.execute(q("record_run_started"), batch_id, run_id, attempt)
 
+    async def record_batch_failure(self, lease: Lease, batch_id: uuid.UUID) -> tuple[int, datetime]:
+        """Counts a failure no other class covers; returns the count and the first's time."""
+        async with self._fenced(lease) as (conn, _):
+            row = await conn.fetchrow(q("record_batch_failure"), batch_id)
+        assert row is not None
+        return int(row["failures"]), row["first_failure_at"]
+
+    async def batch_files(self, event_ids: Sequence[str]) -> dict[tuple[str, int], ModelFile]:
+        """The files already recorded for these events' attachments, by (event, position)."""
+        rows = await self._pool.fetch(q("batch_attachments"), list(event_ids))
+        return {
+            (r["event_id"], r["position"]): ModelFile(
+                r["file_id"], r["filename"], FileKind(r["kind"])
+            )
+            for r in rows
+        }
+
+    async def record_file(
+        self, lease: Lease, event_id: str, position: int, file: ModelFile, *, uploaded: bool
+    ) -> None:
+        async with self._fenced(lease) as (conn, _):
+            await conn.execute(
+                q("record_attachment"),
+                event_id,
+                position,
+                file.file_id,
+                file.filename,
+                file.kind,
+                uploaded,
+            )
+
     async def record_run_retry(
         self, lease: Lease, batch_id: uuid.UUID, ended: RunRecord, after_item_id: str | None
     ) -> None:
@@ -342,7 +387,15 @@ class Store:
         """How many rows `prune` would delete, per table."""
         row = await self._pool.fetchrow(q("count_prunable"), cutoff)
         assert row is not None
-        return {table: int(row[table]) for table in PRUNED_TABLES}
+        return {table: int(row[table]) for table in ("files", *PRUNED_TABLES)}
+
+    async def prunable_files(self, cutoff: datetime, limit: int) -> list[tuple[str, int, str]]:
+        """(event_id, position, file_id) of files the worker uploaded for prunable events."""
+        rows = await self._pool.fetch(q("prunable_files"), cutoff, limit)
+        return [(r["event_id"], r["position"], r["file_id"]) for r in rows]
+
+    async def forget_files(self, files: Sequence[tuple[str, int, str]]) -> None:
+        await self._pool.execute(q("forget_files"), [f[0] for f in files], [f[1] for f in files])
 
     async def prune(
         self, cutoff: datetime, *, chunk: int, on_chunk: Callable[[str, int], None]
@@ -420,6 +473,7 @@ async def _store_event(conn: Connection, e: IncomingEvent) -> IntakeResult:
         e.routing_key,
         e.replay_count,
         e.occurred_at,
+        e.batch_key,
     )
     if seq is not None:
         return IntakeResult.NEW
@@ -427,7 +481,9 @@ async def _store_event(conn: Connection, e: IncomingEvent) -> IntakeResult:
     assert existing is not None
     status, stored_replays = existing["status"], existing["replay_count"]
     if _reopens(status, stored_replays, e.replay_count, e.forced):
-        await conn.execute(q("reopen_event"), e.event_id, e.replay_count, e.body, e.headers)
+        await conn.execute(
+            q("reopen_event"), e.event_id, e.replay_count, e.body, e.headers, e.batch_key
+        )
         return IntakeResult.REOPENED
     if status in ("answered", "dead_lettered"):
         return IntakeResult.ALREADY_SETTLED
@@ -450,6 +506,7 @@ def _open_batch(row: asyncpg.Record) -> OpenBatch:
         row["run_id"],
         row["messages_added"],
         row["after_item_id"],
+        row["failures"],
     )
 
 

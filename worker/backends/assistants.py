@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import openai
+from openai.types import FilePurpose
 from openai.types.beta.threads import Message, Run
+from openai.types.beta.threads.message_content_part_param import MessageContentPartParam
 from openai.types.beta.threads.run_create_params import AdditionalMessage
 
-from worker.backends.base import RunSnapshot, RunStatus, ToolCall, ToolOutput, Turn
+from worker.attachments import FileKind
+from worker.backends.base import RunSnapshot, RunStatus, ToolCall, ToolOutput, Turn, author_tags
 from worker.errors import ThreadBusy
 from worker.events import ReplyMessage, RunError, Usage, UserMessage
 
@@ -26,7 +28,6 @@ class AssistantsBackend:
 
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         self._threads = client.beta.threads
-        self._files = client.files
 
     async def create_thread(self, conversation_id: str) -> str:
         thread = await self._threads.create(metadata={"aw_conversation_id": conversation_id[:512]})
@@ -48,9 +49,7 @@ class AssistantsBackend:
         return None
 
     async def start_run(self, thread_id: str, turn: Turn) -> RunSnapshot:
-        messages = (
-            [await self._message(m, turn) for m in turn.messages] if turn.add_messages else None
-        )
+        messages = [_message(m, turn) for m in turn.messages] if turn.add_messages else None
         try:
             run = await self._threads.runs.create(
                 thread_id,
@@ -91,29 +90,36 @@ class AssistantsBackend:
         page = self._threads.messages.list(thread_id, run_id=run_id, order="asc", limit=100)
         return tuple([_reply_message(m) async for m in page if m.role == "assistant"])
 
-    async def _message(self, message: UserMessage, turn: Turn) -> AdditionalMessage:
-        metadata = {
-            **message.metadata,
-            "aw_event_id": message.event_id,
-            "aw_batch_id": str(turn.batch_id),
-        }
-        attachments = [
-            {"file_id": await self._file_id(a), "tools": [{"type": "file_search"}]}
-            for a in message.attachments
-        ]
-        result: AdditionalMessage = {"role": "user", "content": message.text, "metadata": metadata}
-        if attachments:
-            result["attachments"] = attachments  # type: ignore[typeddict-item]
-        return result
+    def upload_purpose(self, kind: FileKind) -> FilePurpose:
+        # Assistants read documents through file search, and look at images given as
+        # `image_file` parts, which must be uploaded for vision.
+        return "vision" if kind is FileKind.IMAGE else "assistants"
 
-    async def _file_id(self, attachment: dict[str, str]) -> str:
-        if "file_id" in attachment:
-            return attachment["file_id"]
-        content = base64.b64decode(attachment["content_base64"])
-        uploaded = await self._files.create(
-            file=(attachment["filename"], content), purpose="assistants"
-        )
-        return uploaded.id
+
+def _message(message: UserMessage, turn: Turn) -> AdditionalMessage:
+    """A user message: its text, images as `image_file` parts, documents for file search."""
+    metadata = {
+        **message.metadata,
+        "aw_event_id": message.event_id[:512],
+        "aw_batch_id": str(turn.batch_id),
+        **author_tags(message.author),
+    }
+    files = [turn.file(message, a) for a in message.attachments]
+    images: list[MessageContentPartParam] = [
+        {"type": "image_file", "image_file": {"file_id": f.file_id}}
+        for f in files
+        if f.kind is FileKind.IMAGE
+    ]
+    content: str | list[MessageContentPartParam] = message.text
+    if images:
+        content = [{"type": "text", "text": message.text}, *images]
+    result: AdditionalMessage = {"role": "user", "content": content, "metadata": metadata}
+    documents = [f for f in files if f.kind is FileKind.DOCUMENT]
+    if documents:
+        result["attachments"] = [
+            {"file_id": f.file_id, "tools": [{"type": "file_search"}]} for f in documents
+        ]
+    return result
 
 
 def _thread_busy(exc: openai.BadRequestError) -> ThreadBusy | None:

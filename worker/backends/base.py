@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-from worker.events import ReplyMessage, RunError, Usage, UserMessage
+from openai.types import FilePurpose
+
+from worker.attachments import FileKind, ModelFile
+from worker.events import Attachment, Author, ReplyMessage, RunError, Usage, UserMessage
 
 
 class RunStatus(StrEnum):
@@ -53,6 +56,20 @@ class Turn:
     add_messages: bool
     # The thread's newest item before this turn (Responses); where to look for its effects.
     after_item_id: str | None = None
+    # The files of the messages' attachments, recorded before the run, by (event, position).
+    files: Mapping[tuple[str, int], ModelFile] = field(default_factory=dict)
+
+    def file(self, message: UserMessage, attachment: Attachment) -> ModelFile:
+        return self.files[(message.event_id, attachment.position)]
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The events' metadata: a batch only holds events whose metadata are equal."""
+        return dict(self.messages[-1].metadata)
+
+    @property
+    def author(self) -> Author | None:
+        return self.messages[-1].author
 
     @property
     def instructions(self) -> str | None:
@@ -66,6 +83,16 @@ class Turn:
             "aw_attempt": str(self.attempt),
             "aw_conversation_id": self.conversation_id[:512],
         }
+
+
+def author_tags(author: Author | None) -> dict[str, str]:
+    """The author as metadata, within OpenAI's 512-character values."""
+    if author is None:
+        return {}
+    tags = {"aw_author_id": author.id[:512]}
+    if author.name:
+        tags["aw_author_name"] = author.name[:512]
+    return tags
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +129,9 @@ class Backend(Protocol):
     """
 
     name: str
+
+    def upload_purpose(self, kind: FileKind) -> FilePurpose:
+        """The Files API purpose under which this backend's model reads a file of `kind`."""
 
     async def create_thread(self, conversation_id: str) -> str: ...
 

@@ -2,20 +2,21 @@
 -- Parameters are listed in each header comment.
 
 -- name: lock_conversation
--- Creates the conversation on first contact and row-locks it until the transaction ends, so
--- intake and lease release serialise per conversation.
+-- Creates the conversation on first contact (with the assistant that contact chose) and
+-- row-locks it until the transaction ends, so intake and lease release serialise per
+-- conversation. Returns the backend the conversation is on.
 -- $1 conversation_id, $2 backend, $3 assistant_id
 INSERT INTO conversations (conversation_id, backend, assistant_id)
 VALUES ($1, $2, $3)
 ON CONFLICT (conversation_id) DO UPDATE SET updated_at = now()
-RETURNING lease_token IS NOT NULL AND lease_expires_at > now() AS leased;
+RETURNING backend;
 
 -- name: insert_event
 -- $1 event_id, $2 conversation_id, $3 body, $4 headers, $5 routing_key, $6 replay_count,
--- $7 occurred_at
+-- $7 occurred_at, $8 batch_key
 INSERT INTO inbound_events (event_id, conversation_id, body, headers, routing_key, replay_count,
-                            occurred_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+                            occurred_at, batch_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING seq;
 
@@ -25,10 +26,10 @@ SELECT status, replay_count, conversation_id FROM inbound_events WHERE event_id 
 
 -- name: reopen_event
 -- An operator replayed the event: treat it as new.
--- $1 event_id, $2 replay_count, $3 body, $4 headers
+-- $1 event_id, $2 replay_count, $3 body, $4 headers, $5 batch_key
 UPDATE inbound_events
 SET status = 'pending', batch_id = NULL, replay_count = $2, body = $3, headers = $4,
-    settled_at = NULL
+    settled_at = NULL, batch_key = $5
 WHERE event_id = $1;
 
 -- name: acquire_lease
@@ -74,15 +75,24 @@ UPDATE conversations SET thread_id = $2, updated_at = now() WHERE conversation_i
 -- name: start_batch
 -- Opens a batch of the oldest pending events (in the order the customer wrote them when the
 -- helpdesk said, else in the order stored) and returns them in that order; no rows, and no
--- batch, when none wait. One statement: it runs inside the owner's fenced transaction.
+-- batch, when none wait. A batch ends before the first event whose batch_key differs from the
+-- oldest one's: a run applies metadata, author and assistant to all of its messages. One
+-- statement: it runs inside the owner's fenced transaction.
 -- $1 batch_id, $2 conversation_id, $3 limit, $4 after_item_id
-WITH pending AS (
-    SELECT event_id, body, headers, routing_key, received_at,
+WITH candidates AS (
+    SELECT event_id, body, headers, routing_key, received_at, batch_key,
            row_number() OVER (ORDER BY coalesce(occurred_at, received_at), seq) AS position
     FROM inbound_events
     WHERE conversation_id = $2 AND status = 'pending'
     ORDER BY coalesce(occurred_at, received_at), seq
     LIMIT $3
+), cut AS (
+    SELECT min(c.position) AS at
+    FROM candidates c, candidates oldest
+    WHERE oldest.position = 1 AND c.batch_key IS DISTINCT FROM oldest.batch_key
+), pending AS (
+    SELECT * FROM candidates
+    WHERE position < coalesce((SELECT at FROM cut), position + 1)
 ), opened AS (
     INSERT INTO batches (batch_id, conversation_id, event_ids, after_item_id)
     SELECT $1, $2, array_agg(event_id ORDER BY position), $4
@@ -96,7 +106,7 @@ SELECT event_id, body, headers, routing_key, received_at FROM pending ORDER BY p
 
 -- name: open_batch
 -- $1 conversation_id
-SELECT batch_id, event_ids, attempt, run_id, messages_added, after_item_id
+SELECT batch_id, event_ids, attempt, run_id, messages_added, after_item_id, failures
 FROM batches
 WHERE conversation_id = $1 AND status = 'open';
 
@@ -117,6 +127,41 @@ WITH started AS (
 INSERT INTO runs (run_id, batch_id, attempt, status)
 SELECT $2, batch_id, $3, 'started' FROM started
 ON CONFLICT (run_id) DO NOTHING;
+
+-- name: record_batch_failure
+-- A failure no other class covers; returns how many the batch has had.
+-- $1 batch_id
+UPDATE batches SET failures = failures + 1, first_failure_at = coalesce(first_failure_at, now())
+WHERE batch_id = $1
+RETURNING failures, first_failure_at;
+
+-- name: batch_attachments
+-- The files recorded for a batch's events, so none is uploaded twice.
+-- $1 event_ids
+SELECT event_id, position, file_id, filename, kind
+FROM attachments WHERE event_id = ANY($1::text[]);
+
+-- name: record_attachment
+-- Right after the upload (or the look-up of a referenced file), before the run is created.
+-- $1 event_id, $2 position, $3 file_id, $4 filename, $5 kind, $6 uploaded
+INSERT INTO attachments (event_id, position, file_id, filename, kind, uploaded)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (event_id, position) DO NOTHING;
+
+-- name: prunable_files
+-- Files the worker uploaded for events `prune` is about to delete.
+-- $1 cutoff, $2 at most this many rows
+SELECT a.event_id, a.position, a.file_id
+FROM attachments a JOIN inbound_events e USING (event_id)
+WHERE a.uploaded AND e.status IN ('answered', 'dead_lettered') AND e.settled_at < $1
+LIMIT $2;
+
+-- name: forget_files
+-- Their files are deleted at the API; the rows go too.
+-- $1 event_ids, $2 positions (pairwise)
+DELETE FROM attachments a
+USING unnest($1::text[], $2::integer[]) AS f(event_id, position)
+WHERE a.event_id = f.event_id AND a.position = f.position;
 
 -- name: record_run_ended
 -- $1 run_id, $2 status, $3 polls, $4 usage, $5 error
@@ -223,7 +268,10 @@ SELECT
     (SELECT count(*) FROM batches WHERE status = 'finished' AND finished_at < $1) AS batches,
     (SELECT count(*) FROM runs r JOIN batches b USING (batch_id)
      WHERE b.status = 'finished' AND b.finished_at < $1) AS runs,
-    (SELECT count(*) FROM outbox WHERE published_at < $1) AS outbox;
+    (SELECT count(*) FROM outbox WHERE published_at < $1) AS outbox,
+    (SELECT count(*) FROM attachments a JOIN inbound_events e USING (event_id)
+     WHERE a.uploaded AND e.status IN ('answered', 'dead_lettered') AND e.settled_at < $1)
+        AS files;
 
 -- name: prune_runs
 -- $1 cutoff, $2 at most this many rows

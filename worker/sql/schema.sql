@@ -38,7 +38,10 @@ CREATE TABLE inbound_events (
     received_at     timestamptz NOT NULL DEFAULT now(),
     settled_at      timestamptz,
     -- When the customer wrote, if the helpdesk said; orders a batch.
-    occurred_at     timestamptz
+    occurred_at     timestamptz,
+    -- Events coalesce only with neighbours of the same key: what a run applies to all of its
+    -- messages (metadata, author, assistant). NULL when the event sets none of them.
+    batch_key       text
 );
 CREATE INDEX inbound_events_pending_idx ON inbound_events (conversation_id, seq)
     WHERE status = 'pending';
@@ -56,7 +59,9 @@ CREATE TABLE batches (
     created_at      timestamptz NOT NULL DEFAULT now(),
     finished_at     timestamptz,
     -- Where this turn's items start: the thread's newest item before the current attempt.
-    after_item_id   text
+    after_item_id   text,
+    -- Failures no other class covers; at AW_INTERNAL_ATTEMPTS the batch is dead-lettered.
+    failures        integer NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX batches_one_open_per_conversation ON batches (conversation_id)
     WHERE status = 'open';
@@ -73,6 +78,21 @@ CREATE TABLE runs (
     ended_at   timestamptz
 );
 CREATE INDEX runs_batch_idx ON runs (batch_id);
+
+-- Files the model is sent, recorded before the run that sends them is created, so an inline
+-- attachment is uploaded once however often its batch is retried or resumed.
+CREATE TABLE attachments (
+    event_id   text NOT NULL REFERENCES inbound_events ON DELETE CASCADE,
+    position   integer NOT NULL,
+    file_id    text NOT NULL,
+    filename   text NOT NULL,
+    kind       text NOT NULL CHECK (kind IN ('document', 'image')),
+    -- Uploaded by the worker (inline content): deleted at the API when the event is pruned.
+    uploaded   boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_id, position)
+);
+CREATE INDEX attachments_uploaded_idx ON attachments (event_id) WHERE uploaded;
 
 -- Messages to publish, written in the same transaction as the state change they announce.
 CREATE TABLE outbox (
