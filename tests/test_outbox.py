@@ -64,7 +64,7 @@ class BrokerAway:
 
     def __init__(self) -> None:
         self.down = True
-        self.published: list[str | None] = []
+        self.published: list[str] = []
 
     async def get_exchange(self, _name: str, ensure: bool = False) -> BrokerAway:
         return self
@@ -72,7 +72,7 @@ class BrokerAway:
     async def publish(self, message: aio_pika.Message, routing_key: str, **_: Any) -> None:
         if self.down:
             raise ChannelInvalidStateError("writer is None")
-        self.published.append(message.message_id)
+        self.published.append(message.message_id or "")
 
 
 def _reply(n: int) -> OutboxMessage:
