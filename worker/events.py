@@ -251,7 +251,7 @@ def describe(error: ValidationError) -> str:
         "minItems": lambda: f"has too few items: {_size(value)}, at least {limit}",
         "maxProperties": lambda: f"has too many entries: {_size(value)}, at most {limit}",
         "propertyNames": lambda: "has a key that is too long or not a string",
-        "pattern": lambda: "contains a NUL character",
+        "pattern": lambda: _pattern(limit),
         "format": lambda: f"is not a {limit!r}",
         "const": lambda: f"must be {limit!r}",
         "oneOf": lambda: (
@@ -260,7 +260,15 @@ def describe(error: ValidationError) -> str:
         ),
     }
     text = messages.get(str(error.validator), lambda: f"fails the schema's {error.validator}")()
+    if "propertyNames" in error.schema_path and error.validator == "maxLength":
+        text = f"has a key that {text}"
     return f"{text} (at {_where(error)})"
+
+
+def _pattern(pattern: object) -> str:
+    if pattern == "^(?!aw_)":
+        return "has a key with the prefix 'aw_', reserved for the worker's own tags"
+    return "contains a NUL character"
 
 
 def _unexpected(error: ValidationError) -> str:
