@@ -137,12 +137,16 @@ def _id(item: Assistant | Message) -> str:
     return item.id
 
 
-def build_thread(body: Json) -> Thread:
-    """A thread with its initial messages, not yet stored."""
+def build_thread(body: Json, param_prefix: str = "") -> Thread:
+    """A thread with its initial messages, not yet stored.
+
+    ``param_prefix`` is where ``body`` sits in the request (``thread.`` for
+    create-thread-and-run), so errors name the full path.
+    """
     thread = Thread(id=new_id("thread"), created_at=time.time(), metadata=metadata(body))
     raw_messages = opt_list(body, "messages") or []
     thread.messages = [
-        parse_new_message(raw, thread.id, param=f"messages[{index}]")
+        parse_new_message(raw, thread.id, param=f"{param_prefix}messages[{index}]")
         for index, raw in enumerate(raw_messages)
     ]
     return thread

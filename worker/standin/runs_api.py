@@ -102,7 +102,7 @@ class RunsApi:
         body = await read_json(request)
         reject_streaming(body)
         spec = self._spec(body)
-        thread = build_thread(opt_dict(body, "thread") or {})
+        thread = build_thread(opt_dict(body, "thread") or {}, param_prefix="thread.")
         # The thread's messages go in through the run so a rejected run leaves nothing.
         initial, thread.messages = thread.messages, []
         self._state.ensure_files(message_file_refs(initial))
