@@ -34,7 +34,7 @@ from tests.harness import (
     max_recovery_s,
     publish_load,
 )
-from tests.support import AMQP_URL, admin_sql, dsn_for, tagged_topology, worker_env
+from tests.support import AMQP_URL, API_KEY, admin_sql, dsn_for, tagged_topology, worker_env
 from worker import topology as topo
 from worker.migrate import migrate
 from worker.settings import BackendName, Settings, Topology
@@ -69,6 +69,7 @@ async def main(args: argparse.Namespace) -> int:
             amqp_url=SecretStr(AMQP_URL),
             database_url=SecretStr(dsn_for(database)),
             openai_base_url=base_url,
+            openai_api_key=SecretStr(API_KEY),
             backend=BackendName(args.backend),
             topology=topology,
         )

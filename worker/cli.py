@@ -16,7 +16,15 @@ import typer
 
 from worker.dlq_cli import app as dlq_app
 from worker.logging import configure_logging
-from worker.settings import BackendName, Settings
+from worker.settings import (
+    API_KEY_VARIABLES,
+    BackendName,
+    InvalidSettings,
+    LogLevel,
+    Settings,
+    load_settings,
+    unknown_variables,
+)
 
 app = typer.Typer(
     help="Relay helpdesk messages to an OpenAI assistant and publish its replies.",
@@ -25,11 +33,13 @@ app = typer.Typer(
     # Docstring paragraphs are reflowed to the terminal, not broken where the source breaks.
     rich_markup_mode="markdown",
 )
+# As for a bad option: the operator has to change how the command is started.
+EXIT_BAD_SETTINGS = 2
 
 
 def _settings(**defaults: Any) -> Settings:
     """Loads settings from the environment; `defaults` apply where the environment is silent."""
-    settings = Settings()
+    settings = _load_or_exit()
     unset = {k: v for k, v in defaults.items() if f"AW_{k.upper()}" not in os.environ}
     settings = settings.model_copy(update=unset)
     secrets = [settings.openai_api_key.get_secret_value()]
@@ -39,7 +49,32 @@ def _settings(**defaults: Any) -> Settings:
         if password:
             secrets.append(password)
     configure_logging(settings.log_level, settings.log_format, secrets)
+    _warn_unknown_variables()
     return settings
+
+
+def _load_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except InvalidSettings as exc:
+        typer.echo(f"assistant-worker: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+
+
+def _warn_unknown_variables() -> None:
+    log = structlog.get_logger("worker.cli")
+    for name, closest in unknown_variables():
+        log.warning("unknown_setting", variable=name, did_you_mean=closest)
+
+
+@app.callback()
+def _check_environment(ctx: typer.Context) -> None:
+    # Every command, including those that read Settings() themselves (dlq), refuses a bad
+    # value in one line before it can surface as a traceback quoting the value. `--help` works
+    # whatever the environment holds.
+    if ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:]):
+        return
+    _load_or_exit()
 
 
 def _password(dsn: str) -> str | None:
@@ -54,6 +89,12 @@ def run() -> None:
     from worker.service import WorkerService
 
     settings = _settings()
+    if not settings.has_api_key:
+        typer.echo(
+            f"assistant-worker run: no OpenAI API key; set {' or '.join(API_KEY_VARIABLES)}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_BAD_SETTINGS)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -62,23 +103,27 @@ def run() -> None:
             loop.add_signal_handler(sig, stop.set)
         await WorkerService(settings).run(stop)
 
-    _run_logged("worker", main)
+    _run_logged("worker", main, settings)
 
 
-def _run_logged(what: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+def _run_logged(
+    what: str, main: Callable[[], Coroutine[Any, Any, None]], settings: Settings
+) -> None:
     """Runs `main`; a failure is logged (secrets scrubbed) instead of a raw traceback."""
     try:
         asyncio.run(main())
     except Exception as exc:  # noqa: BLE001 - the process ends here either way
-        structlog.get_logger("worker.cli").error(f"{what}_failed", error=repr(exc), hint=_hint(exc))
+        hint = _hint(exc, settings)
+        structlog.get_logger("worker.cli").error(f"{what}_failed", error=repr(exc), hint=hint)
         raise typer.Exit(1) from None
 
 
-def _hint(exc: Exception) -> str | None:
+def _hint(exc: Exception, settings: Settings) -> str | None:
     import asyncpg
-    from aiormq.exceptions import AMQPConnectionError, ChannelPreconditionFailed
+    from aiormq.exceptions import ChannelPreconditionFailed
 
     from worker.migrate import SchemaOutOfDate
+    from worker.startup import explain
 
     if isinstance(exc, SchemaOutOfDate):
         return "run `assistant-worker migrate` (the migrations Job, on Kubernetes) first"
@@ -88,9 +133,11 @@ def _hint(exc: Exception) -> str | None:
         return "the schema is missing or old: run `assistant-worker migrate`"
     if isinstance(exc, ChannelPreconditionFailed):
         return "a queue or exchange exists with other arguments than the worker declares"
-    if isinstance(exc, AMQPConnectionError | ConnectionError):
-        return "cannot reach RabbitMQ or Postgres: check AW_AMQP_URL / AW_DATABASE_URL"
-    return None
+    if isinstance(exc, FileNotFoundError):
+        return f"a file the worker needs is missing ({exc.filename}): reinstall the package"
+    return explain(
+        exc, settings.amqp_url.get_secret_value(), settings.database_url.get_secret_value()
+    )
 
 
 @app.command()
@@ -107,7 +154,7 @@ def migrate() -> None:
         if not applied:
             typer.echo("database schema is up to date")
 
-    _run_logged("migrate", main)
+    _run_logged("migrate", main, settings)
 
 
 app.add_typer(dlq_app, name="dlq")
@@ -145,7 +192,7 @@ def move_conversations(
             f"moved {len(moved)} conversation(s) to {to.value}; {busy} busy, left as they are"
         )
 
-    _run_logged("move", main)
+    _run_logged("move", main, settings)
 
 
 # Settled events are the record that makes a redelivered duplicate harmless: keep them at
@@ -195,7 +242,7 @@ def prune(
         summary = ", ".join(f"{count} {table}" for table, count in counts.items())
         typer.echo(f"{verb} {summary} (settled before {cutoff.isoformat(timespec='seconds')})")
 
-    _run_logged("prune", main)
+    _run_logged("prune", main, settings)
 
 
 @app.command()
@@ -228,7 +275,7 @@ def demo(
     from worker.demo import play
 
     # Quiet by default so the conversation stands out; AW_LOG_LEVEL=info shows the worker's logs.
-    settings = _settings(log_level="warning")
+    settings = _settings(log_level=LogLevel.WARNING)
     ok = asyncio.run(play(settings, standin_port=standin_port, timeout_s=timeout_s))
     sys.exit(0 if ok else 1)
 

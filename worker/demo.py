@@ -8,6 +8,7 @@ from contextlib import aclosing
 
 import aio_pika
 from aio_pika.abc import AbstractQueue
+from pydantic import SecretStr
 from rich.console import Console
 
 from worker.helpdesk import publish_user_message, replies
@@ -16,6 +17,8 @@ from worker.service import WorkerService
 from worker.settings import Settings
 from worker.standin import StandIn, StandInConfig
 
+# The stand-in takes any key; the worker refuses to run without one.
+STANDIN_API_KEY = "sk-standin"
 # (conversation, text, pause before sending). Customer A's first three messages arrive while
 # the first run is still going, so the next run answers two of them at once (coalescing).
 SCRIPT: tuple[tuple[str, str, float], ...] = (
@@ -33,7 +36,10 @@ async def play(settings: Settings, *, standin_port: int, timeout_s: float) -> bo
     await migrate(settings.database_url.get_secret_value())
     standin = StandIn(StandInConfig(run_duration_ms=300))
     base_url = await standin.start(host="127.0.0.1", port=standin_port)
-    settings = settings.model_copy(update={"openai_base_url": base_url})
+    # The stand-in, named outright: the settings' own defaults point at OpenAI itself.
+    settings = settings.model_copy(
+        update={"openai_base_url": base_url, "openai_api_key": SecretStr(STANDIN_API_KEY)}
+    )
     console.print(f"[bold]OpenAI stand-in[/] at {base_url}; backend [bold]{settings.backend}[/]")
     stop = asyncio.Event()
     service = WorkerService(settings)

@@ -25,6 +25,8 @@ class Health:
     consuming: bool = False
     draining: bool = False
     failed: bool = False
+    # While starting: the server waited for and why, e.g. "rabbitmq: connection refused".
+    waiting_for: str | None = None
 
     def checks(self) -> dict[str, bool]:
         return {
@@ -96,9 +98,13 @@ class HealthServer:
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         checks = self._health.checks()
-        return _json(
-            {"ready": all(checks.values()), "checks": checks}, 200 if all(checks.values()) else 503
-        )
+        ready = all(checks.values())
+        body: dict[str, object] = {"ready": ready, "checks": checks}
+        if not ready:
+            body["missing"] = [name for name, ok in checks.items() if not ok]
+        if self._health.waiting_for is not None:
+            body["waiting_for"] = self._health.waiting_for
+        return _json(body, 200 if ready else 503)
 
 
 def _json(body: object, status: int) -> web.Response:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aio_pika
+import asyncpg
 import openai
 import structlog
 from aio_pika.abc import AbstractRobustConnection
@@ -15,6 +16,7 @@ from aio_pika.abc import AbstractRobustConnection
 from worker import topology
 from worker.backends.assistants import AssistantsBackend
 from worker.backends.base import Backend
+from worker.backends.files import Files
 from worker.backends.responses import ResponsesBackend
 from worker.consume import Consumer
 from worker.conversation import ConversationProcessor
@@ -26,9 +28,10 @@ from worker.ownership import Ownership
 from worker.pacing import Pacer
 from worker.polling import PollSchedule
 from worker.publish import OutboxRelay
-from worker.retry import RetryPolicy
+from worker.retry import RetryPolicy, internal_backoff
 from worker.runner import Runner
 from worker.settings import BackendName, Settings
+from worker.startup import Endpoint, Server, StoppedWhileWaiting, check_contract, wait_for
 from worker.store import Store, create_pool
 from worker.tools import ToolRegistry, default_tools
 
@@ -73,48 +76,64 @@ class WorkerService:
         self.health_port: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consumes until `stop` is set, then drains within the grace period and returns."""
-        s = self.settings
-        async with self._resources() as (store, relay_store, connection, client):
-            self.health.broker_connected = connection.connected.is_set
-            consume_channel = await connection.channel()
-            await consume_channel.set_qos(prefetch_count=s.concurrency)
-            publish_channel = await connection.channel(publisher_confirms=True)
-            if s.declare_topology:
-                await topology.declare(publish_channel, s.topology)
-            relay = OutboxRelay(relay_store, publish_channel, s.outbox_interval_s, self.metrics)
-            pacer = Pacer(ceiling=s.concurrency, lag_limit_s=s.loop_lag_limit_ms / 1000)
-            ownership = self._ownership(store, client, relay, pacer)
-            self.metrics.in_flight.set_function(lambda: ownership.in_flight)
-            self.metrics.pacing_limit.set_function(lambda: pacer.limit)
-            intake = Intake(s, store, ownership, relay.wake, self.metrics, pacer)
-            # A declared (passive) queue, not a bare handle: only those get their consumer back
-            # when the robust connection recovers from a broker restart.
-            queue = await consume_channel.get_queue(s.topology.inbound_queue)
-            consumer = Consumer(queue, intake)
-            async with _background(
-                relay.run_forever(),
-                pacer.watch_forever(),
-                ownership.renew_forever(),
-                ownership.sweep_forever(),
-                probe_database_forever(store, self.health, self.metrics, interval_s=2.0),
-            ) as crashed:
-                self.health.database_ok = True
-                await consumer.start()
-                self.health.consuming = True
-                self.ready.set()
-                log.info(
-                    "worker_started",
-                    backend=s.backend.value,
-                    concurrency=s.concurrency,
-                    health_port=self.health_port,
-                )
-                await _first_of(stop.wait(), crashed.wait())
-                self.health.failed = crashed.is_set()
-                await self._drain(consumer, ownership, relay)
-                if crashed.is_set():
-                    raise RuntimeError("a background task died; see the log above")
+        """Waits (unready) for the servers, consumes until `stop` is set, then drains within the
+        grace period and returns. Raises what will not mend by waiting: bad credentials, a
+        missing database or schema, a missing schema or SQL file."""
+        check_contract()
+        try:
+            async with self._resources(stop) as resources:
+                await self._serve(stop, *resources)
+        except StoppedWhileWaiting as exc:
+            log.info("worker_stopped", while_waiting_for=str(exc))
+            return
         log.info("worker_stopped")
+
+    async def _serve(
+        self,
+        stop: asyncio.Event,
+        store: Store,
+        relay_store: Store,
+        connection: AbstractRobustConnection,
+        client: openai.AsyncOpenAI,
+    ) -> None:
+        s = self.settings
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=s.concurrency)
+        publish_channel = await connection.channel(publisher_confirms=True)
+        if s.declare_topology:
+            await topology.declare(publish_channel, s.topology)
+        relay = OutboxRelay(relay_store, publish_channel, s.outbox_interval_s, self.metrics)
+        pacer = Pacer(ceiling=s.concurrency, lag_limit_s=s.loop_lag_limit_ms / 1000)
+        ownership = self._ownership(store, client, relay, pacer)
+        self.metrics.in_flight.set_function(lambda: ownership.in_flight)
+        self.metrics.pacing_limit.set_function(lambda: pacer.limit)
+        intake = Intake(s, store, ownership, relay.wake, self.metrics, pacer)
+        # A declared (passive) queue, not a bare handle: only those get their consumer back
+        # when the robust connection recovers from a broker restart.
+        queue = await consume_channel.get_queue(s.topology.inbound_queue)
+        consumer = Consumer(queue, intake, internal_backoff(s))
+        async with _background(
+            relay.run_forever(),
+            pacer.watch_forever(),
+            ownership.renew_forever(),
+            ownership.sweep_forever(),
+            probe_database_forever(store, self.health, self.metrics, interval_s=2.0),
+        ) as crashed:
+            self.health.database_ok = True
+            await consumer.start()
+            self.health.consuming = True
+            self.ready.set()
+            log.info(
+                "worker_started",
+                backend=s.backend.value,
+                concurrency=s.concurrency,
+                health_port=self.health_port,
+            )
+            await _first_of(stop.wait(), crashed.wait())
+            self.health.failed = crashed.is_set()
+            await self._drain(consumer, ownership, relay)
+            if crashed.is_set():
+                raise RuntimeError("a background task died; see the log above")
 
     async def _drain(self, consumer: Consumer, ownership: Ownership, relay: OutboxRelay) -> None:
         """Stops taking work, lets in-flight work finish within the grace period, hands back the
@@ -143,7 +162,9 @@ class WorkerService:
             name: Runner(backend, api, schedule, s.run_deadline_s, self._tools, pacer)
             for name, backend in make_backends(s, client, self._tools).items()
         }
-        processor = ConversationProcessor(s, store, runners, api, relay.wake, self.metrics, pacer)
+        processor = ConversationProcessor(
+            s, store, runners, Files(client), api, relay.wake, self.metrics, pacer
+        )
         return Ownership(
             store,
             processor.process,
@@ -155,31 +176,49 @@ class WorkerService:
 
     @contextlib.asynccontextmanager
     async def _resources(
-        self,
+        self, stop: asyncio.Event
     ) -> AsyncIterator[tuple[Store, Store, AbstractRobustConnection, openai.AsyncOpenAI]]:
         """The conversations' store, the relay's store (own connections, so a reply waiting to
         be published does not queue behind every conversation's statements), the broker and
-        the API client."""
+        the API client. The probes answer first, so a worker waiting for a server that is down
+        is seen alive and unready rather than restarted over and over."""
         s = self.settings
         async with contextlib.AsyncExitStack() as stack:
             server = HealthServer(self.health, self.metrics)
             self.health_port = await server.start(s.health_host, s.health_port)
             stack.push_async_callback(server.stop)
-            await check_schema(s.database_url.get_secret_value())
-            pool = await create_pool(
-                s.database_url.get_secret_value(), max_size=min(20, s.concurrency + 4)
-            )
+            log.info("health_serving", health_port=self.health_port)
+            postgres = Endpoint.of(Server.POSTGRES, s.database_url.get_secret_value())
+            pool, relay_pool = await wait_for(postgres, self._open_pools, stop, self.health)
             stack.push_async_callback(pool.close)
-            relay_pool = await create_pool(s.database_url.get_secret_value(), max_size=2)
             stack.push_async_callback(relay_pool.close)
-            connection = await aio_pika.connect_robust(
-                s.amqp_url.get_secret_value(),
-                client_properties={"connection_name": f"assistant-worker {s.worker_name}"},
-            )
+            self.health.database_ok = True
+            rabbitmq = Endpoint.of(Server.RABBITMQ, s.amqp_url.get_secret_value())
+            connection = await wait_for(rabbitmq, self._connect_broker, stop, self.health)
             stack.push_async_callback(connection.close)
+            self.health.broker_connected = connection.connected.is_set
             client = await stack.enter_async_context(make_client(s))
             store = Store(pool, batch_max_events=s.batch_max_events)
             yield store, Store(relay_pool), connection, client
+
+    async def _open_pools(self) -> tuple[asyncpg.Pool, asyncpg.Pool]:
+        """Both pools, once the schema is known to be new enough; nothing is left open if not."""
+        dsn = self.settings.database_url.get_secret_value()
+        await check_schema(dsn)
+        pool = await create_pool(dsn, max_size=min(20, self.settings.concurrency + 4))
+        try:
+            relay_pool = await create_pool(dsn, max_size=2)
+        except BaseException:
+            await pool.close()
+            raise
+        return pool, relay_pool
+
+    async def _connect_broker(self) -> AbstractRobustConnection:
+        s = self.settings
+        return await aio_pika.connect_robust(
+            s.amqp_url.get_secret_value(),
+            client_properties={"connection_name": f"assistant-worker {s.worker_name}"},
+        )
 
 
 @contextlib.asynccontextmanager

@@ -2,17 +2,54 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 import socket
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, PositiveInt, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, PositiveInt, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 
 class BackendName(StrEnum):
     ASSISTANTS = "assistants"
     RESPONSES = "responses"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class LogFormat(StrEnum):
+    # auto: JSON unless stderr is a terminal (worker/logging.py).
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _dsn_with_scheme(*schemes: str) -> BeforeValidator:
+    """Rejects a URL of another kind without quoting it: it may carry a password."""
+
+    def check(value: Any) -> Any:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and not text.startswith(tuple(f"{s}://" for s in schemes)):
+            raise ValueError(
+                f"should be a URL starting with {' or '.join(f'{s}://' for s in schemes)}"
+            )
+        return value
+
+    return BeforeValidator(check)
 
 
 class Topology(BaseSettings):
@@ -39,15 +76,22 @@ class Settings(BaseSettings):
         env_prefix="AW_", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
-    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/assistant_worker")
+    amqp_url: Annotated[SecretStr, _dsn_with_scheme("amqp", "amqps")] = SecretStr(
+        "amqp://guest:guest@127.0.0.1:5672/"
+    )
+    database_url: Annotated[SecretStr, _dsn_with_scheme("postgresql", "postgres")] = SecretStr(
+        "postgresql://postgres@127.0.0.1:5432/assistant_worker"
+    )
 
+    # OpenAI itself: pointing at the stand-in is something tests and the demo say out loud.
     openai_base_url: str = Field(
-        "http://127.0.0.1:8900/v1",
+        "https://api.openai.com/v1",
         validation_alias=AliasChoices("AW_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
     )
+    # Empty means "not configured": `run` refuses to start without a key, while commands that
+    # never call the API (migrate, dlq, prune, conversations) do not need one.
     openai_api_key: SecretStr = Field(
-        SecretStr("sk-standin"),
+        SecretStr(""),
         validation_alias=AliasChoices("AW_OPENAI_API_KEY", "OPENAI_API_KEY"),
     )
     openai_timeout_s: Annotated[float, Field(gt=0)] = 30.0
@@ -94,7 +138,110 @@ class Settings(BaseSettings):
     health_host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, not localhost
     health_port: Annotated[int, Field(ge=0, le=65535)] = 8080  # 0: any free port
     worker_name: str = Field(default_factory=socket.gethostname)
-    log_format: str = "auto"
-    log_level: str = "info"
+    log_format: Annotated[LogFormat, BeforeValidator(_lower)] = LogFormat.AUTO
+    log_level: Annotated[LogLevel, BeforeValidator(_lower)] = LogLevel.INFO
     declare_topology: bool = True
     topology: Topology = Field(default_factory=Topology)
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.openai_api_key.get_secret_value())
+
+
+API_KEY_VARIABLES = ("AW_OPENAI_API_KEY", "OPENAI_API_KEY")
+SECRET_FIELDS = frozenset({"amqp_url", "database_url", "openai_api_key"})
+# Read by the crash-point and fault-injection hooks and by the tests and tools, not settings.
+NOT_SETTINGS = frozenset({"AW_CRASH_POINTS", "AW_FAULT_POINTS", "AW_CHAOS_LOG_LEVEL"})
+_NOT_SETTINGS_PREFIX = "AW_TEST_"
+
+
+class InvalidSettings(Exception):
+    """The environment holds a value the worker cannot use; the message is one line, names the
+    variable and never quotes a secret."""
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment, or InvalidSettings saying which variable is wrong."""
+    environ = os.environ if environ is None else environ
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InvalidSettings(_describe(exc, environ)) from None
+    except SourceError:
+        # Only a nested model is parsed from JSON, and the only one is the topology.
+        raise InvalidSettings(
+            "invalid setting AW_TOPOLOGY: should be unset; each queue and exchange has its own "
+            "variable (AW_INBOUND_QUEUE, AW_OUTBOUND_EXCHANGE, ...)"
+        ) from None
+
+
+def _describe(exc: ValidationError, environ: Mapping[str, str]) -> str:
+    model: type[BaseSettings] = Topology if exc.title == Topology.__name__ else Settings
+    problems = []
+    for error in exc.errors(include_url=False):
+        field = _field_of(model, str(error["loc"][0]) if error["loc"] else "")
+        variable = _variable(model, field, environ)
+        shown = "" if field in SECRET_FIELDS else f"={_short(error.get('input'))}"
+        problems.append(f"{variable}{shown}: {_plain(error['msg'])}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def _field_of(model: type[BaseSettings], loc: str) -> str:
+    """The field an error is about; pydantic names aliased fields by their first alias."""
+    for name, info in model.model_fields.items():
+        if isinstance(info.validation_alias, AliasChoices) and loc in info.validation_alias.choices:
+            return name
+    return loc
+
+
+def _variable(model: type[BaseSettings], field: str, environ: Mapping[str, str]) -> str:
+    """The environment variable that supplied `field`: for aliases, the one that is set."""
+    choices = _field_variables(model, field)
+    present = {k.upper() for k in environ}
+    return next((c for c in choices if c in present), choices[0])
+
+
+def _field_variables(model: type[BaseSettings], field: str) -> list[str]:
+    info = model.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        return [c.upper() for c in info.validation_alias.choices if isinstance(c, str)]
+    return [f"{model.model_config.get('env_prefix') or ''}{field}".upper()]
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _plain(message: str) -> str:
+    # "Value error, should be ..." and "Input should be ..." read as "should be ...".
+    for prefix in ("Value error, ", "Input "):
+        message = message.removeprefix(prefix)
+    return message[:1].lower() + message[1:]
+
+
+def setting_variables() -> frozenset[str]:
+    """Every environment variable the settings read (AW_<FIELD> and the aliases)."""
+    names: set[str] = set()
+    for model in (Settings, Topology):
+        for field, info in model.model_fields.items():
+            if not (
+                isinstance(info.annotation, type) and issubclass(info.annotation, BaseSettings)
+            ):
+                names.update(_field_variables(model, field))
+    return frozenset(names)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """AW_* variables that are no setting, each with the closest real name (a likely typo)."""
+    environ = os.environ if environ is None else environ
+    known = setting_variables()
+    unknown = []
+    for name in sorted(k.upper() for k in environ):
+        if not name.startswith("AW_") or name in known or name in NOT_SETTINGS:
+            continue
+        if name.startswith(_NOT_SETTINGS_PREFIX):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        unknown.append((name, close[0] if close else None))
+    return unknown
