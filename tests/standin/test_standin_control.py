@@ -147,3 +147,33 @@ async def test_start_twice_is_refused() -> None:
             await standin.start()
     finally:
         await standin.stop()
+
+
+async def test_inspection_accessors_hand_out_copies_and_refuse_unknown_ids(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    thread = await client.beta.threads.create(messages=[{"role": "user", "content": "x"}])
+    conversation = await client.conversations.create(items=[{"role": "user", "content": "y"}])
+    response = await client.responses.create(model="gpt-test", input="z", metadata={"k": "v"})
+
+    standin.thread_messages(thread.id)[0]["metadata"]["poked"] = "1"
+    standin.conversation_items(conversation.id)[0]["content"].clear()
+    standin.response_input_items(response.id).clear()
+    assert standin.thread_messages(thread.id)[0]["metadata"] == {}
+    assert standin.conversation_items(conversation.id)[0]["content"] == [
+        {"type": "input_text", "text": "y"}
+    ]
+    assert len(standin.response_input_items(response.id)) == 1
+    assert (standin.response(response.id)["metadata"], standin.files()) == ({"k": "v"}, [])
+
+    await client.beta.threads.delete(thread.id)
+    calls = (
+        lambda: standin.thread_messages(thread.id),
+        lambda: standin.conversation_items("conv_missing"),
+        lambda: standin.response("resp_missing"),
+        lambda: standin.response_input_items("resp_missing"),
+        lambda: standin.file_content("file_missing"),
+    )
+    for call in calls:
+        with pytest.raises(KeyError):
+            call()
