@@ -10,7 +10,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
-from worker.crashpoints import CrashPoint, maybe_crash
+from worker.crashpoints import CrashPoint, FaultPoint, maybe_crash, maybe_fail
 from worker.metrics import Metrics
 from worker.store import ClaimedOutbox, Store
 
@@ -157,6 +157,7 @@ class OutboxRelay:
             return PassOutcome(len(done), len(failed), errors[0] if errors else None)
 
     async def _publish(self, claimed: ClaimedOutbox) -> None:
+        maybe_fail(FaultPoint.PUBLISH)
         m = claimed.message
         exchange = await self._exchange(m.exchange)
         await exchange.publish(
