@@ -262,6 +262,7 @@ class ConversationProcessor:
             file = await self._api.call("retrieve_file", lambda: self._files.describe(file_id))
         else:
             file = await self._upload(work, attachment)
+            maybe_crash(CrashPoint.AFTER_UPLOAD)
         await self._store.record_file(
             work.lease, message.event_id, attachment.position, file, uploaded=attachment.inline
         )

@@ -16,6 +16,7 @@ from enum import StrEnum
 
 
 class CrashPoint(StrEnum):
+    AFTER_UPLOAD = "after_upload"  # the API has an attachment's file, Postgres not its ID
     BEFORE_RUN_START = "before_run_start"  # batch recorded, nothing sent to the API yet
     AFTER_RUN_CREATED = "after_run_created"  # the API has the run, Postgres has not its ID
     MID_POLL = "mid_poll"  # the run is stored and being polled
