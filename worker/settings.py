@@ -38,7 +38,7 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-def _dsn_with_scheme(*schemes: str) -> BeforeValidator:
+def _url_with_scheme(*schemes: str) -> BeforeValidator:
     """Rejects a URL of another kind without quoting it: it may carry a password."""
 
     def check(value: Any) -> Any:
@@ -76,15 +76,15 @@ class Settings(BaseSettings):
         env_prefix="AW_", extra="ignore", frozen=True, populate_by_name=True
     )
 
-    amqp_url: Annotated[SecretStr, _dsn_with_scheme("amqp", "amqps")] = SecretStr(
+    amqp_url: Annotated[SecretStr, _url_with_scheme("amqp", "amqps")] = SecretStr(
         "amqp://guest:guest@127.0.0.1:5672/"
     )
-    database_url: Annotated[SecretStr, _dsn_with_scheme("postgresql", "postgres")] = SecretStr(
+    database_url: Annotated[SecretStr, _url_with_scheme("postgresql", "postgres")] = SecretStr(
         "postgresql://postgres@127.0.0.1:5432/assistant_worker"
     )
 
     # OpenAI itself: pointing at the stand-in is something tests and the demo say out loud.
-    openai_base_url: str = Field(
+    openai_base_url: Annotated[str, _url_with_scheme("https", "http")] = Field(
         "https://api.openai.com/v1",
         validation_alias=AliasChoices("AW_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
     )
@@ -149,7 +149,8 @@ class Settings(BaseSettings):
 
 
 API_KEY_VARIABLES = ("AW_OPENAI_API_KEY", "OPENAI_API_KEY")
-SECRET_FIELDS = frozenset({"amqp_url", "database_url", "openai_api_key"})
+# Values never quoted back: keys, and URLs, which may carry a password.
+_NEVER_QUOTED = frozenset({"amqp_url", "database_url", "openai_api_key", "openai_base_url"})
 # Read by the crash-point and fault-injection hooks and by the tests and tools, not settings.
 NOT_SETTINGS = frozenset({"AW_CRASH_POINTS", "AW_FAULT_POINTS", "AW_CHAOS_LOG_LEVEL"})
 _NOT_SETTINGS_PREFIX = "AW_TEST_"
@@ -181,7 +182,7 @@ def _describe(exc: ValidationError, environ: Mapping[str, str]) -> str:
     for error in exc.errors(include_url=False):
         field = _field_of(model, str(error["loc"][0]) if error["loc"] else "")
         variable = _variable(model, field, environ)
-        shown = "" if field in SECRET_FIELDS else f"={_short(error.get('input'))}"
+        shown = "" if field in _NEVER_QUOTED else f"={_short(error.get('input'))}"
         problems.append(f"{variable}{shown}: {_plain(error['msg'])}")
     return "invalid setting " + "; ".join(problems)
 

@@ -91,14 +91,13 @@ def refused_credentials(exc: BaseException) -> Server | None:
     return None
 
 
-def unreachable(exc: BaseException) -> Server | None:
-    """The server that could not be reached (down, not resolvable, not answering), if any."""
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` says a server is down, not resolvable or not answering: worth waiting out."""
     if refused_credentials(exc) is not None:
-        return None
+        return False
     if isinstance(exc, AMQPError):
         # Not an AMQP server at all is no outage; it will not change by waiting.
-        broken = isinstance(exc, IncompatibleProtocolError) or not isinstance(exc, ConnectionError)
-        return None if broken else Server.RABBITMQ
+        return isinstance(exc, ConnectionError) and not isinstance(exc, IncompatibleProtocolError)
     transient = (
         OSError,
         TimeoutError,
@@ -106,7 +105,15 @@ def unreachable(exc: BaseException) -> Server | None:
         asyncpg.CannotConnectNowError,
         asyncpg.TooManyConnectionsError,
     )
-    return Server.POSTGRES if isinstance(exc, transient) else None
+    return isinstance(exc, transient)
+
+
+def unreachable(exc: BaseException) -> Server | None:
+    """The server that could not be reached, if that is what `exc` says. Only the AMQP client
+    raises AMQP errors; a bare socket error is taken for Postgres."""
+    if not is_outage(exc):
+        return None
+    return Server.RABBITMQ if isinstance(exc, AMQPError) else Server.POSTGRES
 
 
 def explain(exc: BaseException, amqp_url: str, database_url: str) -> str | None:
@@ -163,7 +170,7 @@ async def wait_for(
             try:
                 connected = await _attempt(connect, stop)
             except Exception as exc:
-                if unreachable(exc) is not endpoint.server:
+                if not is_outage(exc):
                     raise
                 delay_s = backoff.delay_s(attempt)
                 why = reason(exc)
