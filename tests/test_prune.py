@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
 from tests.conftest import start_worker
 from tests.support import publish, replies_for, run_cli
 from worker.settings import Settings, Topology
+from worker.standin import StandIn
 
 AGE_OLD = "UPDATE {table} SET {column} = {column} - interval '40 days' WHERE {where}"
 
@@ -110,3 +113,34 @@ async def test_prune_explains_an_unreadable_cutoff(settings: Settings) -> None:
     code, _, err = await _cli(settings, "--older-than", "last week")
     assert code == 2
     assert "neither an RFC 3339 time nor an age" in err
+
+
+async def test_prune_deletes_the_files_the_worker_uploaded_for_pruned_events(
+    settings: Settings,
+    channel: AbstractChannel,
+    topology: Topology,
+    db: asyncpg.Connection,
+    standin: StandIn,
+) -> None:
+    note = {"filename": "note.txt", "content_base64": base64.b64encode(b"old note").decode()}
+    running = await start_worker(settings)
+    try:
+        old = await publish(channel, topology, conversation_id="c-f", text="a", attachments=[note])
+        await replies_for(channel, topology, {old["event_id"]})
+        new = await publish(channel, topology, conversation_id="c-f", text="b", attachments=[note])
+        await replies_for(channel, topology, {new["event_id"]})
+    finally:
+        await running.shutdown()
+    uploads = {r["event_id"]: r["file_id"] for r in await db.fetch("SELECT * FROM attachments")}
+    assert len(set(uploads.values())) == 2
+    await db.execute(
+        AGE_OLD.format(table="inbound_events", column="settled_at", where="event_id = $1"),
+        old["event_id"],
+    )
+
+    code, out, err = await _cli(settings, "--older-than", "30d")
+    assert code == 0, err
+    assert out.startswith("deleted 0 runs, 0 batches, 1 events, 0 outbox, 1 files")
+    deleted = {f["id"]: f["deleted"] for f in standin.files()}
+    assert deleted == {uploads[old["event_id"]]: True, uploads[new["event_id"]]: False}
+    assert await db.fetchval("SELECT count(*) FROM attachments") == 1

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
 import typer
@@ -25,6 +25,9 @@ from worker.settings import (
     load_settings,
     unknown_variables,
 )
+
+if TYPE_CHECKING:
+    from worker.store import Store
 
 app = typer.Typer(
     help="Relay helpdesk messages to an OpenAI assistant and publish its replies.",
@@ -233,16 +236,40 @@ def prune(
 
     async def main() -> None:
         async with open_store(settings.database_url.get_secret_value()) as store:
-            counts = await (
-                store.prunable(cutoff)
-                if dry_run
-                else store.prune(cutoff, chunk=chunk, on_chunk=progress)
-            )
+            if dry_run:
+                counts = await store.prunable(cutoff)
+            else:
+                files = await _prune_files(settings, store, cutoff, chunk, progress)
+                rows = await store.prune(cutoff, chunk=chunk, on_chunk=progress)
+                counts = {**rows, "files": files}
         verb = "would delete" if dry_run else "deleted"
         summary = ", ".join(f"{count} {table}" for table, count in counts.items())
         typer.echo(f"{verb} {summary} (settled before {cutoff.isoformat(timespec='seconds')})")
 
     _run_logged("prune", main, settings)
+
+
+async def _prune_files(
+    settings: Settings,
+    store: Store,
+    cutoff: datetime,
+    chunk: int,
+    progress: Callable[[str, int], None],
+) -> int:
+    """The worker's uploads for the events being pruned are deleted at the API first."""
+    from worker.backends.files import Files
+    from worker.retention import prune_files
+    from worker.service import make_client
+
+    if not (await store.prunable(cutoff))["files"]:
+        return 0
+    if not settings.has_api_key:
+        raise RuntimeError(
+            "files the worker uploaded for these events must be deleted at the API first: "
+            "set AW_OPENAI_API_KEY (or OPENAI_API_KEY)"
+        )
+    async with make_client(settings) as client:
+        return await prune_files(store, Files(client), cutoff, chunk=chunk, on_chunk=progress)
 
 
 @app.command()

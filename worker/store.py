@@ -387,7 +387,7 @@ class Store:
         """How many rows `prune` would delete, per table."""
         row = await self._pool.fetchrow(q("count_prunable"), cutoff)
         assert row is not None
-        return {table: int(row[table]) for table in ("files", *PRUNED_TABLES)}
+        return {table: int(row[table]) for table in (*PRUNED_TABLES, "files")}
 
     async def prunable_files(self, cutoff: datetime, limit: int) -> list[tuple[str, int, str]]:
         """(event_id, position, file_id) of files the worker uploaded for prunable events."""
