@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 
+from worker.errors import is_dependency_failure
 from worker.store import Lease, Store
 
 log = structlog.get_logger("worker.ownership")
@@ -83,6 +84,15 @@ class Ownership:
         try:
             await self._store.hand_back_lease(lease)
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself anyway
+            if is_dependency_failure(exc):
+                # Postgres is away (often the very reason for handing back): say so plainly.
+                log.info(
+                    "hand_back_skipped",
+                    conversation_id=lease.conversation_id,
+                    reason="database unavailable; the lease expires by itself",
+                    expires_in_s=self._ttl_s,
+                )
+                return
             log.warning("hand_back_failed", conversation_id=lease.conversation_id, error=repr(exc))
 
     async def renew_forever(self) -> None:
