@@ -22,8 +22,10 @@ from pydantic import SecretStr
 from tests.support import AMQP_URL, admin_sql, dsn_for, worker_env
 from worker import events
 from worker.cli import _hint
+from worker.health import Health
 from worker.service import WorkerService
 from worker.settings import Settings
+from worker.startup import Endpoint, Server, StoppedWhileWaiting, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -169,7 +171,8 @@ async def test_a_worker_waits_for_rabbitmq_alive_unready_and_backing_off(
     assert waits[2]["retry_in_s"] > waits[0]["retry_in_s"]
 
     assert await worker.terminate() == 0
-    assert worker.logged("worker_stopped")
+    [stopped] = worker.logged("worker_stopped")
+    assert stopped["while_waiting_for"] == "rabbitmq"
     assert not worker.logged("worker_started")
     output = "".join(worker.raw)
     # One line an attempt: the client library's own connect errors are not repeated.
@@ -250,3 +253,16 @@ async def test_a_missing_schema_file_stops_the_worker_before_it_connects(
     assert raised.value.filename == missing
     # What `assistant-worker run` logs as the hint of its one worker_failed line.
     assert missing in (_hint(raised.value, settings) or "")
+
+
+async def test_sigterm_interrupts_a_connect_attempt_that_hangs() -> None:
+    # A server that accepts the connection and then says nothing, while the pod is stopped.
+    stop = asyncio.Event()
+
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    asyncio.get_running_loop().call_later(0.1, stop.set)
+    endpoint = Endpoint.of(Server.RABBITMQ, "amqp://guest:guest@rabbit.internal/")
+    with pytest.raises(StoppedWhileWaiting, match="rabbitmq"):
+        await asyncio.wait_for(wait_for(endpoint, hang, stop, Health()), timeout=2)

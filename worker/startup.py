@@ -168,7 +168,7 @@ async def wait_for(
         while True:
             attempt += 1
             try:
-                connected = await _attempt(connect, stop)
+                connected = await _attempt(name, connect, stop)
             except Exception as exc:
                 if not is_outage(exc):
                     raise
@@ -189,7 +189,9 @@ async def wait_for(
                 raise StoppedWhileWaiting(name)
 
 
-async def _attempt(connect: Callable[[], Coroutine[Any, Any, T]], stop: asyncio.Event) -> T:
+async def _attempt(
+    name: str, connect: Callable[[], Coroutine[Any, Any, T]], stop: asyncio.Event
+) -> T:
     """One connect, given up when it outlasts ATTEMPT_TIMEOUT_S or when `stop` is set."""
     task = asyncio.create_task(connect())
     stopped = asyncio.create_task(stop.wait())
@@ -203,7 +205,7 @@ async def _attempt(connect: Callable[[], Coroutine[Any, Any, T]], stop: asyncio.
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     if task.cancelled():
-        raise StoppedWhileWaiting() if stop.is_set() else TimeoutError()
+        raise StoppedWhileWaiting(name) if stop.is_set() else TimeoutError()
     return task.result()
 
 
