@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -103,8 +104,9 @@ def _check_inline(attachment: Attachment, limits: Limits) -> int:
     suffix = PurePosixPath(attachment.filename).suffix.lower()
     if kind_of(attachment.filename) is None:
         accepted = ", ".join(sorted(DOCUMENT_TYPES | IMAGE_TYPES))
-        shown = suffix[:16] or "no extension"
-        raise _invalid(f"file type {shown!r} is not accepted; accepted: {accepted} {where}")
+        # A long "extension" may be part of a name, which is the customer's: not shown.
+        shown = repr(suffix) if re.fullmatch(r"\.[a-z0-9]{1,5}", suffix) else "of this file"
+        raise _invalid(f"file type {shown} is not accepted; accepted: {accepted} {where}")
     try:
         content = base64.b64decode(attachment.content_base64, validate=True)
     except (binascii.Error, ValueError):

@@ -64,6 +64,10 @@ class Consumer:
         except asyncio.CancelledError:
             await asyncio.shield(_settle(message, Settlement.REQUEUE))
             raise
+        except Exception as exc:  # noqa: BLE001 - even the dead letter failed: never leave it unsettled
+            # Back to the queue; the delivery limit is the last resort for such a message.
+            log.error("delivery_abandoned", error_class=error_class(exc), origin=origin(exc))
+            settlement = Settlement.REQUEUE
         await _settle(message, settlement)
 
     async def _handle_until_settled(
@@ -144,7 +148,8 @@ def to_delivery(message: AbstractIncomingMessage) -> Delivery:
             for k, v in (message.headers or {}).items()
             if k not in _BROKER_HEADERS
         },
-        message_id=message.message_id,
+        # Stored with a dead letter: a NUL here must not make the verdict unstorable.
+        message_id=None if message.message_id is None else _storable(message.message_id),
         exchange=message.exchange or "",
         routing_key=message.routing_key or "",
     )
@@ -156,8 +161,8 @@ def json_safe(value: Any) -> Any:
     Postgres' jsonb takes no NUL and no lone surrogate, and neither does UTF-8: such characters
     are escaped, so a header can never make a delivery impossible to store.
     """
-    if isinstance(value, bytes):
-        return _storable(value.decode("utf-8", "replace"))
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _storable(bytes(value).decode("utf-8", "replace"))
     if isinstance(value, str):
         return _storable(value)
     if isinstance(value, datetime.datetime):
