@@ -826,10 +826,38 @@ def test_dockerfile_copies_what_the_build_needs() -> None:
     ]
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
-    assert "schemas/" in sources, "the wheel leaves out schemas/; the image must copy it"
-    assert any("user_message.v1" in command for command in runs(builder)), (
-        "the build should prove the installed package loads its schemas"
+    assert "schemas/" in sources, (
+        "worker/schemas is a link to ../schemas: the wheel is built only if its target is there"
     )
+
+
+def test_dockerfile_installs_the_package_as_built_and_checks_its_schemas() -> None:
+    """The wheel carries the schemas and the SQL: nothing goes into the installed package by hand,
+    and the build proves, isolated from /src, that the installed package loads both schemas."""
+    _, stages = dockerfile_stages()
+    builder = stages[0]
+    (make_venv,) = [c for c in runs(builder) if re.search(r"-m\s+venv\b", c)]
+    venv = make_venv.split()[-1]
+    for instruction in (i for stage in stages for i in stage):
+        if instruction.keyword in {"COPY", "ADD"}:
+            *sources, target = (w for w in instruction.args.split() if not w.startswith("--"))
+            whole_venv = "from" in instruction.flags() and sources == [venv]
+            assert whole_venv or not target.startswith(venv), f"line {instruction.line}"
+    commands = runs(builder)
+    by_hand = re.compile(r"\b(cp|mv|rsync|ln|tar|unzip)\s|__file__|site-packages|" + f"{venv}/lib")
+    for command in commands:
+        assert not by_hand.search(command), f"puts files into the package by hand: {command}"
+    installs = [n for n, c in enumerate(commands) if re.search(r"\bpip\b.*\binstall\b", c)]
+    checks = [
+        n
+        for n, c in enumerate(commands)
+        if f"{venv}/bin/python -I -c" in c
+        and "validator('user_message.v1')" in c
+        and "validator('assistant_reply.v1')" in c
+    ]
+    assert installs, "the builder installs nothing"
+    assert checks, "the build should prove the installed package loads its schemas"
+    assert max(checks) > max(installs), "the schema check must run on the installed package"
 
 
 # --- metrics named in the dashboard and the README exist ---------------------------------
