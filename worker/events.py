@@ -31,7 +31,8 @@ _formats = FormatChecker()
 def _is_rfc3339(value: object) -> bool:
     if not isinstance(value, str) or "T" not in value.upper():
         return False
-    parsed = datetime.fromisoformat(value)
+    # RFC 3339 allows a lower-case "t" and "z"; Python's parser takes only upper case.
+    parsed = datetime.fromisoformat(value.upper())
     return parsed.tzinfo is not None
 
 
@@ -94,7 +95,7 @@ class UserMessage:
             assistant_id=doc.get("assistant_id"),
             instructions=doc.get("instructions"),
             author=None if author is None else Author(author["id"], author.get("name")),
-            occurred_at=datetime.fromisoformat(doc["occurred_at"])
+            occurred_at=datetime.fromisoformat(doc["occurred_at"].upper())
             if "occurred_at" in doc
             else None,
         )
