@@ -84,8 +84,7 @@ class RetryPolicy:
     metrics: Metrics | None = field(default=None, compare=False)
 
     def delay_s(self, attempt: int, hint_s: float | None = None) -> float:
-        backoff: float = min(self.cap_s, self.base_s * 2.0 ** (attempt - 1))
-        backoff *= 1 - self.jitter * random.random()
+        backoff = Backoff(self.attempts, self.base_s, self.cap_s, self.jitter).delay_s(attempt)
         if hint_s is not None:
             return min(max(backoff, hint_s), self.cap_s)
         return backoff
