@@ -758,3 +758,95 @@ async def test_any_string_ids_are_answered_stored_and_echoed_byte_for_byte(
 
 
 # --- coalescing ------------------------------------------------------------------------------
+
+
+async def test_occurred_at_in_lower_case_rfc3339_is_accepted(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    db: asyncpg.Connection,
+    backend: str,
+) -> None:
+    # RFC 3339 allows a lower-case "t" and "z"; Python's parser takes only upper case.
+    event = await publish(
+        channel, topology, conversation_id="c-lower", text="hi", occurred_at="2026-11-25t10:00:00z"
+    )
+    [reply] = await replies_for(channel, topology, {event["event_id"]})
+
+    assert reply["status"] == "completed"
+    stored = await db.fetchval(
+        "SELECT occurred_at FROM inbound_events WHERE event_id = $1", event["event_id"]
+    )
+    assert stored == datetime(2026, 11, 25, 10, tzinfo=UTC)
+
+
+async def test_events_coalesce_only_when_their_metadata_are_equal(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    backend: str,
+) -> None:
+    c = "c-coalesce"
+    first = await hold(channel, topology, standin, c)
+    # occurred_at fixes the order: intake may store events published back to back in any.
+    billing = await publish(
+        channel,
+        topology,
+        conversation_id=c,
+        text="b",
+        metadata={"queue": "billing"},
+        occurred_at=written(1),
+    )
+    # Equal metadata, keys in another order.
+    sales_1 = await publish(
+        channel,
+        topology,
+        conversation_id=c,
+        text="c",
+        metadata={"queue": "sales", "tier": "gold"},
+        occurred_at=written(2),
+    )
+    sales_2 = await publish(
+        channel,
+        topology,
+        conversation_id=c,
+        text="d",
+        metadata={"tier": "gold", "queue": "sales"},
+        occurred_at=written(3),
+    )
+    # Equal metadata, but another author: what a run applies to all its messages differs.
+    authored = await publish(
+        channel,
+        topology,
+        conversation_id=c,
+        text="e",
+        metadata={"queue": "sales", "tier": "gold"},
+        author={"id": "cust-1"},
+        occurred_at=written(4),
+    )
+    ids = {e["event_id"] for e in (first, billing, sales_1, sales_2, authored)}
+    answered = by_events(await replies_for(channel, topology, ids))
+
+    assert set(answered) == {
+        (first["event_id"],),
+        (billing["event_id"],),
+        (sales_1["event_id"], sales_2["event_id"]),
+        (authored["event_id"],),
+    }
+    assert len({r["run_id"] for r in answered.values()}) == 4
+    assert answered[(authored["event_id"],)]["text"] == "Echo: e"
+    billing_reply = answered[(billing["event_id"],)]
+    sales_reply = answered[(sales_1["event_id"], sales_2["event_id"])]
+    assert billing_reply["text"] == "Echo: b"
+    assert sales_reply["text"] == "Echo: c | d"
+    assert [text_of(m) for m in run_messages(standin, backend, sales_reply)] == ["c", "d"]
+    if backend == "responses":
+        assert standin.response(billing_reply["run_id"])["metadata"]["queue"] == "billing"
+        sales_meta = standin.response(sales_reply["run_id"])["metadata"]
+        assert (sales_meta["queue"], sales_meta["tier"]) == ("sales", "gold")
+    else:
+        [b] = run_messages(standin, backend, billing_reply)
+        assert b["metadata"]["queue"] == "billing"
+        for m in run_messages(standin, backend, sales_reply):
+            assert (m["metadata"]["queue"], m["metadata"]["tier"]) == ("sales", "gold")
