@@ -349,6 +349,7 @@ async def test_each_message_of_a_coalesced_batch_carries_its_own_attachments(
         conversation_id=c,
         text="b",
         attachments=[{"filename": "scan.txt", "content_base64": b64(b"first scan")}],
+        occurred_at=written(1),
     )
     two = await publish(
         channel,
@@ -356,6 +357,7 @@ async def test_each_message_of_a_coalesced_batch_carries_its_own_attachments(
         conversation_id=c,
         text="c",
         attachments=[{"filename": "scan.txt", "content_base64": b64(b"second scan")}],
+        occurred_at=written(2),
     )
     ids = {first["event_id"], one["event_id"], two["event_id"]}
     answered = by_events(await replies_for(channel, topology, ids))
@@ -569,10 +571,20 @@ async def test_instructions_are_appended_for_the_run_that_answers_the_event(
 ) -> None:
     first = await hold(channel, topology, standin, "c-instr")
     french = await publish(
-        channel, topology, conversation_id="c-instr", text="b", instructions="Answer in French."
+        channel,
+        topology,
+        conversation_id="c-instr",
+        text="b",
+        instructions="Answer in French.",
+        occurred_at=written(1),
     )
     signed = await publish(
-        channel, topology, conversation_id="c-instr", text="c", instructions="Sign as Ana."
+        channel,
+        topology,
+        conversation_id="c-instr",
+        text="c",
+        instructions="Sign as Ana.",
+        occurred_at=written(2),
     )
     answered = by_events(
         await replies_for(
