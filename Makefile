@@ -13,10 +13,10 @@ WORKERS ?= 2
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml standin/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./standin
 	touch $(STAMP)
 
 install: $(STAMP) ## Create the virtualenv and install the worker with its dev tools
@@ -34,7 +34,7 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 	$(BIN)/mypy
 
 chaos: $(STAMP) ## Kill workers under load for DURATION s (WORKERS, BACKEND), print a summary
-	$(BIN)/python -m tests.chaos --duration $(DURATION) --workers $(WORKERS) --backend $(BACKEND)
+	$(BIN)/python -m bench.chaos --duration $(DURATION) --workers $(WORKERS) --backend $(BACKEND)
 
 bench: $(STAMP) ## Worker vs a naive baseline, all scenarios (REPEAT, BENCH_QUICK=1); writes bench/RESULTS.md
 	$(BIN)/python -m bench $(if $(REPEAT),--repeat $(REPEAT)) $(if $(filter-out 0,$(BENCH_QUICK)),--quick)

@@ -5,9 +5,9 @@
 Scenario (b)'s run durations (uniform run_ms +- jitter, after queue_ms queued) against:
 the SDK's `create_and_poll` without a server hint (a GET at once, then every 1 s), the worker's
 geometric schedule (100 ms x1.5 up to 2 s: what it uses until it has seen 20 runs), and the
-worker's learned schedule (`worker.polling.PollPlan` after 100 runs of the same lengths), jitter
-left out. The figures are lower bounds: a real poll also waits for the event loop, the network
-and the server.
+worker's learned schedule (`worker.relay.polling.PollPlan` after 100 runs of the same lengths),
+jitter left out. The figures are lower bounds: a real poll also waits for the event loop, the
+network and the server.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import statistics
 import sys
 from collections.abc import Callable, Iterator
 
-from worker.polling import PollPlan, PollSchedule, RunDurations
+from worker.relay.polling import PollPlan, PollSchedule, RunDurations
 
 Schedule = Callable[[], Iterator[float]]  # successive poll times after the create returned
 

@@ -107,7 +107,7 @@ async def transform_ms(repeat: int = 2000) -> dict[str, float]:
     from openai._utils import async_maybe_transform
     from openai.types.responses.response_create_params import ResponseCreateParamsNonStreaming
 
-    from worker.tools import default_tools
+    from worker.relay.tools import default_tools
 
     body: dict[str, object] = {
         "background": True,

@@ -17,8 +17,8 @@ import asyncpg
 from aio_pika.abc import AbstractChannel
 
 from worker import topology as topo
-from worker.migrate import migrate
 from worker.settings import Topology
+from worker.store.migrate import migrate
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

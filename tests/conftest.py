@@ -18,12 +18,12 @@ from pydantic import SecretStr
 from tests.harness import ReplyCollector
 from tests.support import AMQP_URL, API_KEY, admin_sql, dsn_for, tagged_topology
 from worker import topology as topo
-from worker.migrate import migrate
 from worker.service import WorkerService
 from worker.settings import BackendName, Settings, Topology
+from worker.store.migrate import migrate
 
 if TYPE_CHECKING:
-    from worker.standin import StandIn
+    from standin import StandIn
 
 TEMPLATE_DB = f"aw_test_template_{os.getpid()}"
 
@@ -81,7 +81,7 @@ async def channel(
 
 @pytest.fixture
 async def standin() -> AsyncIterator[StandIn]:
-    from worker.standin import StandIn, StandInConfig
+    from standin import StandIn, StandInConfig
 
     server = StandIn(StandInConfig(run_duration_ms=100, queue_ms=10, poll_after_ms=None))
     await server.start(host="127.0.0.1", port=0)

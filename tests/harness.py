@@ -25,9 +25,9 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from worker.helpdesk import publish_user_message
+from standin import StandIn
+from worker.ops.helpdesk import publish_user_message
 from worker.settings import Topology
-from worker.standin import StandIn
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
-from worker.helpdesk import publish_user_message, wait_for_replies
+from worker.ops.helpdesk import publish_user_message, wait_for_replies
 from worker.settings import Settings, Topology
 
 PG_ADMIN_DSN = os.environ.get(

@@ -10,15 +10,15 @@ import openai
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from standin import StandIn
 from tests.conftest import start_worker
 from tests.support import publish, replies_for, run_cli
 from worker.backends.assistants import AssistantsBackend
 from worker.backends.base import Backend, RunStatus, Turn
 from worker.backends.responses import ResponsesBackend
 from worker.events import UserMessage
-from worker.runner import cancel_unless_ended
+from worker.relay.runner import cancel_unless_ended
 from worker.settings import BackendName, Settings, Topology
-from worker.standin import StandIn
 
 
 async def _answer(

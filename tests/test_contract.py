@@ -18,10 +18,10 @@ import openai
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from standin import StandIn
 from tests.conftest import RunningWorker
 from tests.support import API_KEY, drain, publish, replies_for, wait_for_dead_letters
 from worker.settings import Settings, Topology
-from worker.standin import StandIn
 
 Json = dict[str, Any]
 

@@ -32,8 +32,8 @@ import yaml
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from worker.cli import app as cli_app
 from worker.metrics import Metrics
+from worker.ops.cli import app as cli_app
 from worker.settings import Settings, Topology
 
 ROOT = Path(__file__).resolve().parent.parent

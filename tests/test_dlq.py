@@ -12,11 +12,11 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from standin import StandIn
 from tests.conftest import RunningWorker
 from tests.support import publish, publish_raw, replies_for, run_cli, worker_env
-from worker.dlq import DeadLetter, DeadLetterQueue
+from worker.ops.dlq import DeadLetter, DeadLetterQueue
 from worker.settings import Settings, Topology
-from worker.standin import StandIn
 
 
 async def dlq(settings: Settings, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:

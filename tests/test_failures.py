@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from standin import StandIn
 from tests.conftest import RunningWorker, start_worker
 from tests.support import drain, publish, replies_for, wait_for_dead_letters
 from tests.test_relay import runs_in, user_texts
 from worker import crashpoints
 from worker.backends.base import Turn
 from worker.crashpoints import FaultPoint
-from worker.runner import Runner, StartedRun
+from worker.relay.runner import Runner, StartedRun
 from worker.settings import Settings, Topology
-from worker.standin import StandIn
 
 ATTEMPTS = 3
 

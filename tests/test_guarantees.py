@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from standin import StandIn
 from tests.harness import (
     ALL_CRASH_POINTS,
     ReplyCollector,
@@ -29,7 +30,6 @@ from tests.harness import (
 )
 from tests.support import publish, worker_env
 from worker.settings import Settings, Topology
-from worker.standin import StandIn
 
 
 @pytest.fixture(params=["assistants", "responses"])

@@ -26,6 +26,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from pamqp.common import FieldValue
 
+from standin import StandIn
 from tests.conftest import RunningWorker, start_worker
 from tests.support import (
     Message,
@@ -36,7 +37,6 @@ from tests.support import (
     worker_env,
 )
 from worker.settings import Settings, Topology
-from worker.standin import StandIn
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER_MAX_BYTES = 1024

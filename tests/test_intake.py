@@ -7,10 +7,10 @@ import json
 import aio_pika
 from aio_pika.abc import AbstractChannel
 
+from standin import StandIn
 from tests.conftest import RunningWorker
 from tests.support import drain, publish, replies_for, wait_for_dead_letters
 from worker.settings import Settings, Topology
-from worker.standin import StandIn
 
 
 async def _republish(

@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from tests.support import admin_sql, dsn_for
-from worker.migrate import SchemaOutOfDate, available_migrations, check_schema, migrate
-from worker.store import SQL_DIR, queries
+from worker.store.migrate import SchemaOutOfDate, available_migrations, check_schema, migrate
+from worker.store.postgres import SQL_DIR, queries
 
 CATALOG = {
     "columns": """

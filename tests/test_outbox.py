@@ -17,9 +17,9 @@ from structlog.testing import capture_logs
 
 from tests.support import drain
 from worker.metrics import Metrics
-from worker.publish import OutboxRelay
+from worker.relay.publish import OutboxRelay
 from worker.settings import Topology
-from worker.store import ClaimedOutbox, OutboxAck, OutboxMessage, Store, create_pool
+from worker.store.postgres import ClaimedOutbox, OutboxAck, OutboxMessage, Store, create_pool
 
 
 class FirstPassHeld(Store):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from worker.pacing import Pacer
+from worker.relay.pacing import Pacer
 
 
 async def _hold(pacer: Pacer, entered: list[int], n: int, release: asyncio.Event) -> None:

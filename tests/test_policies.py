@@ -7,8 +7,8 @@ import openai
 import pytest
 
 from worker.logging import SecretScrubber
-from worker.polling import PollPlan, PollSchedule, RunDurations
-from worker.retry import RetryPolicy, is_transient, retry_after_s
+from worker.relay.polling import PollPlan, PollSchedule, RunDurations
+from worker.relay.retry import RetryPolicy, is_transient, retry_after_s
 
 
 def _status_error(status: int, headers: dict[str, str] | None = None) -> openai.APIStatusError:

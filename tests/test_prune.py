@@ -7,10 +7,10 @@ import base64
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
+from standin import StandIn
 from tests.conftest import start_worker
 from tests.support import publish, replies_for, run_cli
 from worker.settings import Settings, Topology
-from worker.standin import StandIn
 
 AGE_OLD = "UPDATE {table} SET {column} = {column} - interval '40 days' WHERE {where}"
 

@@ -10,6 +10,7 @@ import openai
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from standin import StandIn
 from tests.conftest import RunningWorker, start_worker
 from tests.support import (
     drain,
@@ -20,7 +21,6 @@ from tests.support import (
 )
 from worker.events import validator
 from worker.settings import BackendName, Settings, Topology
-from worker.standin import StandIn
 
 THREAD_CREATE_PATH = {"assistants": "/v1/threads", "responses": "/v1/conversations"}
 

@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from standin import StandIn
 from tests.harness import ReplyCollector, Supervisor, chaos_env, check
 from tests.support import publish, worker_env
 from worker.settings import Settings, Topology
-from worker.standin import StandIn
 
 pytestmark = [pytest.mark.disruptive, pytest.mark.timeout(180)]
 

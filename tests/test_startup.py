@@ -21,8 +21,8 @@ from pydantic import SecretStr
 
 from tests.support import AMQP_URL, admin_sql, dsn_for, worker_env
 from worker import events
-from worker.cli import _hint
 from worker.health import Health
+from worker.ops.cli import _hint
 from worker.service import WorkerService
 from worker.settings import Settings
 from worker.startup import Endpoint, Server, StoppedWhileWaiting, wait_for

@@ -11,10 +11,10 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from standin import StandIn
 from tests.conftest import RunningWorker, start_worker
 from tests.support import publish, replies_for, worker_env
 from worker.settings import Settings, Topology
-from worker.standin import StandIn
 
 NOTE_BYTES = b"order 1042, shipped Monday"
 NOTE = {"filename": "note.txt", "content_base64": base64.b64encode(NOTE_BYTES).decode()}

@@ -123,15 +123,68 @@ def test_the_wheel_carries_the_schemas_and_the_sql(installed: Installed) -> None
         names = set(wheel.namelist())
     schemas = {p.name for p in (ROOT / "schemas").iterdir() if p.suffix in {".json", ".yaml"}}
     assert {"user_message.v1.json", "assistant_reply.v1.json", "asyncapi.yaml"} <= schemas
-    migrations = {p.name for p in (ROOT / "worker" / "sql" / "migrations").glob("*.sql")}
+    migrations = {p.name for p in (ROOT / "worker" / "store" / "sql" / "migrations").glob("*.sql")}
     assert len(migrations) >= 4
     expected = {
         *(f"worker/schemas/{name}" for name in schemas),
-        "worker/sql/queries.sql",
-        "worker/sql/schema.sql",
-        *(f"worker/sql/migrations/{name}" for name in migrations),
+        "worker/store/sql/queries.sql",
+        "worker/store/sql/schema.sql",
+        *(f"worker/store/sql/migrations/{name}" for name in migrations),
     }
     assert sorted(expected - names) == []
+
+
+def test_the_wheel_leaves_the_stand_in_out(installed: Installed) -> None:
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        names = wheel.namelist()
+    assert {name.split("/")[0] for name in names} == {"worker", "assistant_worker-0.1.0.dist-info"}
+    assert [name for name in names if "standin" in name] == []
+
+
+def test_the_stand_in_commands_say_what_to_install_where_it_is_missing(
+    installed: Installed,
+) -> None:
+    for command in ("demo", "standin"):
+        done = subprocess.run(
+            [installed.bin("assistant-worker"), command],
+            cwd=installed.workdir,
+            env=installed.env(dict(os.environ)),
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == ""
+        [line] = done.stderr.splitlines()
+        assert line.startswith(f"assistant-worker {command}: needs the OpenAI stand-in")
+        assert "pip install ./standin" in line
+
+
+def test_the_stand_in_is_a_distribution_of_its_own(tmp_path: Path) -> None:
+    source = tmp_path / "standin"
+    shutil.copytree(ROOT / "standin", source, ignore=NOT_SOURCE)
+    checked(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "-q",
+        "-w",
+        tmp_path,
+        source,
+        cwd=tmp_path,
+    )
+    (wheel,) = tmp_path.glob("assistant_worker_standin-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    modules = {p.name for p in (ROOT / "standin").glob("*.py")}
+    assert {f"standin/{name}" for name in modules} <= set(names)
+    assert {name.split("/")[0] for name in names} == {
+        "standin",
+        "assistant_worker_standin-0.1.0.dist-info",
+    }
 
 
 VALIDATES = """
@@ -206,7 +259,7 @@ async def test_the_installed_worker_migrates_and_answers(
     migrate = await start(installed.bin("assistant-worker"), "migrate")
     out, err = await asyncio.wait_for(migrate.communicate(), 20)
     assert migrate.returncode == 0, err.decode()
-    names = sorted(p.stem for p in (ROOT / "worker" / "sql" / "migrations").glob("*.sql"))
+    names = sorted(p.stem for p in (ROOT / "worker" / "store" / "sql" / "migrations").glob("*.sql"))
     assert out.decode().split() == [word for name in names for word in ("applied", name)]
 
     worker = WorkerProcess(await start(installed.bin("assistant-worker"), "run"))

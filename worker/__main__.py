@@ -1,3 +1,3 @@
-from worker.cli import app
+from worker.ops.cli import app
 
 app()

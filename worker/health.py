@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from worker.metrics import Metrics
-from worker.store import Store
+from worker.store.postgres import Store
 
 log = structlog.get_logger("worker.health")
 

@@ -18,22 +18,22 @@ from worker.backends.assistants import AssistantsBackend
 from worker.backends.base import Backend
 from worker.backends.files import Files
 from worker.backends.responses import ResponsesBackend
-from worker.consume import Consumer
-from worker.conversation import ConversationProcessor
 from worker.health import Health, HealthServer, probe_database_forever
-from worker.intake import Intake
 from worker.metrics import Metrics
-from worker.migrate import check_schema
-from worker.ownership import Ownership
-from worker.pacing import Pacer
-from worker.polling import PollSchedule
-from worker.publish import OutboxRelay
-from worker.retry import RetryPolicy, internal_backoff
-from worker.runner import Runner
+from worker.relay.consume import Consumer
+from worker.relay.conversation import ConversationProcessor
+from worker.relay.intake import Intake
+from worker.relay.ownership import Ownership
+from worker.relay.pacing import Pacer
+from worker.relay.polling import PollSchedule
+from worker.relay.publish import OutboxRelay
+from worker.relay.retry import RetryPolicy, internal_backoff
+from worker.relay.runner import Runner
+from worker.relay.tools import ToolRegistry, default_tools
 from worker.settings import BackendName, Settings
 from worker.startup import Endpoint, Server, StoppedWhileWaiting, check_contract, wait_for
-from worker.store import Store, create_pool
-from worker.tools import ToolRegistry, default_tools
+from worker.store.migrate import check_schema
+from worker.store.postgres import Store, create_pool
 
 log = structlog.get_logger("worker.service")
 
@@ -55,7 +55,7 @@ def make_backends(
 
 
 def make_client(settings: Settings) -> openai.AsyncOpenAI:
-    # max_retries=0: worker.retry owns retries (see there why). The aiohttp transport costs
+    # max_retries=0: worker.relay.retry owns retries (see there why). The aiohttp transport costs
     # about 40 % less CPU per request than the default one (bench/sdk_cost.py).
     return openai.AsyncOpenAI(
         base_url=settings.openai_base_url,

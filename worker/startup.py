@@ -30,8 +30,8 @@ from aiormq.exceptions import (
 
 from worker.events import ASSISTANT_REPLY, USER_MESSAGE, validator
 from worker.health import Health
-from worker.retry import RetryPolicy
-from worker.store import queries
+from worker.relay.retry import RetryPolicy
+from worker.store.postgres import queries
 
 T = TypeVar("T")
 log = structlog.get_logger("worker.startup")

@@ -8,8 +8,8 @@ import aiohttp
 import openai
 import pytest
 
+from standin import StandIn
 from tests.standin.support import FAST, RawHttp
-from worker.standin import StandIn
 
 
 @pytest.fixture

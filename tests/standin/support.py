@@ -12,7 +12,7 @@ import aiohttp
 import openai
 from openai.types import FilePurpose
 
-from worker.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 
 FAST = StandInConfig(queue_ms=10, run_duration_ms=50, cancel_ms=10)
 TERMINAL = frozenset({"completed", "failed", "cancelled", "expired", "incomplete"})

@@ -11,8 +11,8 @@ import aiohttp
 import openai
 import pytest
 
+from standin import StandIn, serve
 from tests.standin.support import FAST, RawHttp, wait_until
-from worker.standin import StandIn, serve
 
 
 async def test_journal_records_every_v1_request(

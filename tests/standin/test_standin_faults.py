@@ -8,9 +8,9 @@ from typing import Any
 import openai
 import pytest
 
+from standin import StandIn
+from standin.faults import FaultInjector
 from tests.standin.support import RawHttp
-from worker.standin import StandIn
-from worker.standin.faults import FaultInjector
 
 
 async def test_429_is_a_rate_limit_error_with_retry_after(

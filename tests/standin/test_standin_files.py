@@ -6,8 +6,8 @@ import openai
 import pytest
 from openai.types import FilePurpose
 
+from standin import StandIn
 from tests.standin.support import RawHttp, upload
-from worker.standin import StandIn
 
 
 async def test_file_round_trip(client: openai.AsyncOpenAI) -> None:

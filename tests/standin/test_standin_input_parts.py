@@ -10,8 +10,8 @@ import pytest
 from openai.types.conversations import ConversationItem
 from openai.types.responses import ResponseInputContentParam, ResponseInputItemParam
 
+from standin import StandIn
 from tests.standin.support import RawHttp, upload, wait_until
-from worker.standin import StandIn
 
 MODEL = "gpt-test"
 NOTES_DATA = "data:text/plain;base64,aGVsbG8="

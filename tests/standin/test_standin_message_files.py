@@ -8,8 +8,8 @@ import openai
 import pytest
 from openai.types.beta.threads import Message
 
+from standin import StandIn
 from tests.standin.support import RawHttp, upload, wait_until
-from worker.standin import StandIn
 
 ASSISTANT = "asst_files"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 
+from standin import StandIn
 from tests.standin.support import RawHttp, wait_until
-from worker.standin import StandIn
 
 
 async def _thread_with_messages(client: openai.AsyncOpenAI, count: int) -> tuple[str, list[str]]:

@@ -10,8 +10,8 @@ import pytest
 from openai.types.beta.threads import Run
 from openai.types.beta.threads.run_submit_tool_outputs_params import ToolOutput
 
+from standin import StandIn
 from tests.standin.support import wait_until
-from worker.standin import StandIn
 
 ASSISTANT = "asst_outcomes"
 

@@ -9,8 +9,8 @@ import openai
 import pytest
 from openai.types.responses import Response
 
+from standin import StandIn
 from tests.standin.support import wait_until
-from worker.standin import StandIn
 
 MODEL = "gpt-test"
 

@@ -10,8 +10,8 @@ import openai
 import pytest
 from openai.types.responses import Response
 
+from standin import StandIn
 from tests.standin.support import wait_for, wait_until
-from worker.standin import StandIn
 
 MODEL = "gpt-test"
 

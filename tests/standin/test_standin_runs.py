@@ -8,8 +8,8 @@ import openai
 import pytest
 from openai.types.beta.threads.run_create_params import AdditionalMessage
 
+from standin import StandIn
 from tests.standin.support import wait_until
-from worker.standin import StandIn
 
 ASSISTANT = "asst_standin_tests"
 

@@ -23,8 +23,8 @@ from openai.types.conversations import (
 )
 from openai.types.responses import Response
 
+from standin import StandIn
 from tests.standin.support import RawHttp, wait_until
-from worker.standin import StandIn
 
 # ConversationItem is a union, so it validates through a TypeAdapter.
 _ITEM: pydantic.TypeAdapter[ConversationItem] = pydantic.TypeAdapter(ConversationItem)

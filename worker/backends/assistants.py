@@ -12,10 +12,10 @@ from openai.types.beta.threads import Message, Run
 from openai.types.beta.threads.message_content_part_param import MessageContentPartParam
 from openai.types.beta.threads.run_create_params import AdditionalMessage
 
-from worker.attachments import FileKind
 from worker.backends.base import RunSnapshot, RunStatus, ToolCall, ToolOutput, Turn, author_tags
 from worker.errors import ThreadBusy
 from worker.events import ReplyMessage, RunError, Usage, UserMessage
+from worker.relay.attachments import FileKind
 
 _ACTIVE_RUN = re.compile(r"\b(run_[A-Za-z0-9]+)\b")
 # How far back to look for the run of an earlier attempt; runs of one conversation are serial,

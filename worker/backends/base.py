@@ -10,8 +10,8 @@ from typing import Protocol
 
 from openai.types import FilePurpose
 
-from worker.attachments import FileKind, ModelFile
 from worker.events import Attachment, Author, ReplyMessage, RunError, Usage, UserMessage
+from worker.relay.attachments import FileKind, ModelFile
 
 
 class RunStatus(StrEnum):
@@ -125,7 +125,7 @@ class Backend(Protocol):
     """A model API that keeps a conversation and answers it in runs, one at a time.
 
     Methods make exactly one API request each and raise the SDK's exceptions; retrying and
-    classifying them is the caller's job (worker.retry).
+    classifying them is the caller's job (worker.relay.retry).
     """
 
     name: str

@@ -1,7 +1,7 @@
 """The Files API, for attachments: upload inline content once, describe referenced files.
 
 Like every other method a backend offers, each makes one request (finding an upload may make a
-few) and raises the SDK's exceptions; worker.retry classifies them.
+few) and raises the SDK's exceptions; worker.relay.retry classifies them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import openai
 from openai.types import FilePurpose
 
-from worker.attachments import FileKind, ModelFile, kind_of
+from worker.relay.attachments import FileKind, ModelFile, kind_of
 
 # Uploads of one conversation are serial and recent: an earlier attempt's is among the newest.
 _FIND_WINDOW = 100

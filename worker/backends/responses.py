@@ -24,7 +24,6 @@ from openai.types.responses import (
 )
 from openai.types.responses.response_output_item import ResponseOutputItem
 
-from worker.attachments import FileKind
 from worker.backends.base import (
     RunSnapshot,
     RunStatus,
@@ -35,6 +34,7 @@ from worker.backends.base import (
 )
 from worker.errors import ThreadBusy
 from worker.events import ReplyMessage, RunError, Usage, UserMessage
+from worker.relay.attachments import FileKind
 
 ITEMS_RUN = "items:"
 _PAGE = 100

@@ -1,0 +1,314 @@
+"""In-memory objects of the Assistants v2 surface and their API shapes.
+
+Timestamps are kept as float epoch seconds so the analysis endpoint can report
+precise intervals; the API shapes truncate them to the integer seconds the real
+API uses.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from standin.script import Script
+
+Json = dict[str, Any]
+RunStatus = Literal[
+    "queued",
+    "in_progress",
+    "requires_action",
+    "cancelling",
+    "cancelled",
+    "failed",
+    "completed",
+    "incomplete",
+    "expired",
+]
+# requires_action and cancelling still hold the thread lock, like the real API.
+ACTIVE_RUN_STATUSES: frozenset[RunStatus] = frozenset(
+    {"queued", "in_progress", "requires_action", "cancelling"}
+)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def seconds(epoch: float | None) -> int | None:
+    return None if epoch is None else int(epoch)
+
+
+def text_block(value: str) -> Json:
+    return {"type": "text", "text": {"value": value, "annotations": []}}
+
+
+@dataclass
+class Assistant:
+    id: str
+    model: str
+    created_at: float
+    name: str | None = None
+    description: str | None = None
+    instructions: str | None = None
+    tools: list[Json] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    temperature: float | None = None
+    top_p: float | None = None
+
+    def to_api(self) -> Json:
+        return {
+            "id": self.id,
+            "object": "assistant",
+            "created_at": seconds(self.created_at),
+            "name": self.name,
+            "description": self.description,
+            "model": self.model,
+            "instructions": self.instructions,
+            "tools": self.tools,
+            "metadata": self.metadata,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "response_format": "auto",
+            "tool_resources": {},
+        }
+
+
+@dataclass
+class Message:
+    id: str
+    thread_id: str
+    role: Literal["user", "assistant"]
+    content: list[Json]
+    created_at: float
+    metadata: dict[str, str] = field(default_factory=dict)
+    attachments: list[Json] = field(default_factory=list)
+    assistant_id: str | None = None
+    run_id: str | None = None
+    status: Literal["in_progress", "incomplete", "completed"] = "completed"
+    incomplete_reason: str | None = None
+
+    def text(self) -> str:
+        return "\n".join(part["text"]["value"] for part in self.content if part["type"] == "text")
+
+    def to_api(self) -> Json:
+        incomplete = self.status == "incomplete"
+        return {
+            "id": self.id,
+            "object": "thread.message",
+            "created_at": seconds(self.created_at),
+            "thread_id": self.thread_id,
+            "role": self.role,
+            "content": self.content,
+            "assistant_id": self.assistant_id,
+            "run_id": self.run_id,
+            "attachments": self.attachments,
+            "metadata": self.metadata,
+            "status": self.status,
+            "completed_at": None if incomplete else seconds(self.created_at),
+            "incomplete_at": seconds(self.created_at) if incomplete else None,
+            "incomplete_details": {"reason": self.incomplete_reason} if incomplete else None,
+        }
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+    output: str | None = None
+
+    def required_action_api(self) -> Json:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+    def step_api(self) -> Json:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments, "output": self.output},
+        }
+
+
+@dataclass
+class RunStep:
+    id: str
+    run_id: str
+    thread_id: str
+    assistant_id: str
+    type: Literal["message_creation", "tool_calls"]
+    created_at: float
+    status: Literal["in_progress", "cancelled", "failed", "completed", "expired"]
+    message_id: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    ended_at: float | None = None
+
+    def _details(self) -> Json:
+        if self.type == "message_creation":
+            return {"type": "message_creation", "message_creation": {"message_id": self.message_id}}
+        return {"type": "tool_calls", "tool_calls": [call.step_api() for call in self.tool_calls]}
+
+    def to_api(self) -> Json:
+        ended = seconds(self.ended_at)
+        return {
+            "id": self.id,
+            "object": "thread.run.step",
+            "created_at": seconds(self.created_at),
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "assistant_id": self.assistant_id,
+            "type": self.type,
+            "status": self.status,
+            "step_details": self._details(),
+            "completed_at": ended if self.status == "completed" else None,
+            "cancelled_at": ended if self.status == "cancelled" else None,
+            "failed_at": ended if self.status == "failed" else None,
+            "expired_at": ended if self.status == "expired" else None,
+            "last_error": None,
+            "metadata": {},
+            "usage": None,
+        }
+
+
+@dataclass
+class Run:
+    id: str
+    thread_id: str
+    assistant_id: str
+    model: str
+    instructions: str
+    tools: list[Json]
+    metadata: dict[str, str]
+    created_at: float
+    expires_at: float
+    script: Script
+    # The user texts this run answers, and each as the echo names it (with files).
+    batch: list[str]
+    echoed: list[str]
+    # Request fields the stand-in does not act on but echoes back, as the API does.
+    options: Json = field(default_factory=dict)
+    status: RunStatus = "queued"
+    started_at: float | None = None
+    ended_at: float | None = None
+    last_error: Json | None = None
+    incomplete_reason: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Json | None = None
+    steps: list[RunStep] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_RUN_STATUSES
+
+    def record(self) -> Json:
+        """The analysis view: precise float times, for delay and overlap checks."""
+        return {
+            "id": self.id,
+            "kind": "run",
+            "thread_id": self.thread_id,
+            "conversation_id": None,
+            "status": self.status,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "metadata": self.metadata,
+            "batch": self.batch,
+        }
+
+    def _required_action(self) -> Json | None:
+        if self.status != "requires_action":
+            return None
+        calls = [call.required_action_api() for call in self.tool_calls]
+        return {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": calls}}
+
+    def to_api(self) -> Json:
+        ended = seconds(self.ended_at)
+        return {
+            "id": self.id,
+            "object": "thread.run",
+            "created_at": seconds(self.created_at),
+            "thread_id": self.thread_id,
+            "assistant_id": self.assistant_id,
+            "status": self.status,
+            "model": self.model,
+            "instructions": self.instructions,
+            "tools": self.tools,
+            "metadata": self.metadata,
+            "started_at": seconds(self.started_at),
+            "expires_at": seconds(self.expires_at),
+            "completed_at": ended if self.status == "completed" else None,
+            "failed_at": ended if self.status == "failed" else None,
+            "cancelled_at": ended if self.status == "cancelled" else None,
+            "last_error": self.last_error,
+            "incomplete_details": (
+                {"reason": self.incomplete_reason} if self.status == "incomplete" else None
+            ),
+            "required_action": self._required_action(),
+            "usage": self.usage,
+            "parallel_tool_calls": self.options.get("parallel_tool_calls", True),
+            "response_format": self.options.get("response_format") or "auto",
+            "tool_choice": self.options.get("tool_choice") or "auto",
+            "truncation_strategy": self.options.get("truncation_strategy")
+            or {"type": "auto", "last_messages": None},
+            "temperature": self.options.get("temperature"),
+            "top_p": self.options.get("top_p"),
+            "max_completion_tokens": self.options.get("max_completion_tokens"),
+            "max_prompt_tokens": self.options.get("max_prompt_tokens"),
+        }
+
+
+@dataclass
+class Thread:
+    id: str
+    created_at: float
+    metadata: dict[str, str] = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+
+    def to_api(self) -> Json:
+        return {
+            "id": self.id,
+            "object": "thread",
+            "created_at": seconds(self.created_at),
+            "metadata": self.metadata,
+            "tool_resources": {},
+        }
+
+
+@dataclass
+class StoredFile:
+    id: str
+    filename: str
+    purpose: str
+    content: bytes
+    created_at: float
+    # A deleted file is gone from the API but kept here, for inspection and for
+    # the names in echo replies to messages that named it before.
+    deleted: bool = False
+
+    def inspect(self) -> Json:
+        """The test view: what was uploaded and whether it was deleted since."""
+        return {
+            "id": self.id,
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "bytes": len(self.content),
+            "created_at": self.created_at,
+            "deleted": self.deleted,
+        }
+
+    def to_api(self) -> Json:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.content),
+            "created_at": seconds(self.created_at),
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }

@@ -1,0 +1,109 @@
+"""In-memory objects of the Responses + Conversations surface and their API shapes."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Literal
+
+from standin.models import Json, seconds
+from standin.script import Script
+
+ResponseStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
+
+
+@dataclass
+class Conversation:
+    id: str
+    created_at: float
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Stored in ConversationItem shape, oldest first.
+    items: list[Json] = field(default_factory=list)
+    responses: list[ResponseRecord] = field(default_factory=list)
+
+    def to_api(self) -> Json:
+        return {
+            "id": self.id,
+            "object": "conversation",
+            "created_at": seconds(self.created_at),
+            "metadata": self.metadata,
+        }
+
+
+@dataclass
+class ResponseRecord:
+    id: str
+    conversation_id: str | None
+    model: str
+    instructions: str | None
+    metadata: dict[str, str]
+    tools: list[Json]
+    created_at: float
+    background: bool
+    script: Script
+    input_items: list[Json]
+    # The user texts this response answers, and each as the echo names it (with files).
+    batch: list[str]
+    echoed: list[str]
+    # (tool name, output) when this response answers an earlier function_call.
+    tool_reply: tuple[str, str] | None = None
+    # Request fields the stand-in does not act on but echoes back, as the API does.
+    options: Json = field(default_factory=dict)
+    status: ResponseStatus = "queued"
+    started_at: float | None = None
+    ended_at: float | None = None
+    output: list[Json] = field(default_factory=list)
+    error: Json | None = None
+    incomplete_reason: str | None = None
+    usage: Json | None = None
+    # Set when the response settles; a non-background create waits on it.
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("queued", "in_progress")
+
+    def to_api(self) -> Json:
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": seconds(self.created_at),
+            "status": self.status,
+            "background": self.background,
+            "conversation": {"id": self.conversation_id} if self.conversation_id else None,
+            "model": self.model,
+            "instructions": self.instructions,
+            "metadata": self.metadata,
+            "tools": self.tools,
+            "output": self.output,
+            "error": self.error,
+            "incomplete_details": (
+                {"reason": self.incomplete_reason} if self.status == "incomplete" else None
+            ),
+            "usage": self.usage,
+            "completed_at": seconds(self.ended_at) if self.status == "completed" else None,
+            "parallel_tool_calls": self.options.get("parallel_tool_calls", True),
+            "tool_choice": self.options.get("tool_choice") or "auto",
+            "temperature": self.options.get("temperature"),
+            "top_p": self.options.get("top_p"),
+            "max_output_tokens": self.options.get("max_output_tokens"),
+            "previous_response_id": self.options.get("previous_response_id"),
+            "text": self.options.get("text") or {"format": {"type": "text"}},
+            "truncation": self.options.get("truncation") or "disabled",
+            "store": self.options.get("store", True),
+        }
+
+    def record(self) -> Json:
+        """The analysis view: precise float times, for delay and overlap checks."""
+        return {
+            "id": self.id,
+            "kind": "response",
+            "thread_id": None,
+            "conversation_id": self.conversation_id,
+            "status": self.status,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "metadata": self.metadata,
+            "batch": self.batch,
+        }

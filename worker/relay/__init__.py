@@ -1,0 +1,1 @@
+"""The relay: consume -> store -> run -> publish."""

@@ -1,0 +1,443 @@
+"""The owner's loop for one conversation: batch what is pending, run it, record the outcome.
+
+No broker or SQL here: state goes through Store, messages out through the outbox it writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import structlog
+
+from worker.backends.base import TRANSIENT_RUN_ERRORS, Backend, RunStatus, Turn
+from worker.backends.files import Files
+from worker.crashpoints import CrashPoint, FaultPoint, maybe_crash, maybe_fail
+from worker.errors import (
+    ApiUnavailable,
+    LeaseLost,
+    PermanentApiError,
+    ReasonCode,
+    error_class,
+    is_dependency_failure,
+    origin,
+)
+from worker.events import AssistantReply, Attachment, ReplyMessage, UserMessage, vars_of
+from worker.metrics import Metrics
+from worker.relay.attachments import FileKind, ModelFile, decode, kind_of
+from worker.relay.outbound import Delivery, Failure, dead_letter_outbox, reply_outbox
+from worker.relay.pacing import Pacer
+from worker.relay.retry import RetryPolicy, internal_backoff
+from worker.relay.runner import FinishedRun, Runner
+from worker.settings import Settings
+from worker.store.postgres import (
+    ConversationRow,
+    Lease,
+    NextBatch,
+    OpenBatch,
+    RunRecord,
+    Store,
+    StoredEvent,
+)
+
+log = structlog.get_logger("worker.relay.conversation")
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    """One batch being answered: who owns it, where it runs, what it answers."""
+
+    lease: Lease
+    batch: OpenBatch
+    runner: Runner
+    thread_id: str
+    # Made by this process just now: nobody can have sent its run yet.
+    fresh: bool
+
+    @property
+    def backend(self) -> Backend:
+        return self.runner.backend
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far a batch got: an internal failure is reported with the stage it happened in."""
+
+    stage: FaultPoint = FaultPoint.BATCH_OPEN
+
+    def reached(self, stage: FaultPoint) -> None:
+        self.stage = stage
+        maybe_fail(stage)
+
+
+class ConversationProcessor:
+    """Answers a leased conversation batch by batch, and bounds every way a batch can fail.
+
+    API refusals and outages dead-letter the batch at once (they are classified); anything
+    else is counted on the batch, retried with backoff, and after AW_INTERNAL_ATTEMPTS
+    dead-lettered as `internal_error`, so that the conversation's later events go on.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        runners: Mapping[str, Runner],
+        files: Files,
+        api: RetryPolicy,
+        on_outbox: Callable[[], None],
+        metrics: Metrics,
+        pacer: Pacer,
+    ) -> None:
+        """`pacer` paces the starting steps (with intake); finishing is never held back."""
+        self._settings = settings
+        self._store = store
+        self._runners = runners
+        self._files = files
+        self._api = api
+        self._failures = internal_backoff(settings)
+        self._on_outbox = on_outbox
+        self._metrics = metrics
+        self._pacer = pacer
+
+    async def process(self, lease: Lease) -> None:
+        """Answers everything pending, batch by batch, then gives the conversation up."""
+        with structlog.contextvars.bound_contextvars(conversation_id=lease.conversation_id):
+            try:
+                async with self._pacer.slot():
+                    found = await self._store.next_batch(lease)
+                # Finishing a batch opens the next one, or gives the conversation up.
+                while found is not None:
+                    found = await self._answer(lease, found)
+            except LeaseLost:
+                log.warning("lease_lost")
+
+    async def _answer(self, lease: Lease, found: NextBatch) -> NextBatch | None:
+        batch, stored = found.batch, found.events
+        progress = _Progress()
+        with structlog.contextvars.bound_contextvars(batch_id=str(batch.batch_id)):
+            try:
+                return await self._answer_batch(lease, found, progress)
+            except PermanentApiError as exc:
+                failure = Failure(ReasonCode.OPENAI_REJECTED, str(exc))
+                return await self._dead_letter(lease, batch, stored, failure)
+            except ApiUnavailable as exc:
+                failure = Failure(
+                    ReasonCode.OPENAI_UNAVAILABLE,
+                    str(exc),
+                    self._api.attempts,
+                    exc.first_failure_at,
+                )
+                return await self._dead_letter(lease, batch, stored, failure)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                # A server that is down is waited out by whoever holds the delivery.
+                if is_dependency_failure(exc):
+                    raise
+                return await self._internal_failure(lease, found, exc, progress.stage)
+
+    async def _answer_batch(
+        self, lease: Lease, found: NextBatch, progress: _Progress
+    ) -> NextBatch | None:
+        batch, conversation, stored = found.batch, found.conversation, found.events
+        progress.reached(FaultPoint.BATCH_OPEN)
+        # Each conversation stays on the backend that created its thread.
+        runner = self._runners[conversation.backend]
+        progress.reached(FaultPoint.THREAD_CREATE)
+        thread_id = await self._thread(lease, conversation, runner.backend)
+        with structlog.contextvars.bound_contextvars(thread_id=thread_id):
+            work = _Work(lease, batch, runner, thread_id, found.fresh)
+            after = await self._run_batch(work, conversation, stored, progress)
+        self._observe_latency(stored)
+        return after
+
+    async def _internal_failure(
+        self, lease: Lease, found: NextBatch, exc: Exception, stage: FaultPoint
+    ) -> NextBatch | None:
+        """Counts a failure no class covers on the batch; retries it, or dead-letters it."""
+        batch = found.batch
+        failures, first_at = await self._store.record_batch_failure(lease, batch.batch_id)
+        attempts = self._failures.attempts
+        log.error(
+            "batch_failed",
+            stage=str(stage),
+            error_class=error_class(exc),
+            origin=origin(exc),
+            failure=failures,
+            attempts=attempts,
+        )
+        if failures >= attempts:
+            failure = Failure(
+                ReasonCode.INTERNAL_ERROR,
+                f"{error_class(exc)} in stage {stage}, {failures} times",
+                failures,
+                first_at,
+                error_class=f"{error_class(exc)} ({stage})",
+            )
+            return await self._dead_letter(lease, batch, found.events, failure)
+        await asyncio.sleep(self._failures.delay_s(failures))
+        # The same open batch, read afresh: a run ID stored before the failure is resumed.
+        async with self._pacer.slot():
+            return await self._store.next_batch(lease)
+
+    async def _thread(self, lease: Lease, conversation: ConversationRow, backend: Backend) -> str:
+        if conversation.thread_id is not None:
+            return conversation.thread_id
+        # An orphan thread from a crash right after this call is harmless: it holds nothing.
+        async with self._pacer.slot():
+            thread_id = await self._api.call(
+                "create_thread", lambda: backend.create_thread(lease.conversation_id)
+            )
+            await self._store.set_thread(lease, thread_id)
+        log.info("thread_created", thread_id=thread_id, backend=backend.name)
+        return thread_id
+
+    async def _run_batch(
+        self,
+        work: _Work,
+        conversation: ConversationRow,
+        stored: list[StoredEvent],
+        progress: _Progress,
+    ) -> NextBatch | None:
+        messages = tuple(UserMessage.from_json(json.loads(e.body)) for e in stored)
+        progress.reached(FaultPoint.UPLOAD)
+        files = await self._model_files(work, messages)
+        turn = Turn(
+            batch_id=work.batch.batch_id,
+            attempt=work.batch.attempt,
+            conversation_id=work.lease.conversation_id,
+            messages=messages,
+            assistant_id=_assistant_for(messages, conversation.assistant_id, self._settings),
+            add_messages=not work.batch.messages_added,
+            after_item_id=work.batch.after_item_id,
+            files=files,
+        )
+        run_id = work.batch.run_id
+        while True:
+            finished = await self._run_once(work, turn, run_id, progress)
+            if not self._retry_run(finished, turn):
+                break
+            log.warning("run_retry", run_id=finished.snapshot.run_id, attempt=turn.attempt)
+            after_item_id = await self._watermark(work)
+            await self._store.record_run_retry(
+                work.lease, work.batch.batch_id, _record(finished), after_item_id
+            )
+            turn = replace(
+                turn, attempt=turn.attempt + 1, add_messages=False, after_item_id=after_item_id
+            )
+            work = replace(work, fresh=True)  # this process is the first to try the new attempt
+            run_id = None
+        progress.reached(FaultPoint.RECORD)
+        return await self._record_reply(work, turn, finished)
+
+    async def _model_files(
+        self, work: _Work, messages: tuple[UserMessage, ...]
+    ) -> dict[tuple[str, int], ModelFile]:
+        """The file of every attachment, recorded before the run that sends them is created.
+
+        An inline attachment is uploaded once: its file ID is stored right after the upload,
+        and an upload whose answer was lost, or that a dead worker made before storing it, is
+        found among the newest files (same name and bytes) instead of being made again.
+        """
+        wanted = [(m, a) for m in messages for a in m.attachments]
+        if not wanted:
+            return {}
+        known = await self._store.batch_files([m.event_id for m in messages])
+        for message, attachment in wanted:
+            key = (message.event_id, attachment.position)
+            if key not in known:
+                known[key] = await self._model_file(work, message, attachment)
+        return known
+
+    async def _model_file(
+        self, work: _Work, message: UserMessage, attachment: Attachment
+    ) -> ModelFile:
+        if attachment.file_id is not None:
+            file_id = attachment.file_id
+            file = await self._api.call("retrieve_file", lambda: self._files.describe(file_id))
+        else:
+            file = await self._upload(work, attachment)
+            maybe_crash(CrashPoint.AFTER_UPLOAD)
+        await self._store.record_file(
+            work.lease, message.event_id, attachment.position, file, uploaded=attachment.inline
+        )
+        log.info("attachment_ready", file_id=file.file_id, kind=str(file.kind))
+        return file
+
+    async def _upload(self, work: _Work, attachment: Attachment) -> ModelFile:
+        assert attachment.filename is not None
+        filename, content = attachment.filename, decode(attachment)
+        kind = _kind(filename)
+        purpose = work.backend.upload_purpose(kind)
+        # Only a batch this process just opened can be sure nobody uploaded for it yet.
+        sent = not work.fresh
+
+        async def look_then_upload() -> ModelFile:
+            nonlocal sent
+            if sent:
+                found = await self._files.find(filename, content, purpose)
+                if found is not None:
+                    log.info("upload_adopted", file_id=found.file_id)
+                    return found
+            sent = True
+            return await self._files.upload(filename, content, purpose)
+
+        async with self._pacer.slot():
+            return await self._api.call("upload_file", look_then_upload)
+
+    async def _run_once(
+        self, work: _Work, turn: Turn, run_id: str | None, progress: _Progress
+    ) -> FinishedRun:
+        started_at: float | None = None
+        if run_id is None:
+            progress.reached(FaultPoint.RUN_CREATE)
+            maybe_crash(CrashPoint.BEFORE_RUN_START)
+            # Paced inside: waiting out someone else's run holds nothing back.
+            started = await work.runner.start(work.thread_id, turn, first_try=work.fresh)
+            run = started.run
+            started_at = None if started.adopted else time.monotonic()
+            maybe_crash(CrashPoint.AFTER_RUN_CREATED)
+            await self._store.record_run_started(
+                work.lease, turn.batch_id, run.run_id, turn.attempt
+            )
+            log.info("run_started", run_id=run.run_id, events=len(turn.messages))
+        else:
+            log.info("run_resumed", run_id=run_id)
+            run = await self._api.call(
+                "retrieve_run", lambda: work.backend.retrieve_run(work.thread_id, run_id)
+            )
+
+        async def remember(new_run_id: str) -> None:
+            await self._store.record_run_started(
+                work.lease, turn.batch_id, new_run_id, turn.attempt
+            )
+
+        progress.reached(FaultPoint.POLL)
+        polling_from = time.monotonic()
+        finished = await work.runner.finish(
+            work.thread_id, run, turn, remember, started_at=started_at
+        )
+        self._metrics.run_duration.observe(time.monotonic() - polling_from)
+        self._metrics.polls_per_run.observe(finished.polls)
+        self._metrics.runs_finished.labels(work.backend.name, finished.snapshot.status.value).inc()
+        return finished
+
+    def _retry_run(self, finished: FinishedRun, turn: Turn) -> bool:
+        snapshot = finished.snapshot
+        return (
+            snapshot.status is RunStatus.FAILED
+            and snapshot.error is not None
+            and snapshot.error.code in TRANSIENT_RUN_ERRORS
+            and turn.attempt < self._settings.run_attempts
+        )
+
+    async def _watermark(self, work: _Work) -> str | None:
+        return await self._api.call("watermark", lambda: work.backend.watermark(work.thread_id))
+
+    async def _record_reply(
+        self, work: _Work, turn: Turn, finished: FinishedRun
+    ) -> NextBatch | None:
+        snapshot = finished.snapshot
+        messages: tuple[ReplyMessage, ...] = snapshot.messages or ()
+        if snapshot.messages is None and snapshot.status in (
+            RunStatus.COMPLETED,
+            RunStatus.INCOMPLETE,
+        ):
+            messages = await self._api.call(
+                "list_messages",
+                lambda: work.backend.reply_messages(work.thread_id, snapshot.run_id),
+            )
+        reply = AssistantReply(
+            conversation_id=work.lease.conversation_id,
+            in_reply_to=work.batch.event_ids,
+            status=snapshot.status.value,
+            messages=messages,
+            thread_id=work.thread_id,
+            run_id=snapshot.run_id,
+            assistant_id=turn.assistant_id if work.backend.name == "assistants" else None,
+            backend=work.backend.name,
+            usage=snapshot.usage,
+            error=snapshot.error,
+        )
+        after = await self._store.finish_batch(
+            work.lease,
+            work.batch.batch_id,
+            event_status="answered",
+            outbox=[reply_outbox(reply, self._settings.topology)],
+            ended=_record(finished),
+            last_item_id=snapshot.last_item_id or await self._watermark(work),
+        )
+        maybe_crash(CrashPoint.AFTER_REPLY_RECORDED)
+        self._on_outbox()
+        log.info(
+            "reply_recorded",
+            run_id=snapshot.run_id,
+            status=snapshot.status.value,
+            reply_event_id=reply.event_id,
+            polls=finished.polls,
+        )
+        return after
+
+    async def _dead_letter(
+        self, lease: Lease, batch: OpenBatch, stored: list[StoredEvent], failure: Failure
+    ) -> NextBatch | None:
+        topology = self._settings.topology
+        outbox = [
+            dead_letter_outbox(
+                Delivery(e.body, e.headers, e.event_id, topology.inbound_exchange, e.routing_key),
+                failure,
+                topology,
+                event_id=e.event_id,
+                conversation_id=lease.conversation_id,
+            )
+            for e in stored
+        ]
+        after = await self._store.finish_batch(
+            lease, batch.batch_id, event_status="dead_lettered", outbox=outbox
+        )
+        self._on_outbox()
+        self._metrics.events_dead_lettered.labels(str(failure.reason)).inc(len(stored))
+        log.error(
+            "batch_dead_lettered",
+            reason=str(failure.reason),
+            error=failure.error,
+            events=list(batch.event_ids),
+        )
+        return after
+
+    def _observe_latency(self, stored: list[StoredEvent]) -> None:
+        now = datetime.now(UTC)
+        for event in stored:
+            self._metrics.reply_latency.observe((now - event.received_at).total_seconds())
+
+
+def _kind(filename: str) -> FileKind:
+    kind = kind_of(filename)
+    assert kind is not None  # intake refuses inline files of other types
+    return kind
+
+
+def _record(finished: FinishedRun) -> RunRecord:
+    s = finished.snapshot
+    return RunRecord(
+        run_id=s.run_id,
+        status=s.status.value,
+        polls=finished.polls,
+        usage=None if s.usage is None else vars_of(s.usage),
+        error=None if s.error is None else vars_of(s.error),
+    )
+
+
+def _assistant_for(
+    messages: tuple[UserMessage, ...], stored: str | None, settings: Settings
+) -> str:
+    """The newest per-event override wins, then the conversation's, then the configured default."""
+    for message in reversed(messages):
+        if message.assistant_id:
+            return message.assistant_id
+    return stored or settings.assistant_id

@@ -1,0 +1,148 @@
+"""Decides what to do with one inbound delivery. No broker code: the consumer settles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from enum import StrEnum
+
+import structlog
+
+from worker.crashpoints import FaultPoint, maybe_fail
+from worker.errors import InvalidEvent, ReasonCode, error_class
+from worker.events import UserMessage, parse_user_message
+from worker.metrics import Metrics
+from worker.relay import attachments
+from worker.relay.outbound import Delivery, Failure, dead_letter_outbox
+from worker.relay.ownership import Ownership
+from worker.relay.pacing import Pacer
+from worker.settings import BackendName, Settings
+from worker.store.postgres import IncomingEvent, IntakeResult, Store
+
+log = structlog.get_logger("worker.relay.intake")
+
+
+class Settlement(StrEnum):
+    ACK = "ack"
+    REQUEUE = "requeue"
+
+
+class Intake:
+    """Turns one delivery into stored work: refuses what can never be answered, dedupes, and
+    answers the conversation when this worker can take it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        ownership: Ownership,
+        on_outbox: Callable[[], None],
+        metrics: Metrics,
+        pacer: Pacer,
+    ) -> None:
+        """`pacer` paces storing new events, a starting step like those of the conversation."""
+        self._settings = settings
+        self._store = store
+        self._ownership = ownership
+        self._on_outbox = on_outbox
+        self._metrics = metrics
+        self._pacer = pacer
+        self._limits = attachments.Limits(
+            settings.attachment_max_bytes, settings.event_attachments_max_bytes
+        )
+
+    async def handle(self, delivery: Delivery) -> Settlement:
+        """Stores the event, then answers it if this worker can own the conversation.
+
+        The delivery is settled only after that, so while a worker is busy with a conversation
+        its message counts against the prefetch and the backlog stays visible in the queue.
+        """
+        maybe_fail(FaultPoint.INTAKE)
+        try:
+            event = parse_user_message(delivery.body, delivery.message_id)
+            attachments.check(event, self._limits)
+        except InvalidEvent as exc:
+            await self._dead_letter_invalid(delivery, exc)
+            return Settlement.ACK
+        with structlog.contextvars.bound_contextvars(
+            event_id=event.event_id, conversation_id=event.conversation_id
+        ):
+            async with self._ownership.slot():
+                async with self._pacer.slot():
+                    stored = await self._store.intake(
+                        _incoming(event, delivery),
+                        backend=self._settings.backend.value,
+                        # The assistant chosen on first contact sticks to the conversation.
+                        assistant_id=event.assistant_id or self._settings.assistant_id,
+                        owner=self._ownership.owner,
+                        lease_ttl_s=self._ownership.ttl_s,
+                    )
+                log.info("event_received", intake=stored.result.value)
+                self._metrics.events_received.labels(stored.result.value).inc()
+                if stored.result is IntakeResult.REFUSED:
+                    await self._dead_letter_unsupported(delivery, event, stored.backend)
+                # Without the lease, whoever holds it answers the event before giving it up.
+                elif stored.lease is not None:
+                    await self._ownership.process_leased(stored.lease)
+            return Settlement.ACK
+
+    async def dead_letter_failed(
+        self, delivery: Delivery, exc: Exception, attempts: int, first_failure_at: datetime
+    ) -> None:
+        """A delivery that kept failing in a way no class covers: its verdict, not the broker's."""
+        failure = Failure(
+            ReasonCode.INTERNAL_ERROR,
+            f"{error_class(exc)} while taking the event in, {attempts} times",
+            attempts,
+            first_failure_at,
+            error_class=f"{error_class(exc)} (intake)",
+        )
+        await self._dead_letter(delivery, failure)
+
+    async def _dead_letter_unsupported(
+        self, delivery: Delivery, event: UserMessage, backend: str
+    ) -> None:
+        log.warning("event_refused", reason=str(ReasonCode.FIELD_UNSUPPORTED), backend=backend)
+        failure = Failure(
+            ReasonCode.FIELD_UNSUPPORTED,
+            f"assistant_id names an Assistants API assistant, but this conversation is on the "
+            f"{backend} backend, which has none (at /assistant_id)",
+        )
+        await self._dead_letter(delivery, failure, event)
+
+    async def _dead_letter_invalid(self, delivery: Delivery, exc: InvalidEvent) -> None:
+        """Straight to the dead-letter queue (through the outbox): retrying cannot fix it."""
+        log.warning("event_invalid", reason=str(exc.reason), error=exc.detail)
+        self._metrics.events_received.labels("invalid").inc()
+        await self._dead_letter(delivery, Failure(exc.reason, exc.detail))
+
+    async def _dead_letter(
+        self, delivery: Delivery, failure: Failure, event: UserMessage | None = None
+    ) -> None:
+        self._metrics.events_dead_lettered.labels(str(failure.reason)).inc()
+        await self._store.add_to_outbox(
+            dead_letter_outbox(
+                delivery,
+                failure,
+                self._settings.topology,
+                event_id=None if event is None else event.event_id,
+                conversation_id=None if event is None else event.conversation_id,
+            )
+        )
+        self._on_outbox()
+
+
+def _incoming(event: UserMessage, delivery: Delivery) -> IncomingEvent:
+    return IncomingEvent(
+        event_id=event.event_id,
+        conversation_id=event.conversation_id,
+        body=delivery.body,
+        headers=delivery.headers,
+        routing_key=delivery.routing_key,
+        replay_count=delivery.replay_count,
+        forced=delivery.forced,
+        occurred_at=event.occurred_at,
+        batch_key=event.batch_key,
+        # Only the Assistants API has assistants to name.
+        needs_backend=BackendName.ASSISTANTS.value if event.assistant_id else None,
+    )

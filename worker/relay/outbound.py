@@ -1,0 +1,126 @@
+"""What the worker sends: replies and dead letters, as outbox rows ready to publish."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.errors import ReasonCode
+from worker.events import AssistantReply, rfc3339
+from worker.settings import Topology
+from worker.store.postgres import OutboxMessage
+
+# Headers on a dead letter; the body is the original delivery, byte for byte.
+H_REASON = "x-aw-reason"
+H_ERROR = "x-aw-error"
+H_ERROR_CLASS = "x-aw-error-class"
+H_ATTEMPTS = "x-aw-attempts"
+H_FIRST_FAILURE = "x-aw-first-failure-at"
+H_LAST_FAILURE = "x-aw-last-failure-at"
+H_ORIGINAL_EXCHANGE = "x-aw-original-exchange"
+H_ORIGINAL_ROUTING_KEY = "x-aw-original-routing-key"
+H_EVENT_ID = "x-aw-event-id"
+H_CONVERSATION_ID = "x-aw-conversation-id"
+# Set by operators' replays: a replayed event is new work, a forced one even if answered.
+H_REPLAY_COUNT = "x-aw-replay-count"
+H_FORCE = "x-aw-force"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An inbound AMQP message, reduced to what the worker keeps of it."""
+
+    body: bytes
+    headers: dict[str, Any]
+    message_id: str | None
+    exchange: str
+    routing_key: str
+
+    @property
+    def replay_count(self) -> int:
+        value = self.headers.get(H_REPLAY_COUNT, 0)
+        return value if isinstance(value, int) else 0
+
+    @property
+    def forced(self) -> bool:
+        return str(self.headers.get(H_FORCE, "")).lower() in ("1", "true", "yes")
+
+
+# Every x-aw-* header the worker writes stays within this many UTF-8 bytes.
+HEADER_MAX_BYTES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why events are dead-lettered: the reason code and a readable, content-free error."""
+
+    reason: ReasonCode
+    error: str
+    attempts: int = 1
+    first_failure_at: datetime | None = None
+    # For internal errors: the exception class and the stage it failed in.
+    error_class: str | None = None
+
+
+def bounded(text: str, limit: int = HEADER_MAX_BYTES) -> str:
+    """`text` cut to `limit` UTF-8 bytes (marked), never inside a character."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def reply_outbox(reply: AssistantReply, topology: Topology) -> OutboxMessage:
+    return OutboxMessage(
+        dedupe_key=f"reply:{reply.event_id}",
+        kind="reply",
+        message_id=reply.event_id,
+        exchange=topology.outbound_exchange,
+        routing_key=topology.reply_routing_key,
+        headers={"x-aw-conversation-id": reply.conversation_id},
+        body=reply.encode(),
+    )
+
+
+def dead_letter_outbox(
+    delivery: Delivery,
+    failure: Failure,
+    topology: Topology,
+    *,
+    event_id: str | None = None,
+    conversation_id: str | None = None,
+) -> OutboxMessage:
+    """A dead letter: the original body untouched, the verdict in headers.
+
+    Its dedupe key ties it to this event and replay round, so a redelivery of the same input
+    is not dead-lettered twice while a later replay that fails again is.
+    """
+    now = datetime.now(UTC)
+    identity = event_id or hashlib.sha256(delivery.body).hexdigest()
+    headers = {
+        **delivery.headers,
+        H_REASON: str(failure.reason),
+        H_ERROR: bounded(failure.error),
+        H_ATTEMPTS: failure.attempts,
+        H_FIRST_FAILURE: rfc3339(failure.first_failure_at or now),
+        H_LAST_FAILURE: rfc3339(now),
+        H_ORIGINAL_EXCHANGE: delivery.exchange,
+        H_ORIGINAL_ROUTING_KEY: delivery.routing_key,
+    }
+    if failure.error_class is not None:
+        headers[H_ERROR_CLASS] = bounded(failure.error_class)
+    if event_id is not None:
+        headers[H_EVENT_ID] = event_id
+    if conversation_id is not None:
+        headers[H_CONVERSATION_ID] = conversation_id
+    return OutboxMessage(
+        dedupe_key=f"dead:{identity}:{delivery.replay_count}",
+        kind="dead_letter",
+        message_id=delivery.message_id or identity,
+        exchange=topology.dead_letter_exchange,
+        routing_key=delivery.routing_key,
+        headers=headers,
+        body=delivery.body,
+    )

@@ -1,0 +1,177 @@
+"""Retries for transient model-API failures: one policy object decides, tenacity executes.
+
+The SDK's own retries are switched off (max_retries=0): they would stack with these, and a POST
+they repeat blindly can create a duplicate. Here every attempt of a creating call reconciles first.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import openai
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from worker.errors import ApiUnavailable, PermanentApiError
+from worker.metrics import Metrics
+from worker.settings import Settings
+
+T = TypeVar("T")
+log = structlog.get_logger("worker.relay.retry")
+
+_TRANSIENT_STATUS = frozenset({408, 409, 429})
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in _TRANSIENT_STATUS or exc.status_code >= 500
+    return False
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """The server's own wait hint (`retry-after-ms` or `Retry-After` seconds), if any."""
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    headers = exc.response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        if "retry-after" in headers:
+            return float(headers["retry-after"])
+    except ValueError:
+        return None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How often to try something that failed for no known reason, and how long to wait."""
+
+    attempts: int
+    base_s: float
+    cap_s: float
+    jitter: float = 0.25
+
+    def delay_s(self, failures: int) -> float:
+        """The wait after the `failures`-th failure: doubling from `base_s`, capped, jittered."""
+        delay: float = min(self.cap_s, self.base_s * 2.0 ** (failures - 1))
+        return delay * (1 - self.jitter * random.random())
+
+
+def internal_backoff(settings: Settings) -> Backoff:
+    """AW_INTERNAL_*: for failures no other class covers, wherever they happen."""
+    return Backoff(
+        settings.internal_attempts,
+        settings.internal_backoff_base_s,
+        settings.internal_backoff_cap_s,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter; the server's Retry-After wins when it asks longer."""
+
+    attempts: int
+    base_s: float
+    cap_s: float
+    jitter: float = 0.25
+    metrics: Metrics | None = field(default=None, compare=False)
+
+    def delay_s(self, attempt: int, hint_s: float | None = None) -> float:
+        backoff = Backoff(self.attempts, self.base_s, self.cap_s, self.jitter).delay_s(attempt)
+        if hint_s is not None:
+            return min(max(backoff, hint_s), self.cap_s)
+        return backoff
+
+    async def _counted(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            result = await fn()
+        except Exception as exc:
+            self._count(what, _status_label(exc))
+            raise
+        self._count(what, "ok")
+        return result
+
+    def _count(self, what: str, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.openai_requests.labels(what, status).inc()
+
+    def _retrying(self, what: str, failures: list[datetime]) -> AsyncRetrying:
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("api_retry", call=what, attempt=state.attempt_number, error=_describe(exc))
+            if self.metrics is not None:
+                self.metrics.openai_retries.labels(what).inc()
+
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=self._wait,
+            retry=retry_if_exception(is_transient),
+            after=lambda _state: failures.append(datetime.now(UTC)),
+            before_sleep=log_retry,
+            reraise=True,
+        )
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return self.delay_s(state.attempt_number, retry_after_s(exc) if exc else None)
+
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Runs `fn` until it succeeds, fails permanently, or the attempts run out."""
+        failures: list[datetime] = []
+        try:
+            async for attempt in self._retrying(what, failures):
+                with attempt:
+                    return await self._counted(what, fn)
+        except openai.APIStatusError as exc:
+            if not is_transient(exc):
+                raise PermanentApiError(_error_code(exc), _describe(exc)) from exc
+            raise _unavailable(what, exc, failures) from exc
+        except openai.APIConnectionError as exc:
+            raise _unavailable(what, exc, failures) from exc
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+
+def _status_label(exc: BaseException) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return str(exc.status_code)
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection_error"
+    return type(exc).__name__
+
+
+def _unavailable(what: str, exc: BaseException, failures: list[datetime]) -> ApiUnavailable:
+    first = failures[0] if failures else datetime.now(UTC)
+    return ApiUnavailable(f"{what}: {_describe(exc)}", first)
+
+
+def _error_code(exc: openai.APIStatusError) -> str:
+    return exc.code or f"http_{exc.status_code}"
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {exc.message}"
+    if isinstance(exc, openai.APIConnectionError):
+        # The SDK's transport reports a refused or dropped connection as "Request timed out";
+        # what really happened is at the end of the cause chain.
+        root = _root_cause(exc)
+        if root is not exc:
+            return f"{type(exc).__name__}: {type(root).__name__}: {str(root)[:200]}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc

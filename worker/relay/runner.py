@@ -1,0 +1,251 @@
+"""Drives one run on a backend: start it exactly once, poll it to the end, serve its tools."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import openai
+import structlog
+
+from worker.backends.base import Backend, RunSnapshot, RunStatus, Turn
+from worker.crashpoints import CrashPoint, maybe_crash
+from worker.errors import ThreadBusy
+from worker.events import RunError
+from worker.relay.pacing import Pacer
+from worker.relay.polling import PollPlan, PollSchedule, RunDurations
+from worker.relay.retry import RetryPolicy
+from worker.relay.tools import ToolRegistry
+
+log = structlog.get_logger("worker.relay.runner")
+
+_RUNNING = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
+
+
+@dataclass(frozen=True, slots=True)
+class StartedRun:
+    run: RunSnapshot
+    adopted: bool  # an earlier attempt, perhaps another process's, created it
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRun:
+    snapshot: RunSnapshot
+    polls: int
+
+
+class Runner:
+    def __init__(
+        self,
+        backend: Backend,
+        api: RetryPolicy,
+        schedule: PollSchedule,
+        deadline_s: float,
+        tools: ToolRegistry,
+        pacer: Pacer,
+    ) -> None:
+        self.backend = backend
+        self._pacer = pacer
+        self._api = api
+        self._schedule = schedule
+        self._deadline_s = deadline_s
+        self._tools = tools
+        # One backend's runs share a model and so, roughly, a length.
+        self._durations = RunDurations()
+
+    async def start(self, thread_id: str, turn: Turn, *, first_try: bool) -> StartedRun:
+        """Starts the turn's run, or finds the one an earlier attempt already started.
+
+        Only a `first_try` (nobody has sent this turn yet) skips looking for one first,
+        saving a request on the common path.
+        """
+        return await self._create_once(
+            "start_run",
+            thread_id,
+            find=lambda: self.backend.find_run(thread_id, turn),
+            create=lambda: self.backend.start_run(thread_id, turn),
+            first_try=first_try,
+        )
+
+    async def _create_once(
+        self,
+        what: str,
+        thread_id: str,
+        *,
+        find: Callable[[], Awaitable[str | None]],
+        create: Callable[[], Awaitable[RunSnapshot]],
+        first_try: bool,
+    ) -> StartedRun:
+        """Creates a run exactly once, though a POST whose answer was lost may have done so.
+
+        The API takes no idempotency key, so every attempt but a first try looks for the run
+        an earlier one created and adopts it. Each attempt is paced; waiting out someone
+        else's run is not.
+        """
+        sent = not first_try
+        looked_in_vain = False
+
+        async def look_then_create() -> StartedRun:
+            nonlocal sent, looked_in_vain
+            if sent:
+                existing = await find()
+                if existing is not None:
+                    log.info("run_adopted", run_id=existing)
+                    looked_in_vain = False
+                    return StartedRun(await self.backend.retrieve_run(thread_id, existing), True)
+                looked_in_vain = True
+            sent = True
+            return StartedRun(await create(), False)
+
+        while True:
+            try:
+                async with self._pacer.slot():
+                    started = await self._api.call(what, look_then_create)
+                    if not looked_in_vain:
+                        return started
+                    keep = functools.partial(self._keep_earlier, thread_id, find, started.run)
+                    return await self._api.call(what, keep)
+            except ThreadBusy as busy:
+                # Someone else's run holds the thread: wait it out rather than fail ours.
+                log.warning("thread_busy", thread_id=thread_id, active_run_id=busy.active_run_id)
+                await self._wait_out(thread_id, busy.active_run_id)
+
+    async def _keep_earlier(
+        self, thread_id: str, find: Callable[[], Awaitable[str | None]], created: RunSnapshot
+    ) -> StartedRun:
+        """After a look found nothing and the create went through: was the look too early?
+
+        A background response shows nothing in its conversation until it ends, so the look
+        misses an earlier attempt's response that is still running. Had it still been running
+        at the create, the conversation's lock would have refused it; so if a turn shows now
+        while the new run has not ended, the earlier one ended in between: it is kept, and the
+        new one cancelled before it adds anything. Safe to repeat: cancelling is idempotent.
+        """
+        found = await find()
+        if found is None or found == created.run_id:
+            return StartedRun(created, False)
+        ours = await self.backend.retrieve_run(thread_id, created.run_id)
+        # Cancelled can only be this step's own doing, by a try whose answer was lost.
+        if ours.status not in _RUNNING and ours.status is not RunStatus.CANCELLED:
+            return StartedRun(ours, False)  # ended already: what shows may be its own turn
+        earlier = await self.backend.retrieve_run(thread_id, found)
+        if earlier.status in _RUNNING:
+            return StartedRun(ours, False)  # what shows is its own input, shown early
+        if await cancel_unless_ended(self.backend, thread_id, created.run_id):
+            log.warning("duplicate_run_cancelled", run_id=created.run_id, kept_run_id=found)
+        else:
+            # It ended in the moment since: its messages went into the thread a second time.
+            log.error("duplicate_run_ended_first", run_id=created.run_id, kept_run_id=found)
+        return StartedRun(earlier, True)
+
+    async def finish(
+        self,
+        thread_id: str,
+        run: RunSnapshot,
+        turn: Turn,
+        on_new_run: Callable[[str], Awaitable[None]],
+        *,
+        started_at: float | None,
+    ) -> FinishedRun:
+        """Polls until the run ends or the deadline passes (then cancels it).
+
+        `started_at` is when this process created the run (monotonic); None for a run it
+        resumed or adopted from an earlier attempt, whose age is unknown and whose tool
+        outputs may have been sent already.
+        """
+        deadline = time.monotonic() + self._deadline_s
+        plan = self._plan(started_at)
+        polls = 0
+        ours = started_at is not None
+        while not run.status.is_terminal:
+            if run.status is RunStatus.REQUIRES_ACTION:
+                previous = run.run_id
+                run = await self._serve_tools(thread_id, run, turn, first_try=ours)
+                if run.run_id != previous:
+                    await on_new_run(run.run_id)
+                plan = self._plan(time.monotonic())
+                ours = True
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return FinishedRun(await self._cancel(thread_id, run), polls)
+            await asyncio.sleep(
+                min(plan.next_delay_s(time.monotonic(), run.poll_after_ms), remaining)
+            )
+            # A poll can wait for the loop to catch up; the reply of a finished run cannot.
+            async with self._pacer.slot():
+                run = await self._retrieve(thread_id, run.run_id)
+            plan.looked(time.monotonic(), completed=run.status is RunStatus.COMPLETED)
+            polls += 1
+            maybe_crash(CrashPoint.MID_POLL)
+        return FinishedRun(run, polls)
+
+    def _plan(self, started_at: float | None) -> PollPlan:
+        if started_at is None:
+            return PollPlan(self._schedule, None, time.monotonic())
+        return PollPlan(self._schedule, self._durations, started_at)
+
+    async def _retrieve(self, thread_id: str, run_id: str) -> RunSnapshot:
+        return await self._api.call(
+            "retrieve_run", lambda: self.backend.retrieve_run(thread_id, run_id)
+        )
+
+    async def _serve_tools(
+        self, thread_id: str, run: RunSnapshot, turn: Turn, *, first_try: bool
+    ) -> RunSnapshot:
+        outputs = await self._tools.run_all(run.tool_calls)
+        started = await self._create_once(
+            "submit_tool_outputs",
+            thread_id,
+            find=lambda: self.backend.find_tool_outputs_run(thread_id, run.run_id, turn, outputs),
+            create=lambda: self.backend.submit_tool_outputs(thread_id, run.run_id, turn, outputs),
+            first_try=first_try,
+        )
+        return started.run
+
+    async def _cancel(self, thread_id: str, run: RunSnapshot) -> RunSnapshot:
+        log.warning("run_deadline_exceeded", run_id=run.run_id, deadline_s=self._deadline_s)
+        cancelled = await self._api.call(
+            "cancel_run", lambda: cancel_unless_ended(self.backend, thread_id, run.run_id)
+        )
+        if not cancelled:  # it ended on its own in the meantime: that ending stands
+            return await self._retrieve(thread_id, run.run_id)
+        return RunSnapshot(
+            run_id=run.run_id,
+            status=RunStatus.CANCELLED,
+            error=RunError(
+                "deadline_exceeded",
+                f"the run did not finish within {self._deadline_s:g} s and was cancelled",
+            ),
+        )
+
+    async def _wait_out(self, thread_id: str, run_id: str | None) -> None:
+        if run_id is None:
+            await asyncio.sleep(self._schedule.max_ms / 1000)
+            return
+        polls = 0
+        deadline = time.monotonic() + self._deadline_s
+        run = await self._retrieve(thread_id, run_id)
+        while not run.status.is_terminal and time.monotonic() < deadline:
+            await asyncio.sleep(self._schedule.delay_s(polls, run.poll_after_ms))
+            run = await self._retrieve(thread_id, run_id)
+            polls += 1
+        if not run.status.is_terminal:
+            await self._cancel(thread_id, run)
+
+
+async def cancel_unless_ended(backend: Backend, thread_id: str, run_id: str) -> bool:
+    """Cancels the run; False if it had just ended on its own (it is left as it is).
+
+    A deadline, or a duplicate found late, can ask in the very moment the run ends.
+    """
+    try:
+        await backend.cancel_run(thread_id, run_id)
+    except openai.BadRequestError:
+        if not (await backend.retrieve_run(thread_id, run_id)).status.is_terminal:
+            raise
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""Postgres, the source of truth: records, the repository, its SQL and migrations."""
