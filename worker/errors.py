@@ -26,7 +26,15 @@ class ReasonCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
-class InvalidEvent(Exception):
+class WorkerError(Exception):
+    """The root of every error the worker raises on purpose.
+
+    The boundaries (backends, store, consumer) translate what the SDK and the drivers raise into
+    these, so the core decides what to do next from the worker's own types alone.
+    """
+
+
+class InvalidEvent(WorkerError):
     """The delivery is not a usable user_message.v1; it can never succeed as it is."""
 
     def __init__(self, reason: ReasonCode, detail: str) -> None:
@@ -35,33 +43,72 @@ class InvalidEvent(Exception):
         self.detail = detail
 
 
-class LeaseLost(Exception):
+class LeaseLost(WorkerError):
     """Another worker took over the conversation; this one must stop touching it."""
 
 
-class PermanentApiError(Exception):
+# --- the model API ------------------------------------------------------------------------------
+
+
+class ApiError(WorkerError):
+    """A request to the model API failed; `label` is its outcome for metrics (status or kind)."""
+
+    def __init__(self, detail: str, label: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.label = label
+
+
+class ApiTransient(ApiError):
+    """Worth another try: a timeout, a dropped connection, 408, 409, 429 or a 5xx."""
+
+    def __init__(self, detail: str, label: str, retry_after_s: float | None = None) -> None:
+        super().__init__(detail, label)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentApiError(ApiError):
     """The model API refused the request for a reason a retry cannot fix (4xx)."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
+    def __init__(self, code: str, message: str, label: str = "rejected") -> None:
+        super().__init__(f"{code}: {message}", label)
         self.code = code
         self.message = message
 
 
-class ApiUnavailable(Exception):
+class ThreadBusy(ApiError):
+    """The thread or conversation has an operation in progress that is not ours."""
+
+    def __init__(self, active_run_id: str | None, label: str = "400") -> None:
+        super().__init__(f"thread busy with run {active_run_id}", label)
+        self.active_run_id = active_run_id
+
+
+class RunAlreadyEnded(PermanentApiError):
+    """A cancel reached a run that can no longer be cancelled (it ended, or is ending)."""
+
+
+class ApiUnavailable(ApiError):
     """The model API kept failing transiently until the retry budget ran out."""
 
     def __init__(self, message: str, first_failure_at: datetime) -> None:
-        super().__init__(message)
+        super().__init__(message, "unavailable")
         self.first_failure_at = first_failure_at
 
 
-class ThreadBusy(Exception):
-    """The thread or conversation has an operation in progress that is not ours."""
+# --- Postgres and RabbitMQ ----------------------------------------------------------------------
 
-    def __init__(self, active_run_id: str | None) -> None:
-        super().__init__(f"thread busy with run {active_run_id}")
-        self.active_run_id = active_run_id
+
+class DependencyUnavailable(WorkerError):
+    """Postgres or RabbitMQ is unreachable or restarting: wait it out; not the event's fault."""
+
+
+class StoreUnavailable(DependencyUnavailable):
+    """Postgres: refused, dropped, restarting, or out of connections."""
+
+
+class BrokerUnavailable(DependencyUnavailable):
+    """RabbitMQ: the connection or channel is gone."""
 
 
 def error_class(exc: BaseException) -> str:
