@@ -22,7 +22,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from worker.relay.consume import json_safe
+from worker.headers import json_safe
 from worker.relay.outbound import (
     H_CONVERSATION_ID,
     H_ERROR,
@@ -251,7 +251,7 @@ class DeadLetterQueue:
     ) -> MoveReport:
         """Moves matching events back to the inbound exchange, counting each replay."""
         report = MoveReport()
-        pacer = Pacer(rate_per_s)
+        pacer = ReplayPacer(rate_per_s)
         async with self._session() as (channel, queue):
             inbound = await channel.get_exchange(self._topology.inbound_exchange)
             async for letter, message in self._walk(queue):
@@ -307,8 +307,9 @@ def _replay_headers(letter: DeadLetter, force: bool) -> dict[str, Any]:
     return headers
 
 
-class Pacer:
-    """Spaces operations to at most `rate_per_s` (None: as fast as possible)."""
+class ReplayPacer:
+    """Spaces replayed events to at most `rate_per_s` (None: as fast as possible), so a large
+    replay does not hit the workers, and the API behind them, with a backlog all at once."""
 
     def __init__(self, rate_per_s: float | None) -> None:
         self._interval_s = 1 / rate_per_s if rate_per_s else 0.0

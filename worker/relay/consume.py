@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import decimal
 import itertools
-from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from worker.errors import error_class, is_dependency_failure, origin
+from worker.headers import json_safe, storable
 from worker.relay.intake import Intake, Settlement
 from worker.relay.outbound import Delivery
 from worker.relay.retry import Backoff
@@ -149,38 +148,7 @@ def to_delivery(message: AbstractIncomingMessage) -> Delivery:
             if k not in _BROKER_HEADERS
         },
         # Stored with a dead letter: a NUL here must not make the verdict unstorable.
-        message_id=None if message.message_id is None else _storable(message.message_id),
+        message_id=None if message.message_id is None else storable(message.message_id),
         exchange=message.exchange or "",
         routing_key=message.routing_key or "",
     )
-
-
-def json_safe(value: Any) -> Any:
-    """AMQP header values as JSON, so they can be stored and re-published unchanged in meaning.
-
-    Postgres' jsonb takes no NUL and no lone surrogate, and neither does UTF-8: such characters
-    are escaped, so a header can never make a delivery impossible to store.
-    """
-    if isinstance(value, bytes | bytearray | memoryview):
-        return _storable(bytes(value).decode("utf-8", "replace"))
-    if isinstance(value, str):
-        return _storable(value)
-    if isinstance(value, datetime.datetime):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, dict):
-        return {_storable(str(k)): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def _storable(text: str) -> str:
-    if "\x00" in text:
-        text = text.replace("\x00", "\\u0000")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode()
-    return text
