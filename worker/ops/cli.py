@@ -219,7 +219,7 @@ def prune(
     A duplicate of a pruned event would be answered again, so the cutoff must be at least a
     day old; run it daily (deploy/kustomize/base/prune-cronjob.yaml does, on Kubernetes).
     """
-    from worker.ops.dlq_cli import parse_when
+    from worker.ops.when import parse_when
     from worker.store.postgres import open_store
 
     cutoff = parse_when(older_than, "--older-than")

@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -26,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from worker.ops.dlq import DeadLetter, DeadLetterQueue, MoveReport, QueueNotFound, Selection
+from worker.ops.when import parse_when
 from worker.settings import Settings
 
 T = TypeVar("T")
@@ -67,24 +67,6 @@ def _selection(
         until=parse_when(until, "--until"),
         limit=limit,
     )
-
-
-_AGE = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def parse_when(text: str | None, option: str) -> datetime | None:
-    if text is None:
-        return None
-    if match := _AGE.match(text):
-        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{text!r} is neither an RFC 3339 time nor an age like 30m, 2h, 7d", param_hint=option
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _run(work: Callable[[DeadLetterQueue], Awaitable[T]]) -> T:
