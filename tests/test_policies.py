@@ -6,6 +6,8 @@ import httpx2
 import openai
 import pytest
 
+from worker.backends.sdk_errors import sdk_boundary, translate
+from worker.errors import ApiError, ApiTransient, PermanentApiError
 from worker.logging import SecretScrubber
 from worker.relay.polling import PollPlan, PollSchedule, RunDurations
 from worker.relay.retry import RetryPolicy, is_transient, retry_after_s
@@ -22,13 +24,53 @@ def _status_error(status: int, headers: dict[str, str] | None = None) -> openai.
     [(400, False), (404, False), (408, True), (409, True), (429, True), (500, True), (503, True)],
 )
 def test_status_classification(status: int, transient: bool) -> None:
-    assert is_transient(_status_error(status)) is transient
+    translated = translate(_status_error(status))
+    assert is_transient(translated) is transient
+    assert translated.label == str(status)
+    if not transient:
+        assert isinstance(translated, PermanentApiError)
+        assert translated.code == f"http_{status}"
 
 
 def test_retry_after_headers_are_read() -> None:
-    assert retry_after_s(_status_error(429, {"retry-after-ms": "1500"})) == 1.5
-    assert retry_after_s(_status_error(429, {"retry-after": "2"})) == 2.0
-    assert retry_after_s(_status_error(429, {"retry-after": "soon"})) is None
+    assert retry_after_s(translate(_status_error(429, {"retry-after-ms": "1500"}))) == 1.5
+    assert retry_after_s(translate(_status_error(429, {"retry-after": "2"}))) == 2.0
+    assert retry_after_s(translate(_status_error(429, {"retry-after": "soon"}))) is None
+
+
+def test_the_sdks_own_exceptions_are_not_classified_past_the_boundary() -> None:
+    assert not is_transient(_status_error(503))
+    assert retry_after_s(_status_error(429, {"retry-after": "2"})) is None
+
+
+def test_connection_failures_are_transient_and_say_what_really_happened() -> None:
+    request = httpx2.Request("POST", "http://x/v1/responses")
+    refused = openai.APIConnectionError(request=request)
+    refused.__cause__ = ConnectionRefusedError("[Errno 111] Connection refused")
+    translated = translate(refused)
+    assert isinstance(translated, ApiTransient)
+    assert translated.label == "connection_error"
+    assert "ConnectionRefusedError" in translated.detail
+    assert translate(openai.APITimeoutError(request=request)).label == "timeout"
+
+
+def test_an_sdk_error_that_is_neither_status_nor_network_is_not_retried() -> None:
+    translated = translate(openai.OpenAIError("could not read the body"))
+    assert type(translated) is ApiError
+    assert not is_transient(translated)
+
+
+async def test_the_boundary_raises_the_workers_error_and_keeps_the_sdks_as_cause() -> None:
+    original = _status_error(400)
+
+    @sdk_boundary
+    async def refused() -> None:
+        raise original
+
+    with pytest.raises(PermanentApiError) as raised:
+        await refused()
+    assert raised.value.__cause__ is original
+    assert raised.value.message == "HTTP 400: boom"
 
 
 def test_backoff_grows_is_capped_and_honours_the_server() -> None:

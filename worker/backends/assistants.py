@@ -13,7 +13,8 @@ from openai.types.beta.threads.message_content_part_param import MessageContentP
 from openai.types.beta.threads.run_create_params import AdditionalMessage
 
 from worker.backends.base import RunSnapshot, RunStatus, ToolCall, ToolOutput, Turn, author_tags
-from worker.errors import ThreadBusy
+from worker.backends.sdk_errors import describe, error_code, rejected, sdk_boundary
+from worker.errors import RunAlreadyEnded, ThreadBusy
 from worker.events import ReplyMessage, RunError, Usage, UserMessage
 from worker.relay.attachments import FileKind
 
@@ -29,13 +30,16 @@ class AssistantsBackend:
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         self._threads = client.beta.threads
 
+    @sdk_boundary
     async def create_thread(self, conversation_id: str) -> str:
         thread = await self._threads.create(metadata={"aw_conversation_id": conversation_id[:512]})
         return thread.id
 
+    @sdk_boundary
     async def watermark(self, thread_id: str) -> str | None:
         return None  # runs are found by their metadata
 
+    @sdk_boundary
     async def find_run(self, thread_id: str, turn: Turn) -> str | None:
         page = await self._threads.runs.list(thread_id, limit=_RECONCILE_WINDOW, order="desc")
         wanted = turn.run_metadata
@@ -48,6 +52,7 @@ class AssistantsBackend:
                 return run.id
         return None
 
+    @sdk_boundary
     async def start_run(self, thread_id: str, turn: Turn) -> RunSnapshot:
         messages = [_message(m, turn) for m in turn.messages] if turn.add_messages else None
         try:
@@ -59,13 +64,15 @@ class AssistantsBackend:
                 metadata=turn.run_metadata,
             )
         except openai.BadRequestError as exc:
-            raise _thread_busy(exc) or exc from None
+            raise _thread_busy(exc) or rejected(exc) from exc
         return _snapshot(run)
 
+    @sdk_boundary
     async def retrieve_run(self, thread_id: str, run_id: str) -> RunSnapshot:
         raw = await self._threads.runs.with_raw_response.retrieve(run_id, thread_id=thread_id)
         return _snapshot(raw.parse(), _poll_after_ms(raw.headers.get("openai-poll-after-ms")))
 
+    @sdk_boundary
     async def find_tool_outputs_run(
         self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
     ) -> str | None:
@@ -73,6 +80,7 @@ class AssistantsBackend:
         run = await self.retrieve_run(thread_id, run_id)
         return None if run.status is RunStatus.REQUIRES_ACTION else run_id
 
+    @sdk_boundary
     async def submit_tool_outputs(
         self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
     ) -> RunSnapshot:
@@ -83,9 +91,14 @@ class AssistantsBackend:
         )
         return _snapshot(run)
 
+    @sdk_boundary
     async def cancel_run(self, thread_id: str, run_id: str) -> None:
-        await self._threads.runs.cancel(run_id, thread_id=thread_id)
+        try:
+            await self._threads.runs.cancel(run_id, thread_id=thread_id)
+        except openai.BadRequestError as exc:
+            raise _already_ended(exc) from exc
 
+    @sdk_boundary
     async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]:
         page = self._threads.messages.list(thread_id, run_id=run_id, order="asc", limit=100)
         return tuple([_reply_message(m) async for m in page if m.role == "assistant"])
@@ -128,6 +141,11 @@ def _thread_busy(exc: openai.BadRequestError) -> ThreadBusy | None:
         return None
     match = _ACTIVE_RUN.search(text)
     return ThreadBusy(match[1] if match else None)
+
+
+def _already_ended(exc: openai.BadRequestError) -> RunAlreadyEnded:
+    # The only request a cancel can get wrong is the run's state: it has ended, or is ending.
+    return RunAlreadyEnded(error_code(exc), describe(exc), str(exc.status_code))
 
 
 def _poll_after_ms(value: str | None) -> int | None:

@@ -124,8 +124,9 @@ class RunSnapshot:
 class Backend(Protocol):
     """A model API that keeps a conversation and answers it in runs, one at a time.
 
-    Methods make exactly one API request each and raise the SDK's exceptions; retrying and
-    classifying them is the caller's job (worker.relay.retry).
+    Methods make exactly one API request each and raise the worker's ApiErrors, translated from
+    the SDK's at this boundary (worker/backends/sdk_errors.py); retrying them is the caller's
+    job (worker.relay.retry).
     """
 
     name: str
@@ -157,6 +158,6 @@ class Backend(Protocol):
         """Hands the outputs to the run (or to a new run that takes them). May raise ThreadBusy."""
 
     async def cancel_run(self, thread_id: str, run_id: str) -> None:
-        """Asks for the run to be cancelled; refused (400) if it has already ended."""
+        """Asks for the run to be cancelled; raises RunAlreadyEnded if it has ended already."""
 
     async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]: ...

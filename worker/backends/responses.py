@@ -32,7 +32,8 @@ from worker.backends.base import (
     Turn,
     author_tags,
 )
-from worker.errors import ThreadBusy
+from worker.backends.sdk_errors import describe, error_code, rejected, sdk_boundary
+from worker.errors import RunAlreadyEnded, ThreadBusy
 from worker.events import ReplyMessage, RunError, Usage, UserMessage
 from worker.relay.attachments import FileKind
 
@@ -58,16 +59,19 @@ class ResponsesBackend:
         self._tools = list(tools)
         self._prompt_id = prompt_id
 
+    @sdk_boundary
     async def create_thread(self, conversation_id: str) -> str:
         conversation = await self._client.conversations.create(
             metadata={"aw_conversation_id": conversation_id[:512]}
         )
         return conversation.id
 
+    @sdk_boundary
     async def watermark(self, thread_id: str) -> str | None:
         page = await self._client.conversations.items.list(thread_id, order="desc", limit=1)
         return page.data[0].id if page.data else None
 
+    @sdk_boundary
     async def find_run(self, thread_id: str, turn: Turn) -> str | None:
         items = await self._items_after(thread_id, turn.after_item_id)
         texts = [m.text for m in turn.messages]
@@ -79,16 +83,19 @@ class ResponsesBackend:
     def upload_purpose(self, kind: FileKind) -> FilePurpose:
         return "user_data"  # model input, documents and images alike
 
+    @sdk_boundary
     async def start_run(self, thread_id: str, turn: Turn) -> RunSnapshot:
         items = [_user_item(m, turn) for m in turn.messages]
         return await self._create(thread_id, turn, items)
 
+    @sdk_boundary
     async def retrieve_run(self, thread_id: str, run_id: str) -> RunSnapshot:
         if run_id.startswith(ITEMS_RUN):
             return await self._retrieve_items_run(thread_id, run_id)
         raw = await self._client.responses.with_raw_response.retrieve(run_id)
         return _snapshot(raw.parse(), _int_header(raw.headers.get("openai-poll-after-ms")))
 
+    @sdk_boundary
     async def find_tool_outputs_run(
         self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
     ) -> str | None:
@@ -98,6 +105,7 @@ class ResponsesBackend:
                 return ITEMS_RUN + item.id
         return None
 
+    @sdk_boundary
     async def submit_tool_outputs(
         self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
     ) -> RunSnapshot:
@@ -108,11 +116,18 @@ class ResponsesBackend:
         ]
         return await self._create(thread_id, turn, items)
 
+    @sdk_boundary
     async def cancel_run(self, thread_id: str, run_id: str) -> None:
         # An items run's response has no known ID: it is given up on, as if cancelled.
-        if not run_id.startswith(ITEMS_RUN):
+        if run_id.startswith(ITEMS_RUN):
+            return
+        try:
             await self._client.responses.cancel(run_id)
+        except openai.BadRequestError as exc:
+            # A cancel can only be wrong about the response's state: it has ended already.
+            raise RunAlreadyEnded(error_code(exc), describe(exc), str(exc.status_code)) from exc
 
+    @sdk_boundary
     async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]:
         if run_id.startswith(ITEMS_RUN):
             items = await self._items_after(thread_id, run_id.removeprefix(ITEMS_RUN))
@@ -143,8 +158,8 @@ class ResponsesBackend:
             )
         except openai.BadRequestError as exc:
             if exc.code == "conversation_locked":
-                raise ThreadBusy(None) from None
-            raise
+                raise ThreadBusy(None) from exc
+            raise rejected(exc) from exc
         return _snapshot(response)
 
     async def _retrieve_items_run(self, thread_id: str, run_id: str) -> RunSnapshot:

@@ -2,6 +2,8 @@
 
 The SDK's own retries are switched off (max_retries=0): they would stack with these, and a POST
 they repeat blindly can create a duplicate. Here every attempt of a creating call reconciles first.
+What is transient is the backends' verdict (`ApiTransient`, see worker/backends/sdk_errors.py):
+this module sees only the worker's own errors.
 """
 
 from __future__ import annotations
@@ -12,41 +14,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import openai
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from worker.errors import ApiUnavailable, PermanentApiError
+from worker.errors import ApiError, ApiTransient, ApiUnavailable
 from worker.metrics import Metrics
 from worker.settings import Settings
 
 T = TypeVar("T")
 log = structlog.get_logger("worker.relay.retry")
 
-_TRANSIENT_STATUS = frozenset({408, 409, 429})
-
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, openai.APIConnectionError):  # includes timeouts
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in _TRANSIENT_STATUS or exc.status_code >= 500
-    return False
+    return isinstance(exc, ApiTransient)
 
 
 def retry_after_s(exc: BaseException) -> float | None:
-    """The server's own wait hint (`retry-after-ms` or `Retry-After` seconds), if any."""
-    if not isinstance(exc, openai.APIStatusError):
-        return None
-    headers = exc.response.headers
-    try:
-        if "retry-after-ms" in headers:
-            return float(headers["retry-after-ms"]) / 1000
-        if "retry-after" in headers:
-            return float(headers["retry-after"])
-    except ValueError:
-        return None
-    return None
+    """The server's own wait hint, if it gave one."""
+    return exc.retry_after_s if isinstance(exc, ApiTransient) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,49 +114,21 @@ class RetryPolicy:
             async for attempt in self._retrying(what, failures):
                 with attempt:
                     return await self._counted(what, fn)
-        except openai.APIStatusError as exc:
-            if not is_transient(exc):
-                raise PermanentApiError(_error_code(exc), _describe(exc)) from exc
-            raise _unavailable(what, exc, failures) from exc
-        except openai.APIConnectionError as exc:
+        except ApiTransient as exc:
             raise _unavailable(what, exc, failures) from exc
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
 
 def _status_label(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return str(exc.status_code)
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout"
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection_error"
-    return type(exc).__name__
+    return exc.label if isinstance(exc, ApiError) else type(exc).__name__
 
 
-def _unavailable(what: str, exc: BaseException, failures: list[datetime]) -> ApiUnavailable:
+def _unavailable(what: str, exc: ApiError, failures: list[datetime]) -> ApiUnavailable:
     first = failures[0] if failures else datetime.now(UTC)
-    return ApiUnavailable(f"{what}: {_describe(exc)}", first)
-
-
-def _error_code(exc: openai.APIStatusError) -> str:
-    return exc.code or f"http_{exc.status_code}"
+    return ApiUnavailable(f"{what}: {exc.detail}", first)
 
 
 def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {exc.message}"
-    if isinstance(exc, openai.APIConnectionError):
-        # The SDK's transport reports a refused or dropped connection as "Request timed out";
-        # what really happened is at the end of the cause chain.
-        root = _root_cause(exc)
-        if root is not exc:
-            return f"{type(exc).__name__}: {type(root).__name__}: {str(root)[:200]}"
+    if isinstance(exc, ApiError):
+        return exc.detail
     return f"{type(exc).__name__}: {exc}"
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    seen = {id(exc)}
-    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
-        exc = exc.__cause__
-        seen.add(id(exc))
-    return exc

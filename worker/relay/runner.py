@@ -8,12 +8,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import openai
 import structlog
 
 from worker.backends.base import Backend, RunSnapshot, RunStatus, Turn
 from worker.crashpoints import CrashPoint, maybe_crash
-from worker.errors import ThreadBusy
+from worker.errors import RunAlreadyEnded, ThreadBusy
 from worker.events import RunError
 from worker.relay.pacing import Pacer
 from worker.relay.polling import PollPlan, PollSchedule, RunDurations
@@ -244,7 +243,7 @@ async def cancel_unless_ended(backend: Backend, thread_id: str, run_id: str) -> 
     """
     try:
         await backend.cancel_run(thread_id, run_id)
-    except openai.BadRequestError:
+    except RunAlreadyEnded:
         if not (await backend.retrieve_run(thread_id, run_id)).status.is_terminal:
             raise
         return False
