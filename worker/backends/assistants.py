@@ -25,6 +25,12 @@ _RECONCILE_WINDOW = 10
 
 
 class AssistantsBackend:
+    """Threads and runs: a conversation is a thread; a turn's messages ride on the run's create.
+
+    Runs are tagged with their batch and attempt, so the run of an earlier attempt is found in
+    the thread's newest runs.
+    """
+
     name = "assistants"
 
     def __init__(self, client: openai.AsyncOpenAI) -> None:

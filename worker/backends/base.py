@@ -15,6 +15,8 @@ from worker.relay.attachments import FileKind, ModelFile
 
 
 class RunStatus(StrEnum):
+    """A run's (or background response's) status, in the Assistants API's words."""
+
     QUEUED = "queued"
     IN_PROGRESS = "in_progress"
     REQUIRES_ACTION = "requires_action"
@@ -97,6 +99,8 @@ def author_tags(author: Author | None) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
+    """A function call the model asked for, with its arguments as the JSON text it sent."""
+
     call_id: str
     name: str
     arguments: str
@@ -104,12 +108,16 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class ToolOutput:
+    """What the worker answers a tool call with."""
+
     call_id: str
     output: str
 
 
 @dataclass(frozen=True, slots=True)
 class RunSnapshot:
+    """A run as one request saw it: both backends' answers in the relay's terms."""
+
     run_id: str
     status: RunStatus
     poll_after_ms: int | None = None

@@ -42,6 +42,12 @@ _PAGE = 100
 
 
 class ResponsesBackend:
+    """A Conversation per helpdesk conversation; each turn is one background response in it.
+
+    The model, instructions and tools are the worker's (a Responses call carries them), not an
+    assistant object's. How a turn is found again after a lost answer: see the module docstring.
+    """
+
     name = "responses"
 
     def __init__(

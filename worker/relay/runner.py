@@ -26,17 +26,29 @@ _RUNNING = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
 
 @dataclass(frozen=True, slots=True)
 class StartedRun:
+    """A run this attempt is answered by: created now, or adopted from an earlier attempt."""
+
     run: RunSnapshot
     adopted: bool  # an earlier attempt, perhaps another process's, created it
 
 
 @dataclass(frozen=True, slots=True)
 class FinishedRun:
+    """A run that reached a terminal status (or was cancelled at its deadline)."""
+
     snapshot: RunSnapshot
     polls: int
 
 
 class Runner:
+    """Drives the runs of one backend, each exactly once, from start to a terminal status.
+
+    A creating call looks for the effect of an earlier attempt before it creates (a lost answer
+    must not become a second run). Polls follow what this backend's runs have taken so far, and
+    wait their turn behind work that answers customers (the pacer). Tool calls are served from
+    the registry, and a run past its deadline is cancelled.
+    """
+
     def __init__(
         self,
         backend: Backend,
