@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import typer
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from typer.testing import CliRunner
 
 from standin import StandIn
 from tests.conftest import RunningWorker
 from tests.support import publish, publish_raw, replies_for, run_cli, worker_env
-from worker.ops.dlq import DeadLetter, DeadLetterQueue
+from worker.ops.dlq import DeadLetter, DeadLetterQueue, Selection
+from worker.ops.dlq_filters import selecting
 from worker.settings import Settings, Topology
 
 
@@ -257,3 +260,29 @@ async def test_bad_filters_and_missing_queues_are_clear_errors(settings: Setting
     code, _, err = await dlq(missing, "stats")
     assert code == 4
     assert "nope" in err
+
+
+def test_the_filter_options_reach_a_command_as_one_selection() -> None:
+    chosen: list[Selection] = []
+    app = typer.Typer()
+
+    @app.command()
+    @selecting(limit=50)
+    def pick(selection: Selection, as_json: bool = False) -> None:
+        chosen.append(selection)
+
+    @app.command()
+    def other() -> None:  # two commands, so each is named on the command line
+        pass
+
+    args = ["pick", "--reason", "a", "--reason", "b", "--event-id", "e1", "--until", "2h"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [selection] = chosen
+    assert selection.reasons == frozenset({"a", "b"})
+    assert selection.event_ids == frozenset({"e1"})
+    assert selection.conversations == frozenset()
+    assert selection.since is None
+    assert selection.until is not None
+    assert selection.limit == 50
+    assert CliRunner().invoke(app, ["pick", "--since", "soon"]).exit_code == 2

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from worker.ops.dlq import DeadLetter, DeadLetterQueue, MoveReport, QueueNotFound, Selection
-from worker.ops.when import parse_when
+from worker.ops.dlq_filters import selecting
 from worker.settings import Settings
 
 T = TypeVar("T")
@@ -38,35 +38,7 @@ app = typer.Typer(
 out = Console(width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True)
 
-ReasonOpt = Annotated[list[str] | None, typer.Option("--reason", help="Reason code (repeatable).")]
-ConversationOpt = Annotated[
-    list[str] | None, typer.Option("--conversation", help="Conversation ID (repeatable).")
-]
-EventOpt = Annotated[list[str] | None, typer.Option("--event-id", help="Event ID (repeatable).")]
-SinceOpt = Annotated[
-    str | None, typer.Option(help="Failed at or after: RFC 3339 time, or an age such as 2h, 30m.")
-]
-UntilOpt = Annotated[str | None, typer.Option(help="Failed at or before (same forms as --since).")]
-LimitOpt = Annotated[int | None, typer.Option(min=1, help="At most this many events.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def _selection(
-    reason: list[str] | None,
-    conversation: list[str] | None,
-    event_id: list[str] | None,
-    since: str | None,
-    until: str | None,
-    limit: int | None,
-) -> Selection:
-    return Selection(
-        reasons=frozenset(reason or ()),
-        conversations=frozenset(conversation or ()),
-        event_ids=frozenset(event_id or ()),
-        since=parse_when(since, "--since"),
-        until=parse_when(until, "--until"),
-        limit=limit,
-    )
 
 
 def _run(work: Callable[[DeadLetterQueue], Awaitable[T]]) -> T:
@@ -140,17 +112,9 @@ def stats(as_json: JsonOpt = False) -> None:
 
 
 @app.command("list")
-def list_(
-    reason: ReasonOpt = None,
-    conversation: ConversationOpt = None,
-    event_id: EventOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
-    limit: LimitOpt = 50,
-    as_json: JsonOpt = False,
-) -> None:
+@selecting(limit=50)
+def list_(selection: Selection, as_json: JsonOpt = False) -> None:
     """Page through dead letters, head of the queue first. Nothing is removed or reordered."""
-    selection = _selection(reason, conversation, event_id, since, until, limit)
     letters = _run(lambda q: q.read(selection))
     if as_json:
         _print_json([_summary(letter) for letter in letters])
@@ -203,13 +167,9 @@ def show(
 
 
 @app.command()
+@selecting()
 def replay(
-    reason: ReasonOpt = None,
-    conversation: ConversationOpt = None,
-    event_id: EventOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
-    limit: LimitOpt = None,
+    selection: Selection,
     rate: Annotated[float | None, typer.Option(min=0.01, help="Events per second.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would move.")] = False,
     force: Annotated[
@@ -222,7 +182,6 @@ def replay(
     as_json: JsonOpt = False,
 ) -> None:
     """Move matching events back to the inbound exchange (confirmed before removal)."""
-    selection = _selection(reason, conversation, event_id, since, until, limit)
     with _progress(not as_json and out.is_terminal) as progress:
         report = _run(
             lambda q: q.replay(
@@ -277,17 +236,12 @@ def _report_move(verb: str, report: MoveReport, as_json: bool) -> None:
 
 
 @app.command("export")
+@selecting()
 def export(
     file: Annotated[Path, typer.Argument(help="JSON Lines file to write; - for stdout.")],
-    reason: ReasonOpt = None,
-    conversation: ConversationOpt = None,
-    event_id: EventOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
-    limit: LimitOpt = None,
+    selection: Selection,
 ) -> None:
     """Write matching dead letters (headers + body, lossless) as JSON Lines; none are removed."""
-    selection = _selection(reason, conversation, event_id, since, until, limit)
     letters = _run(lambda q: q.read(selection))
     _write_jsonl(file, letters)
     if str(file) != "-":
@@ -321,13 +275,9 @@ def import_(
 
 
 @app.command()
+@selecting()
 def purge(
-    reason: ReasonOpt = None,
-    conversation: ConversationOpt = None,
-    event_id: EventOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
-    limit: LimitOpt = None,
+    selection: Selection,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     export_to: Annotated[
         Path | None, typer.Option(help="Where to export them first (default: a dated file).")
@@ -335,7 +285,6 @@ def purge(
     no_export: Annotated[bool, typer.Option("--no-export", help="Do not export first.")] = False,
 ) -> None:
     """Delete matching dead letters, exporting them first unless told not to."""
-    selection = _selection(reason, conversation, event_id, since, until, limit)
     letters = _run(lambda q: q.read(selection))
     if not letters:
         out.print("nothing matches; nothing purged")
