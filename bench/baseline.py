@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS threads (
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The baseline's settings, read from the worker's own AW_* variables, so the bench wires both
+    contenders in the same way."""
+
     amqp_url: str
     database_url: str
     openai_base_url: str
@@ -73,6 +76,9 @@ class Config:
 
 
 class Baseline:
+    """The naive relay itself: one delivery answered start to end by SDK calls, requeued on any
+    error."""
+
     def __init__(
         self,
         config: Config,

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
+from bench.services import declared, fresh_database
 from standin import StandIn, StandInConfig
 from tests.harness import (
     ALL_CRASH_POINTS,
@@ -35,10 +36,8 @@ from tests.harness import (
     max_recovery_s,
     publish_load,
 )
-from tests.support import AMQP_URL, API_KEY, admin_sql, dsn_for, tagged_topology, worker_env
-from worker import topology as topo
+from tests.support import AMQP_URL, API_KEY, tagged_topology, worker_env
 from worker.settings import BackendName, Settings, Topology
-from worker.store.migrate import migrate
 
 
 def _arguments() -> argparse.Namespace:
@@ -56,29 +55,28 @@ def _arguments() -> argparse.Namespace:
 async def main(args: argparse.Namespace) -> int:
     console = Console()
     tag = f"chaos{uuid.uuid4().hex[:8]}"
-    database = f"aw_{tag}"
     topology = tagged_topology(tag)
-    await migrate(dsn_for(database))
     standin = StandIn(StandInConfig(run_duration_ms=args.run_ms, poll_after_ms=None))
     base_url = await standin.start()
-    connection = await aio_pika.connect_robust(AMQP_URL)
     try:
-        channel = await connection.channel(publisher_confirms=True)
-        await topo.declare(channel, topology)
-        settings = Settings(
-            amqp_url=SecretStr(AMQP_URL),
-            database_url=SecretStr(dsn_for(database)),
-            openai_base_url=base_url,
-            openai_api_key=SecretStr(API_KEY),
-            backend=BackendName(args.backend),
-            topology=topology,
-        )
-        report, kills, dead = await _run(console, args, settings, channel, topology, standin)
+        connection = await aio_pika.connect_robust(AMQP_URL)
+        async with (
+            connection,
+            fresh_database(f"aw_{tag}", migrated=True) as database_url,
+            declared(await connection.channel(), topology),
+        ):
+            channel = await connection.channel(publisher_confirms=True)
+            settings = Settings(
+                amqp_url=SecretStr(AMQP_URL),
+                database_url=SecretStr(database_url),
+                openai_base_url=base_url,
+                openai_api_key=SecretStr(API_KEY),
+                backend=BackendName(args.backend),
+                topology=topology,
+            )
+            report, kills, dead = await _run(console, args, settings, channel, topology, standin)
     finally:
-        await topo.delete(await connection.channel(), topology)
-        await connection.close()
         await standin.stop()
-        await admin_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     report.kills = kills
     report.dead_lettered = dead
     _print(console, args, report)

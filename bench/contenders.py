@@ -11,7 +11,8 @@ from pathlib import Path
 from aio_pika.abc import AbstractChannel
 
 from bench.scenarios import Contender, Scenario
-from bench.services import AMQP_URL, REPO, clean_env, queue_stats, topology_env
+from bench.services import REPO, clean_env, queue_stats, topology_env
+from tests.support import AMQP_URL
 from worker.settings import Topology
 
 _STOP_TIMEOUT_S = 30.0
@@ -54,6 +55,9 @@ def environment(contender: Contender, scenario: Scenario, wiring: Wiring) -> dic
 
 
 class ContenderProcess:
+    """One measured process, the worker or the baseline: started with a run's environment, ready
+    once it consumes, stopped with SIGTERM (kill -9 if it hangs)."""
+
     def __init__(self, contender: Contender, log_path: Path) -> None:
         self.contender = contender
         self.log_path = log_path

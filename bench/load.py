@@ -24,6 +24,9 @@ _PUBLISH_WINDOW = 50
 
 @dataclass(slots=True)
 class Sent:
+    """One published event: latency counts from `published_at`; from `confirmed_at` on, the
+    event is in the queue (or taken from it), which is how events in flight are counted."""
+
     event_id: str
     conversation_id: str
     published_at: float
@@ -33,6 +36,8 @@ class Sent:
 
 @dataclass(frozen=True, slots=True)
 class Received:
+    """One reply delivery and when it arrived (epoch seconds, the stand-in's clock)."""
+
     at: float
     reply: dict[str, Any]
 

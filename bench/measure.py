@@ -34,6 +34,8 @@ _LOCKED_PATH = re.compile(
 
 @dataclass(frozen=True, slots=True)
 class Sample:
+    """One reading of a process (or of the whole machine): when, CPU seconds so far, memory."""
+
     at: float
     cpu_s: float
     rss_bytes: int
@@ -207,6 +209,9 @@ class RunData:
 
 @dataclass
 class RunMetrics:
+    """What one run of one contender in one scenario measured: a record of results.json and the
+    source of every table."""
+
     scenario: str
     contender: str
     repetition: int

@@ -1,4 +1,4 @@
-"""Optional sampling profiles of the measured process (py-spy), and a flat summary of them.
+"""Optional sampling profiles of the measured process (py-spy).
 
 `python -m bench --profile DIR` attaches `py-spy record` to every contender process; install it
 first (`.venv/bin/pip install py-spy`). Profiling costs the target a little CPU, so profiled runs
@@ -11,7 +11,6 @@ import asyncio
 import shutil
 import signal
 import sys
-from collections import Counter
 from pathlib import Path
 
 
@@ -56,69 +55,3 @@ class Recording:
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
-
-
-# Libraries a sample is charged to: the outermost frame of one of these, entered from the
-# worker's code, owns the sample (the OpenAI SDK's transport counts as the SDK's).
-LIBRARIES = {
-    "openai": "OpenAI SDK (incl. its httpx2 transport)",
-    "httpx2": "OpenAI SDK (incl. its httpx2 transport)",
-    "asyncpg": "asyncpg (Postgres)",
-    "aio_pika": "aio-pika/aiormq (RabbitMQ)",
-    "aiormq": "aio-pika/aiormq (RabbitMQ)",
-    "pamqp": "aio-pika/aiormq (RabbitMQ)",
-    "jsonschema": "jsonschema (event validation)",
-    "structlog": "structlog",
-    "tenacity": "tenacity (retry wrapper)",
-    "prometheus_client": "prometheus_client (metrics)",
-    "importlib": "imports",
-}
-
-
-def by_library(path: Path) -> list[tuple[str, float]]:
-    """Share of samples per library, each sample charged once (see LIBRARIES); the rest is
-    the worker's own code, asyncio and the interpreter."""
-    shares: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        total += int(count_text)
-        shares[_library(stack.split(";"))] += int(count_text)
-    return [(name, n / max(1, total)) for name, n in shares.most_common()]
-
-
-def _library(frames: list[str]) -> str:
-    for frame in frames:
-        # py-spy names frames "function (path/relative/to/sys.path.py:line)".
-        where = frame.partition(" (")[2].split("site-packages/")[-1]
-        package = "importlib" if "<frozen importlib" in where else where.split("/")[0]
-        if package in LIBRARIES:
-            return LIBRARIES[package]
-    return "worker code, asyncio, interpreter"
-
-
-def summarize(path: Path, top: int = 25, key: str = "module") -> list[tuple[str, float]]:
-    """Share of samples per frame (inclusive: a frame counts once per stack it is in).
-
-    `key` "module" groups frames by file (which library), "function" by function.
-    """
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        count = int(count_text)
-        total += count
-        inclusive.update({_name(frame, key): count for frame in set(stack.split(";"))})
-    return [(name, n / max(1, total)) for name, n in inclusive.most_common(top)]
-
-
-def _name(frame: str, key: str) -> str:
-    # py-spy frames look like "function (path/to/file.py:line)".
-    function, _, where = frame.partition(" (")
-    path = where.rsplit(":", 1)[0]
-    path = path.split("site-packages/")[-1].split("/work/main/")[-1]
-    return path if key == "module" else f"{function} ({path})"

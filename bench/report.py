@@ -16,6 +16,9 @@ Getter = Callable[[RunMetrics], float]
 
 @dataclass(frozen=True, slots=True)
 class Row:
+    """One measure in the result tables: how it is read from a run, shown and combined over
+    repetitions, and whether a ratio to the baseline means anything."""
+
     label: str
     get: Getter
     fmt: str = "{:.1f}"
@@ -55,6 +58,8 @@ ROWS = (
 
 @dataclass(frozen=True, slots=True)
 class Table:
+    """A result table, already formatted, that renders as Markdown (RESULTS.md) or on a terminal."""
+
     title: str
     headers: list[str]
     rows: list[list[str]]

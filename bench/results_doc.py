@@ -67,6 +67,9 @@ as a worker in production has seen runs before; contenders alternate within each
 
 @dataclass
 class Document:
+    """RESULTS.md from the results of one bench invocation, with the machine and the command
+    that produced it, so results.json alone can render it again."""
+
     command: str
     machine: dict[str, Any]
     scenarios: tuple[Scenario, ...]

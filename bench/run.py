@@ -23,15 +23,8 @@ from bench.measure import (
 )
 from bench.profile import Recording
 from bench.scenarios import Contender, Scenario
-from bench.services import (
-    AMQP_URL,
-    StandInProcess,
-    bench_topology,
-    commit_count,
-    declared,
-    fresh_database,
-    queue_stats,
-)
+from bench.services import StandInProcess, commit_count, declared, fresh_database, queue_stats
+from tests.support import AMQP_URL, tagged_topology
 from worker.settings import Topology
 
 # After the last event is answered, how long to keep listening for late duplicate replies.
@@ -77,6 +70,9 @@ async def bench(log_dir: Path, profile_dir: Path | None = None) -> AsyncIterator
 
 @dataclass(frozen=True, slots=True)
 class Setup:
+    """What one run is and the names it uses: its scenario, contender and repetition, and the
+    database and broker names that keep it apart from every other run."""
+
     scenario: Scenario
     contender: Contender
     repetition: int
@@ -93,7 +89,7 @@ async def run_once(
     bench: Bench, scenario: Scenario, contender: Contender, repetition: int
 ) -> RunMetrics:
     tag = f"bench{uuid.uuid4().hex[:10]}"
-    setup = Setup(scenario, contender, repetition, tag, f"aw_{tag}", bench_topology(tag))
+    setup = Setup(scenario, contender, repetition, tag, f"aw_{tag}", tagged_topology(tag))
     await bench.standin.prepare(scenario.run_ms, scenario.queue_ms, [])
     async with (
         fresh_database(setup.database, migrated=not contender.is_baseline) as dsn,

@@ -120,6 +120,8 @@ SMOKE = Scenario(
 
 @dataclass(frozen=True, slots=True)
 class Contender:
+    """What is measured: the worker on one backend, or the baseline every ratio is taken against."""
+
     key: str
     label: str
     # The worker's AW_BACKEND; None for the baseline, the reference the ratios are taken against.

@@ -1,4 +1,8 @@
-"""The servers a run needs: a fresh database, fresh RabbitMQ names, the stand-in process."""
+"""The servers a run needs: a fresh database, fresh RabbitMQ names, the stand-in process.
+
+Where the servers are, and the names that keep one run's broker state apart from another's,
+come from `tests.support`, as for the tests: the bench runs against the same local servers.
+"""
 
 from __future__ import annotations
 
@@ -16,68 +20,48 @@ import aiohttp
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
+from tests.support import PG_ADMIN_DSN, admin_sql, dsn_for
 from worker import topology as topo
 from worker.settings import Topology
 from worker.store.migrate import migrate
 
 REPO = Path(__file__).resolve().parent.parent
-PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
-def dsn_for(database: str) -> str:
-    return PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
-
-
-async def _admin(sql: str) -> None:
+@contextlib.asynccontextmanager
+async def _admin() -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the server's maintenance database, for what no worker database holds."""
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        await conn.execute(sql)
+        yield conn
     finally:
         await conn.close()
 
 
 async def postgres_version() -> str:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
+    async with _admin() as conn:
         return str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
 
 
 async def commit_count(database: str) -> int:
     """Transactions committed in `database` so far (the statistics lag by up to a second)."""
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
+    async with _admin() as conn:
         count = await conn.fetchval(
             "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", database
         )
         return int(count or 0)
-    finally:
-        await conn.close()
 
 
 @contextlib.asynccontextmanager
 async def fresh_database(name: str, *, migrated: bool) -> AsyncIterator[str]:
     """A database for one run (the worker's is migrated), dropped afterwards."""
-    await _admin(f'CREATE DATABASE "{name}"')
+    await admin_sql(f'CREATE DATABASE "{name}"')
     try:
         if migrated:
             await migrate(dsn_for(name))
         yield dsn_for(name)
     finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def bench_topology(tag: str) -> Topology:
-    return Topology(
-        inbound_exchange=f"{tag}.inbound",
-        inbound_queue=f"{tag}.user_messages",
-        outbound_exchange=f"{tag}.outbound",
-        reply_queue=f"{tag}.replies",
-        dead_letter_exchange=f"{tag}.dead_letter",
-        dead_letter_queue=f"{tag}.dead_letter",
-    )
+        await admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.asynccontextmanager
@@ -91,6 +75,8 @@ async def declared(channel: AbstractChannel, topology: Topology) -> AsyncIterato
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
+    """A queue's depth and consumer count, read from the broker."""
+
     messages: int
     consumers: int
 
@@ -190,9 +176,6 @@ class StandInProcess:
         )
         if faults:
             await self._call("POST", "/_standin/faults", {"rules": faults})
-
-    async def clear_faults(self) -> None:
-        await self._call("DELETE", "/_standin/faults")
 
     async def journal(self) -> list[dict[str, Any]]:
         body = await self._call("GET", "/_standin/journal")

@@ -23,6 +23,8 @@ REQUESTS_PER_RUN = {"assistants": 3, "responses": 2}
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """Whether one of the project's performance targets was met, and what was measured for it."""
+
     target: str
     measured: str
     met: bool | None  # None: the scenario was not run
