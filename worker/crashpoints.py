@@ -16,6 +16,9 @@ from enum import StrEnum
 
 
 class CrashPoint(StrEnum):
+    """Where AW_CRASH_POINTS may kill the process: the moments when the API, the broker and
+    Postgres know different things, which the next owner must neither lose nor repeat."""
+
     AFTER_UPLOAD = "after_upload"  # the API has an attachment's file, Postgres not its ID
     BEFORE_RUN_START = "before_run_start"  # batch recorded, nothing sent to the API yet
     AFTER_RUN_CREATED = "after_run_created"  # the API has the run, Postgres has not its ID

@@ -64,12 +64,17 @@ class Attachment:
 
 @dataclass(frozen=True, slots=True)
 class Author:
+    """Who wrote a message on the helpdesk's side: sent to the API as metadata tags, not text."""
+
     id: str
     name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class UserMessage:
+    """A `user_message.v1` that passed the schema and the checks: the only form of an inbound
+    event the relay sees."""
+
     event_id: str
     conversation_id: str
     text: str
@@ -283,6 +288,8 @@ def _unexpected(error: ValidationError) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ReplyMessage:
+    """One assistant message of a reply, with the annotations (citations) the API attached."""
+
     id: str
     text: str
     annotations: tuple[dict[str, Any], ...] = ()
@@ -290,6 +297,8 @@ class ReplyMessage:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """The tokens a run used, as the API counted them; passed on in the reply for accounting."""
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -297,12 +306,18 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class RunError:
+    """Why a run did not complete, in the API's words; passed on in a reply that is not
+    `completed`, so the helpdesk can tell the customer."""
+
     code: str
     message: str
 
 
 @dataclass(frozen=True, slots=True)
 class AssistantReply:
+    """An `assistant_reply.v1` before encoding: one per run, its event_id derived from the run, so
+    a reply published again after a crash is recognisably the same reply."""
+
     conversation_id: str
     in_reply_to: tuple[str, ...]
     status: str

@@ -20,6 +20,9 @@ def _version() -> str:
 
 
 class Metrics:
+    """Every metric the worker exports at /metrics, in a registry of its own so workers started
+    in one process (the tests) never share counters."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry

@@ -15,11 +15,17 @@ from pydantic_settings import SettingsError as SourceError
 
 
 class BackendName(StrEnum):
+    """Which model API answers a conversation: recorded per conversation on first contact, so a
+    change of AW_BACKEND never moves a conversation half-way."""
+
     ASSISTANTS = "assistants"
     RESPONSES = "responses"
 
 
 class LogLevel(StrEnum):
+    """The levels AW_LOG_LEVEL accepts (in any case): a closed set, so a typo stops the worker at
+    start instead of silencing its logs."""
+
     DEBUG = "debug"
     INFO = "info"
     WARNING = "warning"
@@ -28,7 +34,9 @@ class LogLevel(StrEnum):
 
 
 class LogFormat(StrEnum):
-    # auto: JSON unless stderr is a terminal (worker/logging.py).
+    """How log records are written (AW_LOG_FORMAT); `auto` is JSON unless stderr is a terminal
+    (worker/logging.py)."""
+
     AUTO = "auto"
     JSON = "json"
     CONSOLE = "console"
@@ -105,7 +113,7 @@ class Settings(BaseSettings):
 
     concurrency: PositiveInt = 32
     # How late the event loop may run before work that can wait (starting conversations,
-    # polling runs) is held back so that finished runs are answered first (worker/pacing.py).
+    # polling runs) is held back so that finished runs are answered first (worker/relay/pacing.py).
     loop_lag_limit_ms: PositiveInt = 10
     batch_max_events: PositiveInt = 16
 

@@ -13,12 +13,17 @@ from worker.settings import Topology
 
 @dataclass(frozen=True, slots=True)
 class ExchangeSpec:
+    """An exchange the worker declares at start (and `delete` removes), durable."""
+
     name: str
     type: aio_pika.ExchangeType
 
 
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
+    """A durable queue with its bindings and `x-` arguments (queue type, delivery limit,
+    dead-letter exchange): what `declare` asks RabbitMQ for."""
+
     name: str
     bindings: tuple[tuple[str, str], ...]  # (exchange, routing key)
     arguments: dict[str, Any] = field(default_factory=dict)

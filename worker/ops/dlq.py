@@ -190,10 +190,14 @@ Progress = Callable[[MoveReport], None]
 
 
 class QueueNotFound(Exception):
-    pass
+    """The configured dead-letter queue does not exist (a wrong AW_DEAD_LETTER_QUEUE, or the
+    topology was never declared); the CLI says so and exits 4."""
 
 
 class DeadLetterQueue:
+    """The operators' operations on the dead-letter queue: read, replay, purge and add, each on a
+    channel of its own, so whatever it does not acknowledge goes back in its place."""
+
     def __init__(self, connection: AbstractConnection, topology: Topology) -> None:
         self._connection = connection
         self._topology = topology

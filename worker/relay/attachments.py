@@ -64,6 +64,9 @@ class ModelFile:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """The largest inline content, decoded, per file and per event (AW_ATTACHMENT_MAX_BYTES,
+    AW_EVENT_ATTACHMENTS_MAX_BYTES): checked at intake, before anything is stored."""
+
     file_max_bytes: int
     event_max_bytes: int
 

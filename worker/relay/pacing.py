@@ -19,6 +19,9 @@ from contextlib import asynccontextmanager
 
 
 class Pacer:
+    """Slots for work that can wait, as many as the event loop keeps up with: `watch_forever`
+    measures the loop's lag and moves the limit between `floor` and `ceiling`."""
+
     def __init__(
         self, *, ceiling: int, lag_limit_s: float, floor: int = 4, interval_s: float = 0.02
     ) -> None:
