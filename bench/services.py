@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import aiohttp
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
+from tests.ports import free_port
 from tests.support import PG_ADMIN_DSN, admin_sql, dsn_for
 from worker import topology as topo
 from worker.settings import Topology
@@ -103,13 +103,6 @@ def topology_env(t: Topology) -> dict[str, str]:
 def clean_env() -> dict[str, str]:
     """This process's environment without AW_* settings a developer may have exported."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("AW_", "OPENAI_"))}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class StandInProcess:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import asyncpg
 import pytest
 from aiormq.exceptions import AMQPConnectionError, ProbableAuthenticationError
 
+from tests.ports import free_port
 from tests.support import AMQP_URL, API_KEY
 from worker.startup import Server, explain, is_outage, refused_credentials, unreachable
 
@@ -168,7 +168,7 @@ async def test_an_unknown_postgres_role_is_refused_credentials_not_unreachable()
 
 
 async def test_a_postgres_nobody_listens_on_is_unreachable_for_migrate() -> None:
-    port = _free_port()
+    port = free_port()
     dsn = f"postgresql://app:{SECRET}@127.0.0.1:{port}/aw"
     code, _, err = await _cli(_bare_env(AW_DATABASE_URL=dsn), "migrate")
     assert code == 1
@@ -224,10 +224,3 @@ def test_refused_credentials_are_told_from_an_unreachable_server(
     assert unreachable(error) is down
     assert is_outage(error) is (down is not None)
     assert explain(error, AMQP, PG) == hint
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port

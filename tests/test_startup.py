@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from tests.ports import free_port
 from tests.support import AMQP_URL, admin_sql, dsn_for, worker_env
 from worker import events
 from worker.health import Health
@@ -97,13 +97,6 @@ async def _start(spawned: list[Worker], env: dict[str, str]) -> Worker:
     return spawned[-1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class LateServer:
     """A port nobody listens on until `open()`; then a TCP relay to the real server there."""
 
@@ -112,7 +105,7 @@ class LateServer:
         assert target.hostname is not None
         assert target.port is not None
         self._target = (target.hostname, target.port)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = url.replace(f"{target.hostname}:{target.port}", f"127.0.0.1:{self.port}")
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
@@ -153,7 +146,7 @@ def _rabbitmq_on(port: int) -> str:
 async def test_a_worker_waits_for_rabbitmq_alive_unready_and_backing_off(
     settings: Settings, spawn: list[Worker]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     worker = await _start(spawn, worker_env(settings, AW_AMQP_URL=_rabbitmq_on(port)))
     await worker.wait_for_log("waiting_for_rabbitmq", count=3)
 
@@ -199,7 +192,7 @@ async def test_a_worker_becomes_ready_once_rabbitmq_comes_back(
 async def test_a_worker_waits_for_postgres_and_sigterm_ends_the_wait(
     settings: Settings, spawn: list[Worker]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     dsn = f"postgresql://postgres@127.0.0.1:{port}/aw"
     worker = await _start(spawn, worker_env(settings, AW_DATABASE_URL=dsn))
     await worker.wait_for_log("waiting_for_postgres", count=2)
@@ -239,7 +232,7 @@ async def test_a_missing_schema_file_stops_the_worker_before_it_connects(
     events.validator.cache_clear()
     try:
         # Nothing listens at these addresses: the check has to come before any connect.
-        closed = _free_port()
+        closed = free_port()
         settings = Settings(
             amqp_url=SecretStr(_rabbitmq_on(closed)),
             database_url=SecretStr(f"postgresql://postgres@127.0.0.1:{closed}/aw"),
