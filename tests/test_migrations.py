@@ -10,7 +10,7 @@ import pytest
 
 from tests.support import admin_sql, dsn_for
 from worker.store.migrate import SchemaOutOfDate, available_migrations, check_schema, migrate
-from worker.store.postgres import SQL_DIR, queries
+from worker.store.queries import SQL_DIR, queries
 
 CATALOG = {
     "columns": """

@@ -19,10 +19,11 @@ from tests.support import drain
 from worker.metrics import Metrics
 from worker.relay.publish import OutboxRelay
 from worker.settings import Topology
-from worker.store.postgres import ClaimedOutbox, OutboxAck, OutboxMessage, Store, create_pool
+from worker.store.postgres import PostgresOutboxAck, PostgresStore, create_pool
+from worker.store.records import ClaimedOutbox, OutboxKind, OutboxMessage
 
 
-class FirstPassHeld(Store):
+class FirstPassHeld(PostgresStore):
     """Its first outbox pass finds nothing, then waits for `go`: a pass that began before the
     last reply was recorded and ends after stop() was called (a CPU-starved process)."""
 
@@ -34,7 +35,7 @@ class FirstPassHeld(Store):
     @asynccontextmanager
     async def claim_outbox(
         self, limit: int
-    ) -> AsyncIterator[tuple[list[ClaimedOutbox], OutboxAck]]:
+    ) -> AsyncIterator[tuple[list[ClaimedOutbox], PostgresOutboxAck]]:
         async with super().claim_outbox(limit) as (claimed, ack):
             if not self.holding.is_set():
                 self.holding.set()
@@ -42,7 +43,7 @@ class FirstPassHeld(Store):
             yield claimed, ack
 
 
-class CountedPasses(Store):
+class CountedPasses(PostgresStore):
     """Counts how often the relay claims rows: one claim a batch, so passes are visible."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -52,7 +53,7 @@ class CountedPasses(Store):
     @asynccontextmanager
     async def claim_outbox(
         self, limit: int
-    ) -> AsyncIterator[tuple[list[ClaimedOutbox], OutboxAck]]:
+    ) -> AsyncIterator[tuple[list[ClaimedOutbox], PostgresOutboxAck]]:
         self.claims += 1
         async with super().claim_outbox(limit) as (claimed, ack):
             yield claimed, ack
@@ -78,7 +79,7 @@ class BrokerAway:
 def _reply(n: int) -> OutboxMessage:
     return OutboxMessage(
         dedupe_key=f"reply:r-{n}",
-        kind="reply",
+        kind=OutboxKind.REPLY,
         message_id=f"r-{n}",
         exchange="outbound",
         routing_key="assistant_reply.v1",
@@ -146,7 +147,7 @@ async def test_stop_publishes_what_was_recorded_while_a_pass_was_under_way(
         await store.add_to_outbox(
             OutboxMessage(
                 dedupe_key="reply:r-1",
-                kind="reply",
+                kind=OutboxKind.REPLY,
                 message_id="r-1",
                 exchange=topology.outbound_exchange,
                 routing_key=topology.reply_routing_key,

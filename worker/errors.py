@@ -6,9 +6,6 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-import asyncpg
-from aiormq.exceptions import AMQPConnectionError
-
 
 class ReasonCode(StrEnum):
     """Why an event was dead-lettered; travels in the `x-aw-reason` header."""
@@ -134,18 +131,9 @@ def origin(exc: BaseException, frames: int = 3) -> str:
 
 
 def is_dependency_failure(exc: BaseException) -> bool:
-    """Postgres or RabbitMQ is unreachable or restarting: wait it out; not the event's fault."""
-    return isinstance(
-        exc,
-        asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.CannotConnectNowError
-        | asyncpg.TooManyConnectionsError
-        # A pooled connection caught mid-statement by a server restart ("cannot switch to
-        # state ..."): the server is the problem, not the event.
-        | asyncpg.InternalClientError
-        | AMQPConnectionError
-        | ConnectionError
-        | OSError
-        | TimeoutError,
-    )
+    """Postgres or RabbitMQ is unreachable or restarting: wait it out; not the event's fault.
+
+    The boundaries translate their drivers' errors into DependencyUnavailable; a bare socket
+    error or timeout says the same wherever it comes from.
+    """
+    return isinstance(exc, DependencyUnavailable | ConnectionError | OSError | TimeoutError)

@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from worker.metrics import Metrics
-from worker.store.postgres import Store
+from worker.store.ports import HealthStore
 
 log = structlog.get_logger("worker.health")
 
@@ -41,7 +41,7 @@ class Health:
 
 
 async def probe_database_forever(
-    store: Store, health: Health, metrics: Metrics, interval_s: float
+    store: HealthStore, health: Health, metrics: Metrics, interval_s: float
 ) -> None:
     """Keeps readiness and the outbox backlog gauge current, one cheap query a round."""
     while True:

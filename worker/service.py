@@ -33,7 +33,8 @@ from worker.relay.tools import ToolRegistry, default_tools
 from worker.settings import BackendName, Settings
 from worker.startup import Endpoint, Server, StoppedWhileWaiting, check_contract, wait_for
 from worker.store.migrate import check_schema
-from worker.store.postgres import Store, create_pool
+from worker.store.ports import OutboxStore, Store
+from worker.store.postgres import PostgresStore, create_pool
 
 log = structlog.get_logger("worker.service")
 
@@ -92,7 +93,7 @@ class WorkerService:
         self,
         stop: asyncio.Event,
         store: Store,
-        relay_store: Store,
+        relay_store: OutboxStore,
         connection: AbstractRobustConnection,
         client: openai.AsyncOpenAI,
     ) -> None:
@@ -177,7 +178,7 @@ class WorkerService:
     @contextlib.asynccontextmanager
     async def _resources(
         self, stop: asyncio.Event
-    ) -> AsyncIterator[tuple[Store, Store, AbstractRobustConnection, openai.AsyncOpenAI]]:
+    ) -> AsyncIterator[tuple[Store, OutboxStore, AbstractRobustConnection, openai.AsyncOpenAI]]:
         """The conversations' store, the relay's store (own connections, so a reply waiting to
         be published does not queue behind every conversation's statements), the broker and
         the API client. The probes answer first, so a worker waiting for a server that is down
@@ -198,8 +199,8 @@ class WorkerService:
             stack.push_async_callback(connection.close)
             self.health.broker_connected = connection.connected.is_set
             client = await stack.enter_async_context(make_client(s))
-            store = Store(pool, batch_max_events=s.batch_max_events)
-            yield store, Store(relay_pool), connection, client
+            store = PostgresStore(pool, batch_max_events=s.batch_max_events)
+            yield store, PostgresStore(relay_pool), connection, client
 
     async def _open_pools(self) -> tuple[asyncpg.Pool, asyncpg.Pool]:
         """Both pools, once the schema is known to be new enough; nothing is left open if not."""

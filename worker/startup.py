@@ -31,7 +31,7 @@ from aiormq.exceptions import (
 from worker.events import ASSISTANT_REPLY, USER_MESSAGE, validator
 from worker.health import Health
 from worker.relay.retry import RetryPolicy
-from worker.store.postgres import queries
+from worker.store.queries import queries
 
 T = TypeVar("T")
 log = structlog.get_logger("worker.startup")

@@ -28,7 +28,7 @@ from worker.settings import (
 )
 
 if TYPE_CHECKING:
-    from worker.store.postgres import Store
+    from worker.store.postgres import PostgresStore as Store
 
 app = typer.Typer(
     help="Relay helpdesk messages to an OpenAI assistant and publish its replies.",

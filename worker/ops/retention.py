@@ -1,7 +1,7 @@
 """What `prune` deletes beyond old rows: the files the worker uploaded for pruned events.
 
 Files go first, so that a prune cut short never leaves a file whose record is gone; an event's
-attachment rows go with their files, the event itself with the rows that `Store.prune` deletes.
+attachment rows go with their files, the event itself with the rows the store's `prune` deletes.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 from worker.backends.files import Files
-from worker.store.postgres import Store
+from worker.store.ports import RetentionStore
 
 
 async def prune_files(
-    store: Store,
+    store: RetentionStore,
     files: Files,
     cutoff: datetime,
     *,
@@ -25,8 +25,8 @@ async def prune_files(
     deleted = 0
     while True:
         batch = await store.prunable_files(cutoff, chunk)
-        for _event_id, _position, file_id in batch:
-            await files.delete(file_id)
+        for file in batch:
+            await files.delete(file.file_id)
         await store.forget_files(batch)
         deleted += len(batch)
         on_chunk("files", len(batch))

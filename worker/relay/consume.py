@@ -11,8 +11,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from worker.errors import error_class, is_dependency_failure, origin
 from worker.headers import json_safe, storable
+from worker.relay.delivery import Delivery
 from worker.relay.intake import Intake, Settlement
-from worker.relay.outbound import Delivery
 from worker.relay.retry import Backoff
 
 log = structlog.get_logger("worker.relay.consume")

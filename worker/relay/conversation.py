@@ -1,6 +1,7 @@
 """The owner's loop for one conversation: batch what is pending, run it, record the outcome.
 
-No broker or SQL here: state goes through Store, messages out through the outbox it writes.
+No broker or SQL here: state goes through the store (typed as ConversationStore), messages out
+through the outbox it writes.
 """
 
 from __future__ import annotations
@@ -29,18 +30,20 @@ from worker.errors import (
 from worker.events import AssistantReply, Attachment, ReplyMessage, UserMessage, vars_of
 from worker.metrics import Metrics
 from worker.relay.attachments import FileKind, ModelFile, decode, kind_of
-from worker.relay.outbound import Delivery, Failure, dead_letter_outbox, reply_outbox
+from worker.relay.delivery import Delivery
+from worker.relay.outbound import Failure, dead_letter_outbox, reply_outbox
 from worker.relay.pacing import Pacer
 from worker.relay.retry import RetryPolicy, internal_backoff
 from worker.relay.runner import FinishedRun, Runner
-from worker.settings import Settings
-from worker.store.postgres import (
+from worker.settings import BackendName, Settings
+from worker.store.ports import ConversationStore
+from worker.store.records import (
     ConversationRow,
+    EventStatus,
     Lease,
     NextBatch,
     OpenBatch,
     RunRecord,
-    Store,
     StoredEvent,
 )
 
@@ -77,6 +80,10 @@ class _Progress:
 class ConversationProcessor:
     """Answers a leased conversation batch by batch, and bounds every way a batch can fail.
 
+    Every step is recorded before the next is taken (thread, files, run ID, outcome), so a new
+    owner resumes a batch where the last one stopped instead of answering it twice; the reply
+    goes into the outbox in the transaction that settles the batch.
+
     API refusals and outages dead-letter the batch at once (they are classified); anything
     else is counted on the batch, retried with backoff, and after AW_INTERNAL_ATTEMPTS
     dead-lettered as `internal_error`, so that the conversation's later events go on.
@@ -85,7 +92,7 @@ class ConversationProcessor:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: ConversationStore,
         runners: Mapping[str, Runner],
         files: Files,
         api: RetryPolicy,
@@ -359,7 +366,7 @@ class ConversationProcessor:
             messages=messages,
             thread_id=work.thread_id,
             run_id=snapshot.run_id,
-            assistant_id=turn.assistant_id if work.backend.name == "assistants" else None,
+            assistant_id=turn.assistant_id if work.backend.name == BackendName.ASSISTANTS else None,
             backend=work.backend.name,
             usage=snapshot.usage,
             error=snapshot.error,
@@ -367,7 +374,7 @@ class ConversationProcessor:
         after = await self._store.finish_batch(
             work.lease,
             work.batch.batch_id,
-            event_status="answered",
+            event_status=EventStatus.ANSWERED,
             outbox=[reply_outbox(reply, self._settings.topology)],
             ended=_record(finished),
             last_item_id=snapshot.last_item_id or await self._watermark(work),
@@ -398,7 +405,7 @@ class ConversationProcessor:
             for e in stored
         ]
         after = await self._store.finish_batch(
-            lease, batch.batch_id, event_status="dead_lettered", outbox=outbox
+            lease, batch.batch_id, event_status=EventStatus.DEAD_LETTERED, outbox=outbox
         )
         self._on_outbox()
         self._metrics.events_dead_lettered.labels(str(failure.reason)).inc(len(stored))
@@ -426,7 +433,7 @@ def _record(finished: FinishedRun) -> RunRecord:
     s = finished.snapshot
     return RunRecord(
         run_id=s.run_id,
-        status=s.status.value,
+        status=s.status,
         polls=finished.polls,
         usage=None if s.usage is None else vars_of(s.usage),
         error=None if s.error is None else vars_of(s.error),

@@ -13,28 +13,38 @@ from worker.errors import InvalidEvent, ReasonCode, error_class
 from worker.events import UserMessage, parse_user_message
 from worker.metrics import Metrics
 from worker.relay import attachments
-from worker.relay.outbound import Delivery, Failure, dead_letter_outbox
+from worker.relay.delivery import Delivery
+from worker.relay.outbound import Failure, dead_letter_outbox
 from worker.relay.ownership import Ownership
 from worker.relay.pacing import Pacer
 from worker.settings import BackendName, Settings
-from worker.store.postgres import IncomingEvent, IntakeResult, Store
+from worker.store.ports import IntakeStore
+from worker.store.records import IncomingEvent, IntakeResult
 
 log = structlog.get_logger("worker.relay.intake")
 
 
 class Settlement(StrEnum):
+    """What the consumer is to do with the delivery once intake is done with it."""
+
     ACK = "ack"
     REQUEUE = "requeue"
 
 
 class Intake:
     """Turns one delivery into stored work: refuses what can never be answered, dedupes, and
-    answers the conversation when this worker can take it."""
+    answers the conversation when this worker can take it.
+
+    Storing comes before answering, and the delivery is settled only after both, so a worker
+    that dies at any point leaves either the message in the queue or the event in the store:
+    never neither. Duplicates are recognised by event_id in the same transaction that stores,
+    so redeliveries cost one statement and are never answered twice.
+    """
 
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: IntakeStore,
         ownership: Ownership,
         on_outbox: Callable[[], None],
         metrics: Metrics,
@@ -71,7 +81,7 @@ class Intake:
                 async with self._pacer.slot():
                     stored = await self._store.intake(
                         _incoming(event, delivery),
-                        backend=self._settings.backend.value,
+                        backend=self._settings.backend,
                         # The assistant chosen on first contact sticks to the conversation.
                         assistant_id=event.assistant_id or self._settings.assistant_id,
                         owner=self._ownership.owner,
@@ -100,7 +110,7 @@ class Intake:
         await self._dead_letter(delivery, failure)
 
     async def _dead_letter_unsupported(
-        self, delivery: Delivery, event: UserMessage, backend: str
+        self, delivery: Delivery, event: UserMessage, backend: BackendName
     ) -> None:
         log.warning("event_refused", reason=str(ReasonCode.FIELD_UNSUPPORTED), backend=backend)
         failure = Failure(
@@ -144,5 +154,5 @@ def _incoming(event: UserMessage, delivery: Delivery) -> IncomingEvent:
         occurred_at=event.occurred_at,
         batch_key=event.batch_key,
         # Only the Assistants API has assistants to name.
-        needs_backend=BackendName.ASSISTANTS.value if event.assistant_id else None,
+        needs_backend=BackendName.ASSISTANTS if event.assistant_id else None,
     )

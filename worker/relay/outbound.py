@@ -5,12 +5,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from worker.errors import ReasonCode
 from worker.events import AssistantReply, rfc3339
 from worker.settings import Topology
-from worker.store.postgres import OutboxMessage
+from worker.store.records import OutboxKind, OutboxMessage
+
+if TYPE_CHECKING:
+    # Only a type here: a delivery reads these module's replay headers.
+    from worker.relay.delivery import Delivery
 
 # Headers on a dead letter; the body is the original delivery, byte for byte.
 H_REASON = "x-aw-reason"
@@ -26,26 +30,6 @@ H_CONVERSATION_ID = "x-aw-conversation-id"
 # Set by operators' replays: a replayed event is new work, a forced one even if answered.
 H_REPLAY_COUNT = "x-aw-replay-count"
 H_FORCE = "x-aw-force"
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """An inbound AMQP message, reduced to what the worker keeps of it."""
-
-    body: bytes
-    headers: dict[str, Any]
-    message_id: str | None
-    exchange: str
-    routing_key: str
-
-    @property
-    def replay_count(self) -> int:
-        value = self.headers.get(H_REPLAY_COUNT, 0)
-        return value if isinstance(value, int) else 0
-
-    @property
-    def forced(self) -> bool:
-        return str(self.headers.get(H_FORCE, "")).lower() in ("1", "true", "yes")
 
 
 # Every x-aw-* header the worker writes stays within this many UTF-8 bytes.
@@ -75,7 +59,7 @@ def bounded(text: str, limit: int = HEADER_MAX_BYTES) -> str:
 def reply_outbox(reply: AssistantReply, topology: Topology) -> OutboxMessage:
     return OutboxMessage(
         dedupe_key=f"reply:{reply.event_id}",
-        kind="reply",
+        kind=OutboxKind.REPLY,
         message_id=reply.event_id,
         exchange=topology.outbound_exchange,
         routing_key=topology.reply_routing_key,
@@ -117,7 +101,7 @@ def dead_letter_outbox(
         headers[H_CONVERSATION_ID] = conversation_id
     return OutboxMessage(
         dedupe_key=f"dead:{identity}:{delivery.replay_count}",
-        kind="dead_letter",
+        kind=OutboxKind.DEAD_LETTER,
         message_id=delivery.message_id or identity,
         exchange=topology.dead_letter_exchange,
         routing_key=delivery.routing_key,

@@ -9,21 +9,24 @@ from contextlib import asynccontextmanager
 import structlog
 
 from worker.errors import is_dependency_failure
-from worker.store.postgres import Lease, Store
+from worker.store.ports import LeaseStore
+from worker.store.records import Lease
 
 log = structlog.get_logger("worker.relay.ownership")
 
 
 class Ownership:
-    """Runs at most `capacity` conversations at once, each under a renewed lease.
+    """The lease manager: runs at most `capacity` conversations at once, each under a renewed
+    lease, so that one conversation has one owner across all workers.
 
     A lease lives `ttl_s`; it is renewed every third of that, so a dead owner's conversations
-    are free again at most `ttl_s` after its last renewal and picked up by the next sweep.
+    are free again at most `ttl_s` after its last renewal and picked up by the next sweep. An
+    owner that lost its lease is stopped by the store's fencing (LeaseLost), not by trust.
     """
 
     def __init__(
         self,
-        store: Store,
+        store: LeaseStore,
         process: Callable[[Lease], Awaitable[None]],
         *,
         owner: str,

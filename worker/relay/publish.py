@@ -12,7 +12,8 @@ from aio_pika.abc import AbstractChannel, AbstractExchange
 
 from worker.crashpoints import CrashPoint, FaultPoint, maybe_crash, maybe_fail
 from worker.metrics import Metrics
-from worker.store.postgres import ClaimedOutbox, Store
+from worker.store.ports import OutboxStore
+from worker.store.records import ClaimedOutbox
 
 log = structlog.get_logger("worker.relay.publish")
 
@@ -40,7 +41,7 @@ class OutboxRelay:
 
     def __init__(
         self,
-        store: Store,
+        store: OutboxStore,
         channel: AbstractChannel,
         interval_s: float,
         metrics: Metrics,

@@ -1,4 +1,4 @@
--- Every statement the worker runs, by name. Loaded once by worker/store.py.
+-- Every statement the worker runs, by name. Loaded once by worker/store/queries.py.
 -- Parameters are listed in each header comment.
 
 -- name: lock_conversation
