@@ -8,7 +8,7 @@ DURATION ?= 300
 WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format check migrate standin chaos bench clean
+.PHONY: help install demo test test-fast lint format check migrate standin chaos bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ demo: $(STAMP) ## Play a conversation through stand-in + worker (BACKEND=respons
 
 test: $(STAMP) ## Run the test suite against the local Postgres and RabbitMQ
 	$(BIN)/pytest
+
+test-fast: $(STAMP) ## The behaviour suite on the in-memory store: no Postgres, no RabbitMQ
+	$(BIN)/pytest tests/behaviour -m "not postgres" -q
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff check .

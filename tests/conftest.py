@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 TEMPLATE_DB = f"aw_test_template_{os.getpid()}"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The behaviour suite's runs on Postgres; `make test-fast` deselects them.
+    config.addinivalue_line("markers", "postgres: runs against a fresh Postgres database")
+
+
 @pytest.fixture(scope="session")
 def template_database() -> Iterator[str]:
     """Migrated once per run; every test copies it (CREATE DATABASE ... TEMPLATE is fast)."""

@@ -1,0 +1,572 @@
+"""The store in memory: the twin of PostgresStore that the behaviour suite also runs against.
+
+Each method mirrors the statements PostgresStore runs (named in comments after queries.sql), so
+a test passing on one and failing on the other is a bug in one of them. Methods do not await
+anything between reading and writing, so each is atomic on the event loop as a transaction is
+in Postgres; only an outbox claim spans an `async with` block, and its marks are kept only when
+that block ends normally, as a rolled-back transaction would lose them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from worker.errors import LeaseLost
+from worker.relay.attachments import ModelFile
+from worker.settings import BackendName
+from worker.store.records import (
+    PRUNED_TABLES,
+    RUN_STARTED,
+    BatchStatus,
+    ClaimedOutbox,
+    ConversationRow,
+    EventStatus,
+    IncomingEvent,
+    Intaken,
+    IntakeResult,
+    Lease,
+    NextBatch,
+    OpenBatch,
+    OutboxMessage,
+    RunRecord,
+    StoredEvent,
+    UploadedFile,
+    prune_in_chunks,
+)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _jsonb(value: dict[str, Any]) -> dict[str, Any]:
+    """A copy as a jsonb column gives it back: fresh, and refused if it is not JSON."""
+    copied: dict[str, Any] = json.loads(json.dumps(value))
+    return copied
+
+
+def _before(when: datetime | None, cutoff: datetime) -> bool:
+    # SQL's `when < cutoff` is not true for NULL.
+    return when is not None and when < cutoff
+
+
+# The rows, mutable as table rows are; the values handed out are the frozen records.
+
+
+@dataclass(slots=True)
+class _Conversation:
+    backend: BackendName
+    assistant_id: str | None
+    thread_id: str | None = None
+    lease_token: uuid.UUID | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    last_item_id: str | None = None
+
+    def row(self) -> ConversationRow:
+        return ConversationRow(self.backend, self.thread_id, self.assistant_id, self.last_item_id)
+
+    def lease_free(self, now: datetime) -> bool:
+        return self.lease_token is None or (
+            self.lease_expires_at is not None and self.lease_expires_at <= now
+        )
+
+
+@dataclass(slots=True)
+class _Event:
+    event_id: str
+    seq: int
+    conversation_id: str
+    body: bytes
+    headers: dict[str, Any]
+    routing_key: str
+    replay_count: int
+    received_at: datetime
+    occurred_at: datetime | None
+    batch_key: str | None
+    status: EventStatus = EventStatus.PENDING
+    batch_id: uuid.UUID | None = None
+    settled_at: datetime | None = None
+
+    def stored(self) -> StoredEvent:
+        return StoredEvent(
+            self.event_id, self.body, _jsonb(self.headers), self.routing_key, self.received_at
+        )
+
+    def settled_before(self, cutoff: datetime) -> bool:
+        return self.status.settled and _before(self.settled_at, cutoff)
+
+
+@dataclass(slots=True)
+class _Batch:
+    batch_id: uuid.UUID
+    conversation_id: str
+    event_ids: tuple[str, ...]
+    after_item_id: str | None
+    status: BatchStatus = BatchStatus.OPEN
+    attempt: int = 1
+    run_id: str | None = None
+    messages_added: bool = False
+    first_failure_at: datetime | None = None
+    finished_at: datetime | None = None
+    failures: int = 0
+
+    def open_batch(self) -> OpenBatch:
+        return OpenBatch(
+            self.batch_id,
+            self.event_ids,
+            self.attempt,
+            self.run_id,
+            self.messages_added,
+            self.after_item_id,
+            self.failures,
+        )
+
+    def finished_before(self, cutoff: datetime) -> bool:
+        return self.status is BatchStatus.FINISHED and _before(self.finished_at, cutoff)
+
+
+@dataclass(slots=True)
+class _Run:
+    run_id: str
+    batch_id: uuid.UUID
+    attempt: int
+    status: str = RUN_STARTED
+    polls: int = 0
+    usage: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    ended_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class _Attachment:
+    file: ModelFile
+    uploaded: bool
+
+
+@dataclass(slots=True)
+class _Outbox:
+    message: OutboxMessage
+    publish_attempts: int = 0
+    published_at: datetime | None = None
+
+    def claimed(self, outbox_id: int) -> ClaimedOutbox:
+        # The dedupe key is not read back (claim_outbox does not select it).
+        message = replace(self.message, dedupe_key="", headers=_jsonb(self.message.headers))
+        return ClaimedOutbox(outbox_id, message)
+
+
+class MemoryStore:
+    """The store in memory, with the semantics of the SQL: idempotent intake, fenced leases
+    with a TTL, batches cut by batch key and size, runs, attachments, the outbox and prune.
+
+    For tests that want no servers; `now` replaces the clock (Postgres' now()) for those that
+    move time by hand.
+    """
+
+    def __init__(
+        self, *, batch_max_events: int = 16, now: Callable[[], datetime] = _utcnow
+    ) -> None:
+        self._batch_max_events = batch_max_events
+        self._now = now
+        self._conversations: dict[str, _Conversation] = {}
+        self._events: dict[str, _Event] = {}
+        self._batches: dict[uuid.UUID, _Batch] = {}
+        self._runs: dict[str, _Run] = {}
+        self._attachments: dict[tuple[str, int], _Attachment] = {}
+        self._outbox: dict[int, _Outbox] = {}
+        self._dedupe_keys: set[str] = set()
+        # Outbox rows an unfinished claim holds (FOR UPDATE SKIP LOCKED).
+        self._claimed: set[int] = set()
+        self._seq = itertools.count(1)
+        self._outbox_ids = itertools.count(1)
+
+    # -- intake -------------------------------------------------------------------------------
+
+    async def intake(
+        self,
+        event: IncomingEvent,
+        *,
+        backend: BackendName,
+        assistant_id: str | None,
+        owner: str,
+        lease_ttl_s: float,
+    ) -> Intaken:
+        # lock_conversation: created on first contact, with the assistant that contact chose.
+        conversation = self._conversations.setdefault(
+            event.conversation_id, _Conversation(BackendName(backend), assistant_id)
+        )
+        actual = conversation.backend
+        if event.needs_backend not in (None, actual):
+            return Intaken(IntakeResult.REFUSED, None, actual)
+        result = self._store_event(event)
+        lease = None
+        if result.needs_answer:
+            lease = self._acquire_lease(event.conversation_id, owner, lease_ttl_s)
+        return Intaken(result, lease, actual)
+
+    def _store_event(self, e: IncomingEvent) -> IntakeResult:
+        existing = self._events.get(e.event_id)
+        if existing is None:  # insert_event
+            self._events[e.event_id] = _Event(
+                e.event_id,
+                next(self._seq),
+                e.conversation_id,
+                e.body,
+                _jsonb(e.headers),
+                e.routing_key,
+                e.replay_count,
+                self._now(),
+                e.occurred_at,
+                e.batch_key,
+            )
+            return IntakeResult.NEW
+        result = e.result_for(existing.status, existing.replay_count)
+        if result is IntakeResult.REOPENED:  # reopen_event: seq and received_at stay
+            existing.status = EventStatus.PENDING
+            existing.batch_id = None
+            existing.replay_count = e.replay_count
+            existing.body = e.body
+            existing.headers = _jsonb(e.headers)
+            existing.settled_at = None
+            existing.batch_key = e.batch_key
+        return result
+
+    async def add_to_outbox(self, message: OutboxMessage) -> None:
+        self._insert_outbox(message)
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    async def acquire_lease(self, conversation_id: str, owner: str, ttl_s: float) -> Lease | None:
+        return self._acquire_lease(conversation_id, owner, ttl_s)
+
+    def _acquire_lease(self, conversation_id: str, owner: str, ttl_s: float) -> Lease | None:
+        conversation = self._conversations.get(conversation_id)
+        now = self._now()
+        if conversation is None or not conversation.lease_free(now):
+            return None
+        conversation.lease_token = uuid.uuid4()
+        conversation.lease_owner = owner
+        conversation.lease_expires_at = now + timedelta(seconds=ttl_s)
+        return Lease(conversation_id, conversation.lease_token)
+
+    async def renew_leases(self, leases: Sequence[Lease], ttl_s: float) -> set[uuid.UUID]:
+        # renew_leases matches tokens only: an expired lease nobody took is renewed too.
+        tokens = {lease.token for lease in leases}
+        expires_at = self._now() + timedelta(seconds=ttl_s)
+        renewed = set()
+        for conversation in self._conversations.values():
+            if conversation.lease_token in tokens:
+                conversation.lease_expires_at = expires_at
+                renewed.add(conversation.lease_token)
+        return renewed
+
+    async def hand_back_lease(self, lease: Lease) -> None:
+        conversation = self._conversations.get(lease.conversation_id)
+        if conversation is not None and conversation.lease_token == lease.token:
+            conversation.lease_expires_at = self._now()
+
+    async def sweepable_conversations(self, limit: int) -> list[str]:
+        waiting = {
+            e.conversation_id for e in self._events.values() if e.status is EventStatus.PENDING
+        }
+        waiting |= {
+            b.conversation_id for b in self._batches.values() if b.status is BatchStatus.OPEN
+        }
+        now = self._now()
+        found = [cid for cid in waiting if self._conversations[cid].lease_free(now)]
+        return found[:limit]
+
+    def _fence(self, lease: Lease) -> _Conversation:
+        """The conversation, if `lease` is still the one it holds (fence)."""
+        conversation = self._conversations.get(lease.conversation_id)
+        if conversation is None or conversation.lease_token != lease.token:
+            raise LeaseLost(lease.conversation_id)
+        return conversation
+
+    def _release_lease(self, lease: Lease) -> None:
+        conversation = self._conversations[lease.conversation_id]
+        if conversation.lease_token == lease.token:
+            conversation.lease_token = None
+            conversation.lease_owner = None
+            conversation.lease_expires_at = None
+
+    # -- conversation work (fenced) -------------------------------------------------------------
+
+    async def set_thread(self, lease: Lease, thread_id: str) -> None:
+        self._fence(lease).thread_id = thread_id
+
+    async def next_batch(self, lease: Lease) -> NextBatch | None:
+        conversation = self._fence(lease).row()
+        batch = self._open_batch(lease.conversation_id)
+        if batch is None:
+            return self._start_batch_or_release(lease, conversation)
+        # batch_events: in the batch's order, skipping events pruned since.
+        events = [self._events[i].stored() for i in batch.event_ids if i in self._events]
+        return NextBatch(batch.open_batch(), False, conversation, events)
+
+    def _open_batch(self, conversation_id: str) -> _Batch | None:
+        for batch in self._batches.values():
+            if batch.conversation_id == conversation_id and batch.status is BatchStatus.OPEN:
+                return batch
+        return None
+
+    def _start_batch_or_release(
+        self, lease: Lease, conversation: ConversationRow
+    ) -> NextBatch | None:
+        pending = self._batchable(lease.conversation_id)
+        if not pending:
+            self._release_lease(lease)
+            return None
+        if self._open_batch(lease.conversation_id) is not None:
+            # batches_one_open_per_conversation would refuse the insert.
+            raise RuntimeError(f"{lease.conversation_id} has an open batch already")
+        batch = _Batch(
+            uuid.uuid4(),
+            lease.conversation_id,
+            tuple(e.event_id for e in pending),
+            conversation.last_item_id,
+        )
+        self._batches[batch.batch_id] = batch
+        for event in pending:
+            event.status = EventStatus.BATCHED
+            event.batch_id = batch.batch_id
+        return NextBatch(batch.open_batch(), True, conversation, [e.stored() for e in pending])
+
+    def _batchable(self, conversation_id: str) -> list[_Event]:
+        """start_batch's choice: the oldest pending events, in the order the customer wrote
+        them (else stored), at most the limit, up to the first whose batch_key differs from
+        the oldest one's."""
+        candidates = sorted(
+            (
+                e
+                for e in self._events.values()
+                if e.conversation_id == conversation_id and e.status is EventStatus.PENDING
+            ),
+            key=lambda e: (e.occurred_at or e.received_at, e.seq),
+        )[: self._batch_max_events]
+        for position, event in enumerate(candidates):
+            if event.batch_key != candidates[0].batch_key:
+                return candidates[:position]
+        return candidates
+
+    async def record_run_started(
+        self, lease: Lease, batch_id: uuid.UUID, run_id: str, attempt: int
+    ) -> None:
+        self._fence(lease)
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            return
+        batch.run_id, batch.attempt, batch.messages_added = run_id, attempt, True
+        if run_id not in self._runs:
+            self._runs[run_id] = _Run(run_id, batch_id, attempt)
+
+    async def record_batch_failure(self, lease: Lease, batch_id: uuid.UUID) -> tuple[int, datetime]:
+        self._fence(lease)
+        batch = self._batches[batch_id]
+        batch.failures += 1
+        batch.first_failure_at = batch.first_failure_at or self._now()
+        return batch.failures, batch.first_failure_at
+
+    async def batch_files(self, event_ids: Sequence[str]) -> dict[tuple[str, int], ModelFile]:
+        wanted = set(event_ids)
+        return {key: a.file for key, a in self._attachments.items() if key[0] in wanted}
+
+    async def record_file(
+        self, lease: Lease, event_id: str, position: int, file: ModelFile, *, uploaded: bool
+    ) -> None:
+        self._fence(lease)
+        # record_attachment: ON CONFLICT DO NOTHING, the first file recorded stands.
+        self._attachments.setdefault((event_id, position), _Attachment(file, uploaded))
+
+    async def record_run_retry(
+        self, lease: Lease, batch_id: uuid.UUID, ended: RunRecord, after_item_id: str | None
+    ) -> None:
+        self._fence(lease)
+        self._record_run_ended(ended)
+        batch = self._batches.get(batch_id)
+        if batch is not None:
+            batch.run_id = None
+            batch.first_failure_at = batch.first_failure_at or self._now()
+            batch.after_item_id = after_item_id
+
+    def _record_run_ended(self, ended: RunRecord) -> None:
+        run = self._runs.get(ended.run_id)
+        if run is not None:
+            run.status = ended.status
+            run.polls += ended.polls
+            run.usage = None if ended.usage is None else _jsonb(ended.usage)
+            run.error = None if ended.error is None else _jsonb(ended.error)
+            run.ended_at = self._now()
+
+    async def finish_batch(
+        self,
+        lease: Lease,
+        batch_id: uuid.UUID,
+        *,
+        event_status: EventStatus,
+        outbox: Sequence[OutboxMessage],
+        ended: RunRecord | None = None,
+        last_item_id: str | None = None,
+    ) -> NextBatch | None:
+        conversation = self._fence(lease)
+        self._close_batch(batch_id, event_status)
+        if ended is not None:
+            self._record_run_ended(ended)
+        if last_item_id is not None:
+            conversation.last_item_id = last_item_id
+        for message in outbox:
+            self._insert_outbox(message)
+        # The batch just closed was the conversation's one open batch.
+        return self._start_batch_or_release(lease, conversation.row())
+
+    def _close_batch(self, batch_id: uuid.UUID, event_status: EventStatus) -> None:
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            return
+        now = self._now()
+        batch.status, batch.finished_at = BatchStatus.FINISHED, now
+        for event_id in batch.event_ids:
+            event = self._events.get(event_id)
+            if event is not None:
+                event.status, event.settled_at = event_status, now
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def move_conversations(
+        self, backend: str, conversation_ids: Sequence[str] | None
+    ) -> tuple[list[str], int]:
+        target = BackendName(backend)  # the CHECK constraint refuses any other
+        chosen = None if conversation_ids is None else set(conversation_ids)
+        elsewhere = [
+            (cid, c)
+            for cid, c in self._conversations.items()
+            if c.backend != target and (chosen is None or cid in chosen)
+        ]
+        now = self._now()
+        busy = {
+            e.conversation_id
+            for e in self._events.values()
+            if e.status in (EventStatus.PENDING, EventStatus.BATCHED)
+        }
+        moved = []
+        for cid, conversation in elsewhere:
+            if conversation.lease_free(now) and cid not in busy:
+                conversation.backend = target
+                conversation.thread_id = conversation.last_item_id = None
+                moved.append(cid)
+        return moved, len(elsewhere) - len(moved)
+
+    async def prunable(self, cutoff: datetime) -> dict[str, int]:
+        counts = {table: len(self._prunable(table, cutoff)) for table in PRUNED_TABLES}
+        return {**counts, "files": len(self._prunable_files(cutoff))}
+
+    def _prunable(self, table: str, cutoff: datetime) -> list[Any]:
+        """The keys count_prunable counts and prune_<table> deletes, in each table."""
+        finished = {b.batch_id for b in self._batches.values() if b.finished_before(cutoff)}
+        if table == "runs":
+            return [r.run_id for r in self._runs.values() if r.batch_id in finished]
+        if table == "batches":
+            return list(finished)
+        if table == "events":
+            return [e.event_id for e in self._events.values() if e.settled_before(cutoff)]
+        return [i for i, row in self._outbox.items() if _before(row.published_at, cutoff)]
+
+    def _prunable_files(self, cutoff: datetime) -> list[UploadedFile]:
+        return [
+            UploadedFile(event_id, position, a.file.file_id)
+            for (event_id, position), a in self._attachments.items()
+            if a.uploaded and self._events[event_id].settled_before(cutoff)
+        ]
+
+    async def prunable_files(self, cutoff: datetime, limit: int) -> list[UploadedFile]:
+        return self._prunable_files(cutoff)[:limit]
+
+    async def forget_files(self, files: Sequence[UploadedFile]) -> None:
+        for file in files:
+            self._attachments.pop((file.event_id, file.position), None)
+
+    async def prune(
+        self, cutoff: datetime, *, chunk: int, on_chunk: Callable[[str, int], None]
+    ) -> dict[str, int]:
+        async def delete_chunk(table: str, limit: int) -> int:
+            keys = self._prunable(table, cutoff)
+            if table == "batches":  # prune_batches: only once their runs are gone
+                keys = [k for k in keys if all(r.batch_id != k for r in self._runs.values())]
+            for key in keys[:limit]:
+                self._delete(table, key)
+            return len(keys[:limit])
+
+        return await prune_in_chunks(delete_chunk, chunk, on_chunk)
+
+    def _delete(self, table: str, key: Any) -> None:
+        if table == "runs":
+            del self._runs[key]
+        elif table == "batches":
+            del self._batches[key]
+        elif table == "events":
+            del self._events[key]
+            # attachments reference inbound_events ON DELETE CASCADE.
+            for position in [p for (e, p) in self._attachments if e == key]:
+                del self._attachments[(key, position)]
+        else:
+            self._dedupe_keys.discard(self._outbox.pop(key).message.dedupe_key)
+
+    # -- outbox ---------------------------------------------------------------------------------
+
+    def _insert_outbox(self, message: OutboxMessage) -> None:
+        # insert_outbox: ON CONFLICT (dedupe_key) DO NOTHING.
+        if message.dedupe_key in self._dedupe_keys:
+            return
+        self._dedupe_keys.add(message.dedupe_key)
+        stored = replace(message, headers=_jsonb(message.headers))
+        self._outbox[next(self._outbox_ids)] = _Outbox(stored)
+
+    @asynccontextmanager
+    async def claim_outbox(
+        self, limit: int
+    ) -> AsyncIterator[tuple[list[ClaimedOutbox], MemoryOutboxAck]]:
+        unpublished = (i for i, row in self._outbox.items() if row.published_at is None)
+        ids = [i for i in unpublished if i not in self._claimed][:limit]
+        self._claimed.update(ids)
+        ack = MemoryOutboxAck()
+        try:
+            yield [self._outbox[i].claimed(i) for i in ids], ack
+            self._commit(ack)
+        finally:
+            self._claimed.difference_update(ids)
+
+    def _commit(self, ack: MemoryOutboxAck) -> None:
+        now = self._now()
+        for outbox_id in ack.published_ids:
+            row = self._outbox.get(outbox_id)
+            if row is not None:
+                row.published_at, row.publish_attempts = now, row.publish_attempts + 1
+        for outbox_id in ack.failed_ids:
+            row = self._outbox.get(outbox_id)
+            if row is not None:
+                row.publish_attempts += 1
+
+    async def outbox_backlog(self) -> int:
+        return sum(1 for row in self._outbox.values() if row.published_at is None)
+
+
+class MemoryOutboxAck:
+    """Collects a claim's marks; the store applies them when the claim's block ends normally."""
+
+    def __init__(self) -> None:
+        self.published_ids: list[int] = []
+        self.failed_ids: list[int] = []
+
+    async def published(self, ids: Sequence[int]) -> None:
+        self.published_ids.extend(ids)
+
+    async def failed(self, ids: Sequence[int]) -> None:
+        self.failed_ids.extend(ids)
