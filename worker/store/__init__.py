@@ -1,1 +1,2 @@
-"""Postgres, the source of truth: records, the repository, its SQL and migrations."""
+"""The store: what the core needs of it (ports), its values (records), the Postgres store with
+its SQL and migrations, and an in-memory twin with the same semantics for fast tests."""
