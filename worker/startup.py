@@ -46,6 +46,9 @@ _CONNECT_LOGGERS = ("aiormq.connection", "aio_pika.robust_connection")
 
 
 class Server(StrEnum):
+    """The servers the worker waits for at start; each names its log event (`waiting_for_...`),
+    its URL variable and its default port."""
+
     POSTGRES = "postgres"
     RABBITMQ = "rabbitmq"
 
