@@ -7,6 +7,8 @@ exception classes is deciding from another layer's types.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,42 @@ def test_the_relay_imports_nothing_of_the_sdk_but_its_request_types(path: Path) 
 
 def test_the_relay_modules_are_all_checked() -> None:
     assert {p.name for p in RELAY} >= {"runner.py", "retry.py", "conversation.py", "intake.py"}
+
+
+CORE = (
+    "worker.relay.intake",
+    "worker.relay.ownership",
+    "worker.relay.conversation",
+    "worker.relay.runner",
+    "worker.errors",
+)
+DRIVERS = ("aio_pika", "aiormq", "pamqp", "asyncpg")
+
+TOP_LEVEL_MODULES = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def drivers_loaded_by(*modules: str) -> list[str]:
+    """The drivers a fresh interpreter has loaded once it imported `modules`."""
+    done = subprocess.run(
+        [sys.executable, "-c", TOP_LEVEL_MODULES, *modules],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return sorted(set(done.stdout.split()) & set(DRIVERS))
+
+
+def test_importing_the_core_loads_no_broker_or_database_driver() -> None:
+    # A fresh interpreter: this one loaded the drivers for other tests long ago.
+    assert drivers_loaded_by(*CORE) == []
+
+
+def test_the_driver_check_sees_a_driver_when_one_is_loaded() -> None:
+    loaded = drivers_loaded_by("worker.store.postgres", "worker.relay.consume")
+    assert loaded == ["aio_pika", "aiormq", "asyncpg", "pamqp"]
