@@ -14,7 +14,7 @@ from standin import StandIn
 from tests.conftest import start_worker
 from tests.support import publish, replies_for, run_cli
 from worker.backends.assistants import AssistantsBackend
-from worker.backends.base import Backend, RunStatus, Turn
+from worker.backends.base import Backend, RunRef, RunStatus, Turn
 from worker.backends.responses import ResponsesBackend
 from worker.events import UserMessage
 from worker.relay.runner import cancel_unless_ended
@@ -88,10 +88,12 @@ async def test_cancelling_a_run_that_ended_on_its_own_leaves_it_be(
         run = await backend.start_run(thread_id, turn)
         while not run.status.is_terminal:
             await asyncio.sleep(0.05)
-            run = await backend.retrieve_run(thread_id, run.run_id)
+            run = await backend.retrieve_run(RunRef(thread_id, run.run_id))
 
-        assert await cancel_unless_ended(backend, thread_id, run.run_id) is False
+        assert await cancel_unless_ended(backend, RunRef(thread_id, run.run_id)) is False
 
-        assert (await backend.retrieve_run(thread_id, run.run_id)).status is RunStatus.COMPLETED
+        assert (
+            await backend.retrieve_run(RunRef(thread_id, run.run_id))
+        ).status is RunStatus.COMPLETED
         journal = [(e["method"], e["status"]) for e in standin.journal if "cancel" in e["path"]]
         assert journal == [("POST", 400)]  # the API was asked, and refused

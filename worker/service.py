@@ -155,16 +155,16 @@ class WorkerService:
         pacer: Pacer,
     ) -> Ownership:
         s = self.settings
-        api = RetryPolicy(
+        api_retry = RetryPolicy(
             s.api_attempts, s.api_backoff_base_s, s.api_backoff_cap_s, metrics=self.metrics
         )
         schedule = PollSchedule(s.poll_initial_ms, s.poll_max_ms, s.poll_growth)
         runners = {
-            name: Runner(backend, api, schedule, s.run_deadline_s, self._tools, pacer)
+            name: Runner(backend, api_retry, schedule, s.run_deadline_s, self._tools, pacer)
             for name, backend in make_backends(s, client, self._tools).items()
         }
         processor = ConversationProcessor(
-            s, store, runners, Files(client), api, relay.wake, self.metrics, pacer
+            s, store, runners, Files(client), api_retry, relay.wake, self.metrics, pacer
         )
         return Ownership(
             store,

@@ -104,15 +104,15 @@ class Relay:
             store, cast(AbstractChannel, self.channel), s.outbox_interval_s, self.metrics
         )
         pacer = Pacer(ceiling=s.concurrency, lag_limit_s=s.loop_lag_limit_ms / 1000)
-        api = RetryPolicy(s.api_attempts, s.api_backoff_base_s, s.api_backoff_cap_s)
+        api_retry = RetryPolicy(s.api_attempts, s.api_backoff_base_s, s.api_backoff_cap_s)
         schedule = PollSchedule(s.poll_initial_ms, s.poll_max_ms, s.poll_growth)
         tools = default_tools()
         runners = {
-            name: Runner(backend, api, schedule, s.run_deadline_s, tools, pacer)
+            name: Runner(backend, api_retry, schedule, s.run_deadline_s, tools, pacer)
             for name, backend in make_backends(s, client, tools).items()
         }
         self.processor = ConversationProcessor(
-            s, store, runners, Files(client), api, self.outbox.wake, self.metrics, pacer
+            s, store, runners, Files(client), api_retry, self.outbox.wake, self.metrics, pacer
         )
         self.ownership = Ownership(
             store,

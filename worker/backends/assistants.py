@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import openai
@@ -12,7 +12,15 @@ from openai.types.beta.threads import Message, Run
 from openai.types.beta.threads.message_content_part_param import MessageContentPartParam
 from openai.types.beta.threads.run_create_params import AdditionalMessage
 
-from worker.backends.base import RunSnapshot, RunStatus, ToolCall, ToolOutput, Turn, author_tags
+from worker.backends.base import (
+    RunRef,
+    RunSnapshot,
+    RunStatus,
+    ToolCall,
+    ToolSubmission,
+    Turn,
+    author_tags,
+)
 from worker.backends.sdk_errors import describe, error_code, rejected, sdk_boundary
 from worker.errors import RunAlreadyEnded, ThreadBusy
 from worker.events import ReplyMessage, RunError, Usage, UserMessage
@@ -32,6 +40,12 @@ class AssistantsBackend:
     """
 
     name = "assistants"
+    # Assistants read documents through file search, and look at images given as `image_file`
+    # parts, which must be uploaded for vision.
+    purposes: Mapping[FileKind, FilePurpose] = {
+        FileKind.DOCUMENT: "assistants",
+        FileKind.IMAGE: "vision",
+    }
 
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         self._threads = client.beta.threads
@@ -40,10 +54,6 @@ class AssistantsBackend:
     async def create_thread(self, conversation_id: str) -> str:
         thread = await self._threads.create(metadata={"aw_conversation_id": conversation_id[:512]})
         return thread.id
-
-    @sdk_boundary
-    async def watermark(self, thread_id: str) -> str | None:
-        return None  # runs are found by their metadata
 
     @sdk_boundary
     async def find_run(self, thread_id: str, turn: Turn) -> str | None:
@@ -74,45 +84,40 @@ class AssistantsBackend:
         return _snapshot(run)
 
     @sdk_boundary
-    async def retrieve_run(self, thread_id: str, run_id: str) -> RunSnapshot:
-        raw = await self._threads.runs.with_raw_response.retrieve(run_id, thread_id=thread_id)
+    async def retrieve_run(self, run: RunRef) -> RunSnapshot:
+        raw = await self._threads.runs.with_raw_response.retrieve(
+            run.run_id, thread_id=run.thread_id
+        )
         return _snapshot(raw.parse(), _poll_after_ms(raw.headers.get("openai-poll-after-ms")))
 
     @sdk_boundary
-    async def find_tool_outputs_run(
-        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
-    ) -> str | None:
+    async def find_tool_outputs_run(self, submission: ToolSubmission) -> str | None:
         # The run takes its outputs itself, and moves on at once when it has.
-        run = await self.retrieve_run(thread_id, run_id)
-        return None if run.status is RunStatus.REQUIRES_ACTION else run_id
+        run = await self.retrieve_run(submission.run)
+        return None if run.status is RunStatus.REQUIRES_ACTION else submission.run.run_id
 
     @sdk_boundary
-    async def submit_tool_outputs(
-        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
-    ) -> RunSnapshot:
+    async def submit_tool_outputs(self, submission: ToolSubmission) -> RunSnapshot:
         run = await self._threads.runs.submit_tool_outputs(
-            run_id,
-            thread_id=thread_id,
-            tool_outputs=[{"tool_call_id": o.call_id, "output": o.output} for o in outputs],
+            submission.run.run_id,
+            thread_id=submission.run.thread_id,
+            tool_outputs=[
+                {"tool_call_id": o.call_id, "output": o.output} for o in submission.outputs
+            ],
         )
         return _snapshot(run)
 
     @sdk_boundary
-    async def cancel_run(self, thread_id: str, run_id: str) -> None:
+    async def cancel_run(self, run: RunRef) -> None:
         try:
-            await self._threads.runs.cancel(run_id, thread_id=thread_id)
+            await self._threads.runs.cancel(run.run_id, thread_id=run.thread_id)
         except openai.BadRequestError as exc:
             raise _already_ended(exc) from exc
 
     @sdk_boundary
-    async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]:
-        page = self._threads.messages.list(thread_id, run_id=run_id, order="asc", limit=100)
+    async def reply_messages(self, run: RunRef) -> tuple[ReplyMessage, ...]:
+        page = self._threads.messages.list(run.thread_id, run_id=run.run_id, order="asc", limit=100)
         return tuple([_reply_message(m) async for m in page if m.role == "assistant"])
-
-    def upload_purpose(self, kind: FileKind) -> FilePurpose:
-        # Assistants read documents through file search, and look at images given as
-        # `image_file` parts, which must be uploaded for vision.
-        return "vision" if kind is FileKind.IMAGE else "assistants"
 
 
 def _message(message: UserMessage, turn: Turn) -> AdditionalMessage:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from openai.types import FilePurpose
 
@@ -115,6 +115,27 @@ class ToolOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class RunRef:
+    """Where a run is: its thread (or Conversation) and its ID in there."""
+
+    thread_id: str
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSubmission:
+    """The outputs of a run's tool calls, for the turn the run answers.
+
+    Assistants hand them to the run itself; Responses send them as the input of a follow-up
+    response, and find one sent earlier among the turn's items.
+    """
+
+    run: RunRef
+    turn: Turn
+    outputs: tuple[ToolOutput, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RunSnapshot:
     """A run as one request saw it: both backends' answers in the relay's terms."""
 
@@ -138,14 +159,10 @@ class Backend(Protocol):
     """
 
     name: str
-
-    def upload_purpose(self, kind: FileKind) -> FilePurpose:
-        """The Files API purpose under which this backend's model reads a file of `kind`."""
+    # The Files API purpose under which this backend's model reads a file of each kind.
+    purposes: Mapping[FileKind, FilePurpose]
 
     async def create_thread(self, conversation_id: str) -> str: ...
-
-    async def watermark(self, thread_id: str) -> str | None:
-        """The thread's newest item ID, if this backend finds turns by their items."""
 
     async def find_run(self, thread_id: str, turn: Turn) -> str | None:
         """The run an earlier attempt of this turn already created, if the POST got through."""
@@ -153,19 +170,27 @@ class Backend(Protocol):
     async def start_run(self, thread_id: str, turn: Turn) -> RunSnapshot:
         """Adds the turn's messages (if asked) and starts a run. Raises ThreadBusy if locked."""
 
-    async def retrieve_run(self, thread_id: str, run_id: str) -> RunSnapshot: ...
+    async def retrieve_run(self, run: RunRef) -> RunSnapshot: ...
 
-    async def find_tool_outputs_run(
-        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
-    ) -> str | None:
-        """The run an earlier submit of these outputs started, where a submit starts one."""
+    async def find_tool_outputs_run(self, submission: ToolSubmission) -> str | None:
+        """The run that took these outputs already, if an earlier submit got through."""
 
-    async def submit_tool_outputs(
-        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
-    ) -> RunSnapshot:
+    async def submit_tool_outputs(self, submission: ToolSubmission) -> RunSnapshot:
         """Hands the outputs to the run (or to a new run that takes them). May raise ThreadBusy."""
 
-    async def cancel_run(self, thread_id: str, run_id: str) -> None:
+    async def cancel_run(self, run: RunRef) -> None:
         """Asks for the run to be cancelled; raises RunAlreadyEnded if it has ended already."""
 
-    async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]: ...
+    async def reply_messages(self, run: RunRef) -> tuple[ReplyMessage, ...]: ...
+
+
+@runtime_checkable
+class FindsTurnsByItems(Protocol):
+    """A backend that finds a turn's effects after the thread's newest item before the turn.
+
+    Responses does (its creates cannot be looked up by metadata); Assistants finds runs by
+    their metadata and has no use for it.
+    """
+
+    async def watermark(self, thread_id: str) -> str | None:
+        """The thread's newest item ID (None for an empty thread)."""

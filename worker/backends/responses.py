@@ -9,7 +9,7 @@ items that follow it, instead of being created a second time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import openai
@@ -25,10 +25,11 @@ from openai.types.responses import (
 from openai.types.responses.response_output_item import ResponseOutputItem
 
 from worker.backends.base import (
+    RunRef,
     RunSnapshot,
     RunStatus,
     ToolCall,
-    ToolOutput,
+    ToolSubmission,
     Turn,
     author_tags,
 )
@@ -49,6 +50,11 @@ class ResponsesBackend:
     """
 
     name = "responses"
+    # Model input, documents and images alike.
+    purposes: Mapping[FileKind, FilePurpose] = {
+        FileKind.DOCUMENT: "user_data",
+        FileKind.IMAGE: "user_data",
+    }
 
     def __init__(
         self,
@@ -86,59 +92,53 @@ class ResponsesBackend:
             return None
         return ITEMS_RUN + inputs[len(texts) - 1].id
 
-    def upload_purpose(self, kind: FileKind) -> FilePurpose:
-        return "user_data"  # model input, documents and images alike
-
     @sdk_boundary
     async def start_run(self, thread_id: str, turn: Turn) -> RunSnapshot:
         items = [_user_item(m, turn) for m in turn.messages]
         return await self._create(thread_id, turn, items)
 
     @sdk_boundary
-    async def retrieve_run(self, thread_id: str, run_id: str) -> RunSnapshot:
-        if run_id.startswith(ITEMS_RUN):
-            return await self._retrieve_items_run(thread_id, run_id)
-        raw = await self._client.responses.with_raw_response.retrieve(run_id)
+    async def retrieve_run(self, run: RunRef) -> RunSnapshot:
+        if run.run_id.startswith(ITEMS_RUN):
+            return await self._retrieve_items_run(run.thread_id, run.run_id)
+        raw = await self._client.responses.with_raw_response.retrieve(run.run_id)
         return _snapshot(raw.parse(), _int_header(raw.headers.get("openai-poll-after-ms")))
 
     @sdk_boundary
-    async def find_tool_outputs_run(
-        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
-    ) -> str | None:
-        call_ids = {o.call_id for o in outputs}
-        for item in await self._items_after(thread_id, turn.after_item_id):
+    async def find_tool_outputs_run(self, submission: ToolSubmission) -> str | None:
+        call_ids = {o.call_id for o in submission.outputs}
+        after = submission.turn.after_item_id
+        for item in await self._items_after(submission.run.thread_id, after):
             if item.type == "function_call_output" and item.call_id in call_ids:
                 return ITEMS_RUN + item.id
         return None
 
     @sdk_boundary
-    async def submit_tool_outputs(
-        self, thread_id: str, run_id: str, turn: Turn, outputs: Sequence[ToolOutput]
-    ) -> RunSnapshot:
+    async def submit_tool_outputs(self, submission: ToolSubmission) -> RunSnapshot:
         # The outputs go in as the input of a follow-up response.
         items: list[ResponseInputItemParam] = [
             {"type": "function_call_output", "call_id": o.call_id, "output": o.output}
-            for o in outputs
+            for o in submission.outputs
         ]
-        return await self._create(thread_id, turn, items)
+        return await self._create(submission.run.thread_id, submission.turn, items)
 
     @sdk_boundary
-    async def cancel_run(self, thread_id: str, run_id: str) -> None:
+    async def cancel_run(self, run: RunRef) -> None:
         # An items run's response has no known ID: it is given up on, as if cancelled.
-        if run_id.startswith(ITEMS_RUN):
+        if run.run_id.startswith(ITEMS_RUN):
             return
         try:
-            await self._client.responses.cancel(run_id)
+            await self._client.responses.cancel(run.run_id)
         except openai.BadRequestError as exc:
             # A cancel can only be wrong about the response's state: it has ended already.
             raise RunAlreadyEnded(error_code(exc), describe(exc), str(exc.status_code)) from exc
 
     @sdk_boundary
-    async def reply_messages(self, thread_id: str, run_id: str) -> tuple[ReplyMessage, ...]:
-        if run_id.startswith(ITEMS_RUN):
-            items = await self._items_after(thread_id, run_id.removeprefix(ITEMS_RUN))
+    async def reply_messages(self, run: RunRef) -> tuple[ReplyMessage, ...]:
+        if run.run_id.startswith(ITEMS_RUN):
+            items = await self._items_after(run.thread_id, run.run_id.removeprefix(ITEMS_RUN))
             return tuple(_reply(i) for i in items if i.type == "message" and i.role == "assistant")
-        response = await self._client.responses.retrieve(run_id)
+        response = await self._client.responses.retrieve(run.run_id)
         return tuple(_reply(item) for item in response.output if item.type == "message")
 
     async def _create(

@@ -15,7 +15,14 @@ from datetime import UTC, datetime
 
 import structlog
 
-from worker.backends.base import TRANSIENT_RUN_ERRORS, Backend, RunStatus, Turn
+from worker.backends.base import (
+    TRANSIENT_RUN_ERRORS,
+    Backend,
+    FindsTurnsByItems,
+    RunRef,
+    RunStatus,
+    Turn,
+)
 from worker.backends.files import Files
 from worker.crashpoints import CrashPoint, FaultPoint, maybe_crash, maybe_fail
 from worker.errors import (
@@ -95,7 +102,7 @@ class ConversationProcessor:
         store: ConversationStore,
         runners: Mapping[str, Runner],
         files: Files,
-        api: RetryPolicy,
+        api_retry: RetryPolicy,
         on_outbox: Callable[[], None],
         metrics: Metrics,
         pacer: Pacer,
@@ -105,7 +112,7 @@ class ConversationProcessor:
         self._store = store
         self._runners = runners
         self._files = files
-        self._api = api
+        self._api_retry = api_retry
         self._failures = internal_backoff(settings)
         self._on_outbox = on_outbox
         self._metrics = metrics
@@ -136,7 +143,7 @@ class ConversationProcessor:
                 failure = Failure(
                     ReasonCode.OPENAI_UNAVAILABLE,
                     str(exc),
-                    self._api.attempts,
+                    self._api_retry.attempts,
                     exc.first_failure_at,
                 )
                 return await self._dead_letter(lease, batch, stored, failure)
@@ -197,7 +204,7 @@ class ConversationProcessor:
             return conversation.thread_id
         # An orphan thread from a crash right after this call is harmless: it holds nothing.
         async with self._pacer.slot():
-            thread_id = await self._api.call(
+            thread_id = await self._api_retry.call(
                 "create_thread", lambda: backend.create_thread(lease.conversation_id)
             )
             await self._store.set_thread(lease, thread_id)
@@ -266,7 +273,9 @@ class ConversationProcessor:
     ) -> ModelFile:
         if attachment.file_id is not None:
             file_id = attachment.file_id
-            file = await self._api.call("retrieve_file", lambda: self._files.describe(file_id))
+            file = await self._api_retry.call(
+                "retrieve_file", lambda: self._files.describe(file_id)
+            )
         else:
             file = await self._upload(work, attachment)
             maybe_crash(CrashPoint.AFTER_UPLOAD)
@@ -280,7 +289,7 @@ class ConversationProcessor:
         assert attachment.filename is not None
         filename, content = attachment.filename, decode(attachment)
         kind = _kind(filename)
-        purpose = work.backend.upload_purpose(kind)
+        purpose = work.backend.purposes[kind]
         # Only a batch this process just opened can be sure nobody uploaded for it yet.
         sent = not work.fresh
 
@@ -295,7 +304,7 @@ class ConversationProcessor:
             return await self._files.upload(filename, content, purpose)
 
         async with self._pacer.slot():
-            return await self._api.call("upload_file", look_then_upload)
+            return await self._api_retry.call("upload_file", look_then_upload)
 
     async def _run_once(
         self, work: _Work, turn: Turn, run_id: str | None, progress: _Progress
@@ -315,8 +324,8 @@ class ConversationProcessor:
             log.info("run_started", run_id=run.run_id, events=len(turn.messages))
         else:
             log.info("run_resumed", run_id=run_id)
-            run = await self._api.call(
-                "retrieve_run", lambda: work.backend.retrieve_run(work.thread_id, run_id)
+            run = await self._api_retry.call(
+                "retrieve_run", lambda: work.backend.retrieve_run(RunRef(work.thread_id, run_id))
             )
 
         async def remember(new_run_id: str) -> None:
@@ -344,7 +353,10 @@ class ConversationProcessor:
         )
 
     async def _watermark(self, work: _Work) -> str | None:
-        return await self._api.call("watermark", lambda: work.backend.watermark(work.thread_id))
+        backend = work.backend
+        if not isinstance(backend, FindsTurnsByItems):
+            return None
+        return await self._api_retry.call("watermark", lambda: backend.watermark(work.thread_id))
 
     async def _record_reply(
         self, work: _Work, turn: Turn, finished: FinishedRun
@@ -355,9 +367,9 @@ class ConversationProcessor:
             RunStatus.COMPLETED,
             RunStatus.INCOMPLETE,
         ):
-            messages = await self._api.call(
+            messages = await self._api_retry.call(
                 "list_messages",
-                lambda: work.backend.reply_messages(work.thread_id, snapshot.run_id),
+                lambda: work.backend.reply_messages(RunRef(work.thread_id, snapshot.run_id)),
             )
         reply = AssistantReply(
             conversation_id=work.lease.conversation_id,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from worker.backends.base import Backend, RunSnapshot, RunStatus, Turn
+from worker.backends.base import Backend, RunRef, RunSnapshot, RunStatus, ToolSubmission, Turn
 from worker.crashpoints import CrashPoint, maybe_crash
 from worker.errors import RunAlreadyEnded, ThreadBusy
 from worker.events import RunError
@@ -52,7 +52,7 @@ class Runner:
     def __init__(
         self,
         backend: Backend,
-        api: RetryPolicy,
+        api_retry: RetryPolicy,
         schedule: PollSchedule,
         deadline_s: float,
         tools: ToolRegistry,
@@ -60,7 +60,7 @@ class Runner:
     ) -> None:
         self.backend = backend
         self._pacer = pacer
-        self._api = api
+        self._api_retry = api_retry
         self._schedule = schedule
         self._deadline_s = deadline_s
         self._tools = tools
@@ -106,7 +106,8 @@ class Runner:
                 if existing is not None:
                     log.info("run_adopted", run_id=existing)
                     looked_in_vain = False
-                    return StartedRun(await self.backend.retrieve_run(thread_id, existing), True)
+                    run = RunRef(thread_id, existing)
+                    return StartedRun(await self.backend.retrieve_run(run), True)
                 looked_in_vain = True
             sent = True
             return StartedRun(await create(), False)
@@ -114,11 +115,11 @@ class Runner:
         while True:
             try:
                 async with self._pacer.slot():
-                    started = await self._api.call(what, look_then_create)
+                    started = await self._api_retry.call(what, look_then_create)
                     if not looked_in_vain:
                         return started
                     keep = functools.partial(self._keep_earlier, thread_id, find, started.run)
-                    return await self._api.call(what, keep)
+                    return await self._api_retry.call(what, keep)
             except ThreadBusy as busy:
                 # Someone else's run holds the thread: wait it out rather than fail ours.
                 log.warning("thread_busy", thread_id=thread_id, active_run_id=busy.active_run_id)
@@ -138,14 +139,14 @@ class Runner:
         found = await find()
         if found is None or found == created.run_id:
             return StartedRun(created, False)
-        ours = await self.backend.retrieve_run(thread_id, created.run_id)
+        ours = await self.backend.retrieve_run(RunRef(thread_id, created.run_id))
         # Cancelled can only be this step's own doing, by a try whose answer was lost.
         if ours.status not in _RUNNING and ours.status is not RunStatus.CANCELLED:
             return StartedRun(ours, False)  # ended already: what shows may be its own turn
-        earlier = await self.backend.retrieve_run(thread_id, found)
+        earlier = await self.backend.retrieve_run(RunRef(thread_id, found))
         if earlier.status in _RUNNING:
             return StartedRun(ours, False)  # what shows is its own input, shown early
-        if await cancel_unless_ended(self.backend, thread_id, created.run_id):
+        if await cancel_unless_ended(self.backend, RunRef(thread_id, created.run_id)):
             log.warning("duplicate_run_cancelled", run_id=created.run_id, kept_run_id=found)
         else:
             # It ended in the moment since: its messages went into the thread a second time.
@@ -200,27 +201,28 @@ class Runner:
         return PollPlan(self._schedule, self._durations, started_at)
 
     async def _retrieve(self, thread_id: str, run_id: str) -> RunSnapshot:
-        return await self._api.call(
-            "retrieve_run", lambda: self.backend.retrieve_run(thread_id, run_id)
+        return await self._api_retry.call(
+            "retrieve_run", lambda: self.backend.retrieve_run(RunRef(thread_id, run_id))
         )
 
     async def _serve_tools(
         self, thread_id: str, run: RunSnapshot, turn: Turn, *, first_try: bool
     ) -> RunSnapshot:
         outputs = await self._tools.run_all(run.tool_calls)
+        submission = ToolSubmission(RunRef(thread_id, run.run_id), turn, tuple(outputs))
         started = await self._create_once(
             "submit_tool_outputs",
             thread_id,
-            find=lambda: self.backend.find_tool_outputs_run(thread_id, run.run_id, turn, outputs),
-            create=lambda: self.backend.submit_tool_outputs(thread_id, run.run_id, turn, outputs),
+            find=lambda: self.backend.find_tool_outputs_run(submission),
+            create=lambda: self.backend.submit_tool_outputs(submission),
             first_try=first_try,
         )
         return started.run
 
     async def _cancel(self, thread_id: str, run: RunSnapshot) -> RunSnapshot:
         log.warning("run_deadline_exceeded", run_id=run.run_id, deadline_s=self._deadline_s)
-        cancelled = await self._api.call(
-            "cancel_run", lambda: cancel_unless_ended(self.backend, thread_id, run.run_id)
+        cancelled = await self._api_retry.call(
+            "cancel_run", lambda: cancel_unless_ended(self.backend, RunRef(thread_id, run.run_id))
         )
         if not cancelled:  # it ended on its own in the meantime: that ending stands
             return await self._retrieve(thread_id, run.run_id)
@@ -248,15 +250,15 @@ class Runner:
             await self._cancel(thread_id, run)
 
 
-async def cancel_unless_ended(backend: Backend, thread_id: str, run_id: str) -> bool:
+async def cancel_unless_ended(backend: Backend, run: RunRef) -> bool:
     """Cancels the run; False if it had just ended on its own (it is left as it is).
 
     A deadline, or a duplicate found late, can ask in the very moment the run ends.
     """
     try:
-        await backend.cancel_run(thread_id, run_id)
+        await backend.cancel_run(run)
     except RunAlreadyEnded:
-        if not (await backend.retrieve_run(thread_id, run_id)).status.is_terminal:
+        if not (await backend.retrieve_run(run)).status.is_terminal:
             raise
         return False
     return True
