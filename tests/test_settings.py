@@ -15,6 +15,7 @@ from aiormq.exceptions import AMQPConnectionError, ProbableAuthenticationError
 
 from tests.ports import free_port
 from tests.support import AMQP_URL, API_KEY
+from worker.errors import StoreUnavailable
 from worker.startup import Server, explain, is_outage, refused_credentials, unreachable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -224,3 +225,14 @@ def test_refused_credentials_are_told_from_an_unreachable_server(
     assert unreachable(error) is down
     assert is_outage(error) is (down is not None)
     assert explain(error, AMQP, PG) == hint
+
+
+def test_a_store_that_lost_postgres_mid_command_gets_the_unreachable_hint() -> None:
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed ('10.0.0.8', 5432)")
+        except ConnectionRefusedError as exc:
+            raise StoreUnavailable("Postgres unavailable: ConnectionRefusedError") from exc
+    except StoreUnavailable as lost:
+        hint = explain(lost, AMQP, PG)
+    assert hint == "cannot reach Postgres at db.internal:5432 (AW_DATABASE_URL)"

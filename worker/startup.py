@@ -28,6 +28,7 @@ from aiormq.exceptions import (
     ProbableAuthenticationError,
 )
 
+from worker.errors import DependencyUnavailable
 from worker.events import ASSISTANT_REPLY, USER_MESSAGE, validator
 from worker.health import Health
 from worker.relay.retry import RetryPolicy
@@ -120,7 +121,13 @@ def unreachable(exc: BaseException) -> Server | None:
 
 
 def explain(exc: BaseException, amqp_url: str, database_url: str) -> str | None:
-    """The operator's hint for a connection failure: refused credentials or no answer."""
+    """The operator's hint for a connection failure: refused credentials or no answer.
+
+    A store that lost its server mid-command says so as StoreUnavailable; the hint is read
+    from the driver's error it carries.
+    """
+    if isinstance(exc, DependencyUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__
     urls = {Server.RABBITMQ: amqp_url, Server.POSTGRES: database_url}
     server = refused_credentials(exc)
     if server is not None:

@@ -57,6 +57,9 @@ _UNAVAILABLE = (
     # A pooled connection caught mid-statement by a server restart ("cannot switch to state
     # ..."): the server is the problem, not the event.
     asyncpg.InternalClientError,
+    # "terminating connection due to administrator command": a restart or a failover.
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     ConnectionError,
     OSError,
     TimeoutError,
