@@ -68,6 +68,13 @@ def make_client(settings: Settings) -> openai.AsyncOpenAI:
 
 
 class WorkerService:
+    """One worker process: its servers, its relay loops, and their start and stop.
+
+    It wires the relay (consumer, intake, ownership, conversation loop, outbox relay) to the
+    store, the broker and the model API, keeps the health probes honest about each, and stops
+    as a whole when any background loop dies, so Kubernetes restarts a process that is whole.
+    """
+
     def __init__(self, settings: Settings, tools: ToolRegistry | None = None) -> None:
         self.settings = settings
         self._tools = tools or default_tools()

@@ -62,6 +62,8 @@ def _before(when: datetime | None, cutoff: datetime) -> bool:
 
 @dataclass(slots=True)
 class _Conversation:
+    """A row of `conversations`."""
+
     backend: BackendName
     assistant_id: str | None
     thread_id: str | None = None
@@ -81,6 +83,8 @@ class _Conversation:
 
 @dataclass(slots=True)
 class _Event:
+    """A row of `inbound_events`."""
+
     event_id: str
     seq: int
     conversation_id: str
@@ -106,6 +110,8 @@ class _Event:
 
 @dataclass(slots=True)
 class _Batch:
+    """A row of `batches`."""
+
     batch_id: uuid.UUID
     conversation_id: str
     event_ids: tuple[str, ...]
@@ -135,6 +141,8 @@ class _Batch:
 
 @dataclass(slots=True)
 class _Run:
+    """A row of `runs`."""
+
     run_id: str
     batch_id: uuid.UUID
     attempt: int
@@ -147,12 +155,16 @@ class _Run:
 
 @dataclass(slots=True)
 class _Attachment:
+    """A row of `attachments`."""
+
     file: ModelFile
     uploaded: bool
 
 
 @dataclass(slots=True)
 class _Outbox:
+    """A row of `outbox`."""
+
     message: OutboxMessage
     publish_attempts: int = 0
     published_at: datetime | None = None

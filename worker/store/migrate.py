@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 @dataclass(frozen=True, slots=True)
 class Migration:
+    """One file of sql/migrations/, applied once, in version order."""
+
     version: int
     name: str
     path: Path
