@@ -14,7 +14,7 @@ from aiohttp import web
 
 from standin.config import LiveConfig
 from standin.content_parts import message_file_ids, parse_attachments, parse_message_part
-from standin.errors import bad_request, not_found
+from standin.errors import bad_request, invalid_type, not_found, unknown_parameter
 from standin.models import Assistant, Message, Thread, new_id, text_block
 from standin.pagination import PageQuery, list_body, paginate
 from standin.params import (
@@ -30,6 +30,13 @@ from standin.state import StandInState, ensure_can_add_message
 from standin.web_util import json_response, note_ids
 
 _TOOL_TYPES = frozenset({"code_interpreter", "file_search", "function"})
+# ModifyThreadRequest has additionalProperties: false.
+_MODIFIABLE_THREAD_FIELDS = frozenset({"metadata", "tool_resources"})
+# Each tool's resource list, and how many entries the API allows in it.
+_TOOL_RESOURCE_LISTS = {
+    "code_interpreter": ("file_ids", 20),
+    "file_search": ("vector_store_ids", 1),
+}
 
 
 class AssistantsApi:
@@ -46,6 +53,7 @@ class AssistantsApi:
             web.delete("/v1/assistants/{assistant_id}", self.delete_assistant),
             web.post("/v1/threads", self.create_thread),
             web.get("/v1/threads/{thread_id}", self.retrieve_thread),
+            web.post("/v1/threads/{thread_id}", self.modify_thread),
             web.delete("/v1/threads/{thread_id}", self.delete_thread),
             web.post("/v1/threads/{thread_id}/messages", self.create_message),
             web.get("/v1/threads/{thread_id}/messages", self.list_messages),
@@ -98,6 +106,21 @@ class AssistantsApi:
 
     async def retrieve_thread(self, request: web.Request) -> web.Response:
         return json_response(self._state.thread(request.match_info["thread_id"]).to_api())
+
+    async def modify_thread(self, request: web.Request) -> web.Response:
+        """Only what the body names changes; metadata is replaced as a whole, not merged."""
+        body = await read_json(request)
+        for key in body:
+            if key not in _MODIFIABLE_THREAD_FIELDS:
+                raise unknown_parameter(key)
+        new_metadata = None if body.get("metadata") is None else metadata(body)
+        tool_resources = parse_tool_resources(body.get("tool_resources"))
+        thread = self._state.thread(request.match_info["thread_id"])
+        if new_metadata is not None:
+            thread.metadata = new_metadata
+        if tool_resources is not None:
+            thread.tool_resources = tool_resources
+        return json_response(thread.to_api())
 
     async def delete_thread(self, request: web.Request) -> web.Response:
         thread = self._state.thread(request.match_info["thread_id"])
@@ -185,6 +208,35 @@ def message_file_refs(messages: Iterable[Message]) -> list[str]:
         for message in messages
         for file_id in message_file_ids(message.content, message.attachments)
     ]
+
+
+def parse_tool_resources(raw: object) -> Json | None:
+    """A thread's ``tool_resources`` (None when not given), checked against the reference."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise invalid_type("tool_resources", "an object", raw)
+    for tool, resources in raw.items():
+        if tool not in _TOOL_RESOURCE_LISTS:
+            raise unknown_parameter(f"tool_resources.{tool}")
+        _check_resource_list(tool, resources)
+    return raw
+
+
+def _check_resource_list(tool: str, resources: object) -> None:
+    param = f"tool_resources.{tool}"
+    if not isinstance(resources, dict):
+        raise invalid_type(param, "an object", resources)
+    key, most = _TOOL_RESOURCE_LISTS[tool]
+    for name, ids in resources.items():
+        if name != key:
+            raise unknown_parameter(f"{param}.{name}")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise invalid_type(f"{param}.{key}", "an array of strings", ids)
+        if len(ids) > most:
+            raise bad_request(
+                f"'{param}.{key}' may hold at most {most} IDs.", param=f"{param}.{key}"
+            )
 
 
 def parse_tools(body: Json) -> list[Json] | None:

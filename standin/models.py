@@ -267,6 +267,8 @@ class Thread:
     metadata: dict[str, str] = field(default_factory=dict)
     messages: list[Message] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
+    # Kept and echoed as given: the stand-in has no code interpreter or vector stores.
+    tool_resources: Json = field(default_factory=dict)
 
     def to_api(self) -> Json:
         return {
@@ -274,7 +276,7 @@ class Thread:
             "object": "thread",
             "created_at": seconds(self.created_at),
             "metadata": self.metadata,
-            "tool_resources": {},
+            "tool_resources": self.tool_resources,
         }
 
 
