@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import openai
+from openai import omit
 from openai.types import FilePurpose
 from openai.types.beta.threads import Message, Run
 from openai.types.beta.threads.message_content_part_param import MessageContentPartParam
@@ -20,6 +21,7 @@ from worker.backends.base import (
     ToolSubmission,
     Turn,
     author_tags,
+    thread_metadata,
 )
 from worker.backends.sdk_errors import describe, error_code, rejected, sdk_boundary
 from worker.errors import RunAlreadyEnded, ThreadBusy
@@ -30,6 +32,9 @@ _ACTIVE_RUN = re.compile(r"\b(run_[A-Za-z0-9]+)\b")
 # How far back to look for the run of an earlier attempt; runs of one conversation are serial,
 # so ours is among the newest.
 _RECONCILE_WINDOW = 10
+# How far back to look for messages an earlier attempt recorded: a turn holds at most a batch
+# of messages, recorded last, so they are among the newest 100 (the API's largest page).
+_RECORDED_WINDOW = 100
 
 
 class AssistantsBackend:
@@ -52,7 +57,7 @@ class AssistantsBackend:
 
     @sdk_boundary
     async def create_thread(self, conversation_id: str) -> str:
-        thread = await self._threads.create(metadata={"aw_conversation_id": conversation_id[:512]})
+        thread = await self._threads.create(metadata=thread_metadata(conversation_id))
         return thread.id
 
     @sdk_boundary
@@ -118,6 +123,48 @@ class AssistantsBackend:
     async def reply_messages(self, run: RunRef) -> tuple[ReplyMessage, ...]:
         page = self._threads.messages.list(run.thread_id, run_id=run.run_id, order="asc", limit=100)
         return tuple([_reply_message(m) async for m in page if m.role == "assistant"])
+
+    @sdk_boundary
+    async def delete_thread(self, thread_id: str) -> None:
+        try:
+            await self._threads.delete(thread_id)
+        except openai.NotFoundError:
+            return
+
+    @sdk_boundary
+    async def update_metadata(
+        self, thread_id: str, conversation_id: str, metadata: Mapping[str, str]
+    ) -> None:
+        await self._threads.update(thread_id, metadata=thread_metadata(conversation_id, metadata))
+
+    @sdk_boundary
+    async def find_recorded(self, thread_id: str, turn: Turn) -> frozenset[str]:
+        page = await self._threads.messages.list(thread_id, order="desc", limit=_RECORDED_WINDOW)
+        # Tags hold event IDs cut to 512 characters, as _message writes them.
+        wanted = {m.event_id[:512]: m.event_id for m in turn.messages}
+        tags = ((m.metadata or {}).get("aw_event_id") for m in page.data if m.role == "user")
+        return frozenset(wanted[t] for t in tags if isinstance(t, str) and t in wanted)
+
+    @sdk_boundary
+    async def record_messages(
+        self, thread_id: str, turn: Turn, messages: Sequence[UserMessage]
+    ) -> None:
+        # One message per request, in order: the API has no batch create, and a crash between
+        # two leaves a prefix that find_recorded sees, so the rest is added and nothing twice.
+        for message in messages:
+            await self._add_message(thread_id, _message(message, turn))
+
+    async def _add_message(self, thread_id: str, message: AdditionalMessage) -> None:
+        try:
+            await self._threads.messages.create(
+                thread_id,
+                role=message["role"],
+                content=message["content"],
+                attachments=message.get("attachments") or omit,
+                metadata=message.get("metadata") or omit,
+            )
+        except openai.BadRequestError as exc:
+            raise _thread_busy(exc) or rejected(exc) from exc
 
 
 def _message(message: UserMessage, turn: Turn) -> AdditionalMessage:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -87,6 +87,17 @@ class Turn:
         }
 
 
+def thread_metadata(
+    conversation_id: str, metadata: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A thread's (or Conversation's) metadata: the helpdesk's pairs and the worker's own tag.
+
+    The tag comes last so no pair of the helpdesk's can overwrite it (events refuse `aw_` keys
+    anyway); it is how an operator finds the conversation a thread belongs to.
+    """
+    return {**(metadata or {}), "aw_conversation_id": conversation_id[:512]}
+
+
 def author_tags(author: Author | None) -> dict[str, str]:
     """The author as metadata, within OpenAI's 512-character values."""
     if author is None:
@@ -153,9 +164,10 @@ class RunSnapshot:
 class Backend(Protocol):
     """A model API that keeps a conversation and answers it in runs, one at a time.
 
-    Methods make exactly one API request each and raise the worker's ApiErrors, translated from
-    the SDK's at this boundary (worker/backends/sdk_errors.py); retrying them is the caller's
-    job (worker.relay.retry).
+    Methods make exactly one API request each (record_messages on Assistants: one per message,
+    the API takes no more) and raise the worker's ApiErrors, translated from the SDK's at this
+    boundary (worker/backends/sdk_errors.py); retrying them is the caller's job
+    (worker.relay.retry).
     """
 
     name: str
@@ -182,6 +194,40 @@ class Backend(Protocol):
         """Asks for the run to be cancelled; raises RunAlreadyEnded if it has ended already."""
 
     async def reply_messages(self, run: RunRef) -> tuple[ReplyMessage, ...]: ...
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Deletes the thread (Assistants) or Conversation (Responses), with any active run.
+
+        One already gone (404) counts as deleted, so a retried or repeated erase succeeds.
+        """
+
+    async def update_metadata(
+        self, thread_id: str, conversation_id: str, metadata: Mapping[str, str]
+    ) -> None:
+        """Sets the thread's / Conversation's metadata to `metadata` plus the worker's own tag
+        aw_conversation_id (conversation_id[:512]), as create_thread sets it.
+
+        The whole set is sent, so pairs left out of `metadata` are removed.
+        """
+
+    async def find_recorded(self, thread_id: str, turn: Turn) -> frozenset[str]:
+        """The event IDs of the turn's messages that an earlier attempt already added to the
+        thread without a run (record_messages), so none is added twice.
+
+        Assistants tag each message with its event and find any subset; Responses add a turn's
+        messages in one request and find all of them or none.
+        """
+
+    async def record_messages(
+        self, thread_id: str, turn: Turn, messages: Sequence[UserMessage]
+    ) -> None:
+        """Adds `messages` (a subset of turn.messages, in order) to the thread WITHOUT starting a
+        run: while a human agent has the conversation, the customer's messages become context for
+        later, not something to answer.
+
+        Each message carries what a run's input would (text, files, and on Assistants its
+        metadata). Raises ThreadBusy while a run holds the thread; no messages, no request.
+        """
 
 
 @runtime_checkable

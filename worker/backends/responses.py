@@ -16,6 +16,7 @@ import openai
 from openai import omit
 from openai.types import FilePurpose
 from openai.types.conversations.conversation_item import ConversationItem
+from openai.types.conversations.message import Message
 from openai.types.responses import (
     FunctionToolParam,
     Response,
@@ -32,6 +33,7 @@ from worker.backends.base import (
     ToolSubmission,
     Turn,
     author_tags,
+    thread_metadata,
 )
 from worker.backends.sdk_errors import describe, error_code, rejected, sdk_boundary
 from worker.errors import RunAlreadyEnded, ThreadBusy
@@ -74,7 +76,7 @@ class ResponsesBackend:
     @sdk_boundary
     async def create_thread(self, conversation_id: str) -> str:
         conversation = await self._client.conversations.create(
-            metadata={"aw_conversation_id": conversation_id[:512]}
+            metadata=thread_metadata(conversation_id)
         )
         return conversation.id
 
@@ -85,12 +87,8 @@ class ResponsesBackend:
 
     @sdk_boundary
     async def find_run(self, thread_id: str, turn: Turn) -> str | None:
-        items = await self._items_after(thread_id, turn.after_item_id)
-        texts = [m.text for m in turn.messages]
-        inputs = [i for i in items if i.type == "message" and i.role == "user"]
-        if [_item_text(i) for i in inputs[: len(texts)]] != texts:
-            return None
-        return ITEMS_RUN + inputs[len(texts) - 1].id
+        inputs = await self._turn_inputs(thread_id, turn)
+        return ITEMS_RUN + inputs[-1].id if inputs else None
 
     @sdk_boundary
     async def start_run(self, thread_id: str, turn: Turn) -> RunSnapshot:
@@ -141,6 +139,48 @@ class ResponsesBackend:
         response = await self._client.responses.retrieve(run.run_id)
         return tuple(_reply(item) for item in response.output if item.type == "message")
 
+    @sdk_boundary
+    async def delete_thread(self, thread_id: str) -> None:
+        try:
+            await self._client.conversations.delete(thread_id)
+        except openai.NotFoundError:
+            return
+
+    @sdk_boundary
+    async def update_metadata(
+        self, thread_id: str, conversation_id: str, metadata: Mapping[str, str]
+    ) -> None:
+        await self._client.conversations.update(
+            thread_id, metadata=thread_metadata(conversation_id, metadata)
+        )
+
+    @sdk_boundary
+    async def find_recorded(self, thread_id: str, turn: Turn) -> frozenset[str]:
+        # Items carry no metadata, and record_messages adds a turn's messages in one request:
+        # the turn's texts in order after its watermark mean all of them are there.
+        found = await self._turn_inputs(thread_id, turn)
+        return frozenset(m.event_id for m in turn.messages) if found else frozenset()
+
+    @sdk_boundary
+    async def record_messages(
+        self, thread_id: str, turn: Turn, messages: Sequence[UserMessage]
+    ) -> None:
+        if not messages:
+            return
+        try:
+            await self._client.conversations.items.create(
+                thread_id, items=[_user_item(m, turn) for m in messages]
+            )
+        except openai.BadRequestError as exc:
+            raise _locked(exc) or rejected(exc) from exc
+
+    async def _turn_inputs(self, thread_id: str, turn: Turn) -> list[Message]:
+        """The turn's user messages after its watermark, if all of them are there in order."""
+        items = await self._items_after(thread_id, turn.after_item_id)
+        texts = [m.text for m in turn.messages]
+        inputs = [i for i in items if i.type == "message" and i.role == "user"][: len(texts)]
+        return inputs if [_item_text(i) for i in inputs] == texts else []
+
     async def _create(
         self, thread_id: str, turn: Turn, items: list[ResponseInputItemParam]
     ) -> RunSnapshot:
@@ -163,9 +203,7 @@ class ResponsesBackend:
                 extra_body={"input": items, "tools": self._tools},
             )
         except openai.BadRequestError as exc:
-            if exc.code == "conversation_locked":
-                raise ThreadBusy(None) from exc
-            raise rejected(exc) from exc
+            raise _locked(exc) or rejected(exc) from exc
         return _snapshot(response)
 
     async def _retrieve_items_run(self, thread_id: str, run_id: str) -> RunSnapshot:
@@ -200,6 +238,11 @@ def _user_item(message: UserMessage, turn: Turn) -> ResponseInputItemParam:
         else:
             parts.append({"type": "input_file", "file_id": file.file_id})
     return {"type": "message", "role": "user", "content": parts}
+
+
+def _locked(exc: openai.BadRequestError) -> ThreadBusy | None:
+    # A response in progress holds its conversation: nothing is added to it until it ends.
+    return ThreadBusy(None) if exc.code == "conversation_locked" else None
 
 
 def _metadata(turn: Turn) -> dict[str, str]:
