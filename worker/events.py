@@ -8,9 +8,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jsonschema import FormatChecker
 from jsonschema.exceptions import ValidationError
@@ -21,6 +22,7 @@ from worker.errors import InvalidEvent, ReasonCode
 
 SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
 USER_MESSAGE = "user_message.v1"
+CONVERSATION_CONTROL = "conversation_control.v1"
 ASSISTANT_REPLY = "assistant_reply.v1"
 # Replies are named after their run, so a re-published reply keeps its event_id.
 REPLY_ID_NAMESPACE = uuid.UUID("6f1d5a52-2a43-4f7e-9a57-1c0e4f3b8a10")
@@ -100,9 +102,7 @@ class UserMessage:
             assistant_id=doc.get("assistant_id"),
             instructions=doc.get("instructions"),
             author=None if author is None else Author(author["id"], author.get("name")),
-            occurred_at=datetime.fromisoformat(doc["occurred_at"].upper())
-            if "occurred_at" in doc
-            else None,
+            occurred_at=_occurred_at(doc),
         )
 
     @property
@@ -123,6 +123,57 @@ class UserMessage:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class ControlAction(StrEnum):
+    """What the helpdesk tells the worker to do with a conversation (conversation_control.v1)."""
+
+    TAKEOVER = "takeover"
+    RELEASE = "release"
+    CANCEL = "cancel"
+    CLOSE = "close"
+    ERASE = "erase"
+    UPDATE_METADATA = "update_metadata"
+
+    @property
+    def interrupts(self) -> bool:
+        """Stops the active run at once, ahead of the events queued before it."""
+        return self in _INTERRUPTING
+
+    @property
+    def withholds_reply(self) -> bool:
+        """The stopped run's reply is not published: a human, or nobody, answers now."""
+        return self in _WITHHOLDING
+
+
+_WITHHOLDING = frozenset({ControlAction.TAKEOVER, ControlAction.CLOSE, ControlAction.ERASE})
+_INTERRUPTING = _WITHHOLDING | {ControlAction.CANCEL}
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationControl:
+    """The helpdesk steering a conversation; taken in order with its user messages."""
+
+    event_id: str
+    conversation_id: str
+    action: ControlAction
+    metadata: dict[str, str] | None = None
+    occurred_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ConversationControl:
+        return cls(
+            event_id=doc["event_id"],
+            conversation_id=doc["conversation_id"],
+            action=ControlAction(doc["action"]),
+            metadata=dict(doc["metadata"]) if "metadata" in doc else None,
+            occurred_at=_occurred_at(doc),
+        )
+
+    @property
+    def batch_key(self) -> str:
+        """Unique: a control event is a batch of its own, never coalesced with messages."""
+        return f"control:{self.event_id}"
+
+
 # AMQP carries message_id as a short string: at most 255 bytes.
 MAX_ID_BYTES = 255
 _ID_FIELDS = ("event_id", "conversation_id")
@@ -134,11 +185,20 @@ def parse_user_message(body: bytes, message_id: str | None = None) -> UserMessag
     The reason names fields and sizes, never values: an event is customer content, and the
     reason travels into logs and dead-letter headers.
     """
+    return UserMessage.from_json(_validated(USER_MESSAGE, body, message_id))
+
+
+def parse_control(body: bytes, message_id: str | None = None) -> ConversationControl:
+    """As parse_user_message, for conversation_control.v1."""
+    return ConversationControl.from_json(_validated(CONVERSATION_CONTROL, body, message_id))
+
+
+def _validated(schema: str, body: bytes, message_id: str | None) -> dict[str, Any]:
     doc = _json(body)
-    errors = sorted(validator(USER_MESSAGE).iter_errors(doc), key=lambda e: list(e.path))
+    errors = sorted(validator(schema).iter_errors(doc), key=lambda e: list(e.path))
     if errors:
         detail = "; ".join(describe(e) for e in errors[:5])
-        raise InvalidEvent(ReasonCode.SCHEMA_INVALID, f"not a valid {USER_MESSAGE}: {detail}")
+        raise InvalidEvent(ReasonCode.SCHEMA_INVALID, f"not a valid {schema}: {detail}")
     _check_carriable(doc)
     if message_id is not None and message_id != doc["event_id"]:
         raise InvalidEvent(
@@ -146,7 +206,12 @@ def parse_user_message(body: bytes, message_id: str | None = None) -> UserMessag
             f"AMQP message_id ({_size(message_id)}) differs from event_id "
             f"({_size(doc['event_id'])})",
         )
-    return UserMessage.from_json(doc)
+    return dict(doc)
+
+
+def _occurred_at(doc: dict[str, Any]) -> datetime | None:
+    # RFC 3339 allows a lower-case "t" and "z"; Python's parser takes only upper case.
+    return datetime.fromisoformat(doc["occurred_at"].upper()) if "occurred_at" in doc else None
 
 
 def _json(body: bytes) -> Any:
@@ -260,6 +325,9 @@ def describe(error: ValidationError) -> str:
         "pattern": lambda: _pattern(limit),
         "format": lambda: f"is not a {limit!r}",
         "const": lambda: f"must be {limit!r}",
+        "enum": lambda: f"is not one of {', '.join(str(v) for v in cast(list[Any], limit))}",
+        # The only `not` in the schemas: a field the event's other fields rule out.
+        "not": lambda: "is not allowed with the event's other fields (see the schema)",
         "oneOf": lambda: (
             "is neither a file reference ({file_id}) nor inline content "
             "({filename, content_base64})"

@@ -68,6 +68,8 @@ class Topology(BaseSettings):
     inbound_exchange: str = "assistant.inbound"
     inbound_queue: str = "assistant.user_messages"
     inbound_routing_key: str = "user_message.v1"
+    # Bound to the same queue, so control events keep their place among a conversation's messages.
+    control_routing_key: str = "conversation_control.v1"
     outbound_exchange: str = "assistant.outbound"
     reply_queue: str = "assistant.replies"
     reply_routing_key: str = "assistant_reply.v1"

@@ -42,7 +42,10 @@ def queues(t: Topology) -> tuple[QueueSpec, ...]:
     return (
         QueueSpec(
             t.inbound_queue,
-            ((t.inbound_exchange, t.inbound_routing_key),),
+            (
+                (t.inbound_exchange, t.inbound_routing_key),
+                (t.inbound_exchange, t.control_routing_key),
+            ),
             {
                 # Quorum: replicated, and it counts deliveries, so a message that keeps killing
                 # workers is dead-lettered by the broker instead of looping forever.

@@ -21,6 +21,19 @@ async def publish_user_message(
     channel: AbstractChannel, topology: Topology, event: dict[str, Any]
 ) -> None:
     """Publishes one user_message.v1 (persistent, confirmed when the channel confirms)."""
+    await _publish(channel, topology, event, topology.inbound_routing_key)
+
+
+async def publish_control(
+    channel: AbstractChannel, topology: Topology, event: dict[str, Any]
+) -> None:
+    """Publishes one conversation_control.v1, as publish_user_message does a message."""
+    await _publish(channel, topology, event, topology.control_routing_key)
+
+
+async def _publish(
+    channel: AbstractChannel, topology: Topology, event: dict[str, Any], routing_key: str
+) -> None:
     exchange = await channel.get_exchange(topology.inbound_exchange, ensure=False)
     await exchange.publish(
         aio_pika.Message(
@@ -29,7 +42,7 @@ async def publish_user_message(
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         ),
-        routing_key=topology.inbound_routing_key,
+        routing_key=routing_key,
     )
 
 

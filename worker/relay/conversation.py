@@ -34,9 +34,17 @@ from worker.errors import (
     is_dependency_failure,
     origin,
 )
-from worker.events import AssistantReply, Attachment, ReplyMessage, UserMessage, vars_of
+from worker.events import (
+    AssistantReply,
+    Attachment,
+    ConversationControl,
+    ReplyMessage,
+    UserMessage,
+    vars_of,
+)
 from worker.metrics import Metrics
 from worker.relay.attachments import FileKind, ModelFile, decode, kind_of
+from worker.relay.control import Steering
 from worker.relay.delivery import Delivery
 from worker.relay.outbound import Failure, dead_letter_outbox, reply_outbox
 from worker.relay.pacing import Pacer
@@ -45,6 +53,7 @@ from worker.relay.runner import FinishedRun, Runner
 from worker.settings import BackendName, Settings
 from worker.store.ports import ConversationStore
 from worker.store.records import (
+    ConversationMode,
     ConversationRow,
     EventStatus,
     Lease,
@@ -117,6 +126,7 @@ class ConversationProcessor:
         self._on_outbox = on_outbox
         self._metrics = metrics
         self._pacer = pacer
+        self._steering = Steering(store, files, api_retry)
 
     async def process(self, lease: Lease) -> None:
         """Answers everything pending, batch by batch, then gives the conversation up."""
@@ -162,12 +172,73 @@ class ConversationProcessor:
         progress.reached(FaultPoint.BATCH_OPEN)
         # Each conversation stays on the backend that created its thread.
         runner = self._runners[conversation.backend]
+        if stored[0].control is not None:  # a control event is a batch of its own
+            return await self._steer(lease, found, runner.backend)
         progress.reached(FaultPoint.THREAD_CREATE)
         thread_id = await self._thread(lease, conversation, runner.backend)
         with structlog.contextvars.bound_contextvars(thread_id=thread_id):
             work = _Work(lease, batch, runner, thread_id, found.fresh)
+            if conversation.mode is ConversationMode.HUMAN:
+                return await self._hold(work, conversation, stored, progress)
             after = await self._run_batch(work, conversation, stored, progress)
         self._observe_latency(stored)
+        return after
+
+    async def _steer(self, lease: Lease, found: NextBatch, backend: Backend) -> NextBatch | None:
+        """Carries out a control event in its turn, then settles it (it gets no reply)."""
+        [event] = found.events
+        control = ConversationControl.from_json(json.loads(event.body))
+        with structlog.contextvars.bound_contextvars(control=control.action.value):
+            change = await self._steering.apply(
+                lease.conversation_id, found.conversation, backend, control
+            )
+            after = await self._store.finish_batch(
+                lease,
+                found.batch.batch_id,
+                event_status=EventStatus.ANSWERED,
+                outbox=[],
+                change=change,
+            )
+            log.info("control_applied")
+        return after
+
+    async def _hold(
+        self,
+        work: _Work,
+        conversation: ConversationRow,
+        stored: list[StoredEvent],
+        progress: _Progress,
+    ) -> NextBatch | None:
+        """A human has the conversation: its messages go into the thread, for the model's
+        context later, and are not answered. Each is added once, however often this repeats."""
+        messages = tuple(UserMessage.from_json(json.loads(e.body)) for e in stored)
+        progress.reached(FaultPoint.UPLOAD)
+        turn = self._turn(work, conversation, messages, await self._model_files(work, messages))
+        backend, thread_id = work.backend, work.thread_id
+        # Only a batch made just now can skip looking: nobody has added its messages yet.
+        look_first = not work.fresh
+
+        async def look_then_record() -> None:
+            nonlocal look_first
+            missing = list(messages)
+            if look_first:
+                found = await backend.find_recorded(thread_id, turn)
+                missing = [m for m in messages if m.event_id not in found]
+            look_first = True  # a try whose answer was lost may have added them
+            if missing:
+                await backend.record_messages(thread_id, turn, missing)
+
+        async with self._pacer.slot():
+            await self._api_retry.call("record_messages", look_then_record)
+        progress.reached(FaultPoint.RECORD)
+        after = await self._store.finish_batch(
+            work.lease,
+            work.batch.batch_id,
+            event_status=EventStatus.ANSWERED,
+            outbox=[],
+            last_item_id=await self._watermark(work),
+        )
+        log.info("messages_held", events=len(messages))
         return after
 
     async def _internal_failure(
@@ -220,17 +291,7 @@ class ConversationProcessor:
     ) -> NextBatch | None:
         messages = tuple(UserMessage.from_json(json.loads(e.body)) for e in stored)
         progress.reached(FaultPoint.UPLOAD)
-        files = await self._model_files(work, messages)
-        turn = Turn(
-            batch_id=work.batch.batch_id,
-            attempt=work.batch.attempt,
-            conversation_id=work.lease.conversation_id,
-            messages=messages,
-            assistant_id=_assistant_for(messages, conversation.assistant_id, self._settings),
-            add_messages=not work.batch.messages_added,
-            after_item_id=work.batch.after_item_id,
-            files=files,
-        )
+        turn = self._turn(work, conversation, messages, await self._model_files(work, messages))
         run_id = work.batch.run_id
         while True:
             finished = await self._run_once(work, turn, run_id, progress)
@@ -248,6 +309,24 @@ class ConversationProcessor:
             run_id = None
         progress.reached(FaultPoint.RECORD)
         return await self._record_reply(work, turn, finished)
+
+    def _turn(
+        self,
+        work: _Work,
+        conversation: ConversationRow,
+        messages: tuple[UserMessage, ...],
+        files: dict[tuple[str, int], ModelFile],
+    ) -> Turn:
+        return Turn(
+            batch_id=work.batch.batch_id,
+            attempt=work.batch.attempt,
+            conversation_id=work.lease.conversation_id,
+            messages=messages,
+            assistant_id=_assistant_for(messages, conversation.assistant_id, self._settings),
+            add_messages=not work.batch.messages_added,
+            after_item_id=work.batch.after_item_id,
+            files=files,
+        )
 
     async def _model_files(
         self, work: _Work, messages: tuple[UserMessage, ...]
@@ -335,8 +414,13 @@ class ConversationProcessor:
 
         progress.reached(FaultPoint.POLL)
         polling_from = time.monotonic()
+
+        async def interrupted() -> bool:
+            # A takeover, cancel, close or erase waiting behind this batch stops its run now.
+            return await self._store.pending_interrupt(work.lease.conversation_id) is not None
+
         finished = await work.runner.finish(
-            work.thread_id, run, turn, remember, started_at=started_at
+            work.thread_id, run, turn, remember, started_at=started_at, interrupted=interrupted
         )
         self._metrics.run_duration.observe(time.monotonic() - polling_from)
         self._metrics.polls_per_run.observe(finished.polls)

@@ -10,7 +10,7 @@ import structlog
 
 from worker.crashpoints import FaultPoint, maybe_fail
 from worker.errors import InvalidEvent, ReasonCode, error_class
-from worker.events import UserMessage, parse_user_message
+from worker.events import ConversationControl, UserMessage, parse_control, parse_user_message
 from worker.metrics import Metrics
 from worker.relay import attachments
 from worker.relay.delivery import Delivery
@@ -69,8 +69,7 @@ class Intake:
         """
         maybe_fail(FaultPoint.INTAKE)
         try:
-            event = parse_user_message(delivery.body, delivery.message_id)
-            attachments.check(event, self._limits)
+            event = self._parse(delivery)
         except InvalidEvent as exc:
             await self._dead_letter_invalid(delivery, exc)
             return Settlement.ACK
@@ -83,18 +82,30 @@ class Intake:
                         _incoming(event, delivery),
                         backend=self._settings.backend,
                         # The assistant chosen on first contact sticks to the conversation.
-                        assistant_id=event.assistant_id or self._settings.assistant_id,
+                        assistant_id=_assistant_id(event) or self._settings.assistant_id,
                         owner=self._ownership.owner,
                         lease_ttl_s=self._ownership.ttl_s,
                     )
                 log.info("event_received", intake=stored.result.value)
                 self._metrics.events_received.labels(stored.result.value).inc()
-                if stored.result is IntakeResult.REFUSED:
+                if stored.result is IntakeResult.IGNORED:
+                    # Nothing to steer: no thread, no run, nothing pending. Documented no-op.
+                    log.info("control_ignored", reason="unknown_conversation")
+                elif stored.result is IntakeResult.REFUSED:
+                    assert isinstance(event, UserMessage)  # only its fields can be refused
                     await self._dead_letter_unsupported(delivery, event, stored.backend)
                 # Without the lease, whoever holds it answers the event before giving it up.
                 elif stored.lease is not None:
                     await self._ownership.process_leased(stored.lease)
             return Settlement.ACK
+
+    def _parse(self, delivery: Delivery) -> UserMessage | ConversationControl:
+        """The event the routing key says it is, checked as far as intake can check it."""
+        if delivery.routing_key == self._settings.topology.control_routing_key:
+            return parse_control(delivery.body, delivery.message_id)
+        event = parse_user_message(delivery.body, delivery.message_id)
+        attachments.check(event, self._limits)
+        return event
 
     async def dead_letter_failed(
         self, delivery: Delivery, exc: Exception, attempts: int, first_failure_at: datetime
@@ -142,7 +153,24 @@ class Intake:
         self._on_outbox()
 
 
-def _incoming(event: UserMessage, delivery: Delivery) -> IncomingEvent:
+def _assistant_id(event: UserMessage | ConversationControl) -> str | None:
+    return event.assistant_id if isinstance(event, UserMessage) else None
+
+
+def _incoming(event: UserMessage | ConversationControl, delivery: Delivery) -> IncomingEvent:
+    if isinstance(event, ConversationControl):
+        return IncomingEvent(
+            event_id=event.event_id,
+            conversation_id=event.conversation_id,
+            body=delivery.body,
+            headers=delivery.headers,
+            routing_key=delivery.routing_key,
+            replay_count=delivery.replay_count,
+            forced=delivery.forced,
+            occurred_at=event.occurred_at,
+            batch_key=event.batch_key,
+            control=event.action,
+        )
     return IncomingEvent(
         event_id=event.event_id,
         conversation_id=event.conversation_id,

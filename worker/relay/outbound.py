@@ -65,6 +65,7 @@ def reply_outbox(reply: AssistantReply, topology: Topology) -> OutboxMessage:
         routing_key=topology.reply_routing_key,
         headers={"x-aw-conversation-id": reply.conversation_id},
         body=reply.encode(),
+        conversation_id=reply.conversation_id,
     )
 
 

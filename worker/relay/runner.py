@@ -161,12 +161,14 @@ class Runner:
         on_new_run: Callable[[str], Awaitable[None]],
         *,
         started_at: float | None,
+        interrupted: Callable[[], Awaitable[bool]] | None = None,
     ) -> FinishedRun:
         """Polls until the run ends or the deadline passes (then cancels it).
 
         `started_at` is when this process created the run (monotonic); None for a run it
         resumed or adopted from an earlier attempt, whose age is unknown and whose tool
-        outputs may have been sent already.
+        outputs may have been sent already. `interrupted`, asked before every poll, says the
+        helpdesk wants the run stopped: it is cancelled then.
         """
         deadline = time.monotonic() + self._deadline_s
         plan = self._plan(started_at)
@@ -184,6 +186,8 @@ class Runner:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return FinishedRun(await self._cancel(thread_id, run), polls)
+            if interrupted is not None and await interrupted():
+                return FinishedRun(await self._stop(thread_id, run), polls)
             await asyncio.sleep(
                 min(plan.next_delay_s(time.monotonic(), run.poll_after_ms), remaining)
             )
@@ -233,6 +237,19 @@ class Runner:
                 "deadline_exceeded",
                 f"the run did not finish within {self._deadline_s:g} s and was cancelled",
             ),
+        )
+
+    async def _stop(self, thread_id: str, run: RunSnapshot) -> RunSnapshot:
+        log.info("run_interrupted", run_id=run.run_id)
+        ref = RunRef(thread_id, run.run_id)
+        if not await self._api_retry.call(
+            "cancel_run", lambda: cancel_unless_ended(self.backend, ref)
+        ):
+            return await self._retrieve(thread_id, run.run_id)  # it ended first: that stands
+        return RunSnapshot(
+            run_id=run.run_id,
+            status=RunStatus.CANCELLED,
+            error=RunError("cancelled", "the helpdesk stopped the run (conversation_control.v1)"),
         )
 
     async def _wait_out(self, thread_id: str, run_id: str | None) -> None:

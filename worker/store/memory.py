@@ -19,13 +19,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker.errors import LeaseLost
+from worker.events import ControlAction
 from worker.relay.attachments import ModelFile
 from worker.settings import BackendName
 from worker.store.records import (
+    NO_CHANGE,
     PRUNED_TABLES,
     RUN_STARTED,
     BatchStatus,
     ClaimedOutbox,
+    ConversationChange,
+    ConversationMode,
     ConversationRow,
     EventStatus,
     IncomingEvent,
@@ -39,6 +43,7 @@ from worker.store.records import (
     StoredEvent,
     UploadedFile,
     prune_in_chunks,
+    withhold_replies,
 )
 
 
@@ -71,9 +76,12 @@ class _Conversation:
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     last_item_id: str | None = None
+    mode: ConversationMode = ConversationMode.ASSISTANT
 
     def row(self) -> ConversationRow:
-        return ConversationRow(self.backend, self.thread_id, self.assistant_id, self.last_item_id)
+        return ConversationRow(
+            self.backend, self.thread_id, self.assistant_id, self.last_item_id, self.mode
+        )
 
     def lease_free(self, now: datetime) -> bool:
         return self.lease_token is None or (
@@ -95,13 +103,19 @@ class _Event:
     received_at: datetime
     occurred_at: datetime | None
     batch_key: str | None
+    control: ControlAction | None = None
     status: EventStatus = EventStatus.PENDING
     batch_id: uuid.UUID | None = None
     settled_at: datetime | None = None
 
     def stored(self) -> StoredEvent:
         return StoredEvent(
-            self.event_id, self.body, _jsonb(self.headers), self.routing_key, self.received_at
+            self.event_id,
+            self.body,
+            _jsonb(self.headers),
+            self.routing_key,
+            self.received_at,
+            self.control,
         )
 
     def settled_before(self, cutoff: datetime) -> bool:
@@ -211,6 +225,9 @@ class MemoryStore:
         owner: str,
         lease_ttl_s: float,
     ) -> Intaken:
+        if event.control is not None and event.conversation_id not in self._conversations:
+            # lock_known_conversation: a control event never creates the conversation.
+            return Intaken(IntakeResult.IGNORED, None, backend)
         # lock_conversation: created on first contact, with the assistant that contact chose.
         conversation = self._conversations.setdefault(
             event.conversation_id, _Conversation(BackendName(backend), assistant_id)
@@ -238,6 +255,7 @@ class MemoryStore:
                 self._now(),
                 e.occurred_at,
                 e.batch_key,
+                e.control,
             )
             return IntakeResult.NEW
         result = e.result_for(existing.status, existing.replay_count)
@@ -427,17 +445,81 @@ class MemoryStore:
         outbox: Sequence[OutboxMessage],
         ended: RunRecord | None = None,
         last_item_id: str | None = None,
+        change: ConversationChange = NO_CHANGE,
     ) -> NextBatch | None:
         conversation = self._fence(lease)
         self._close_batch(batch_id, event_status)
         if ended is not None:
             self._record_run_ended(ended)
+        interrupt = self._pending_interrupt(lease.conversation_id)
+        for message in withhold_replies(outbox, interrupt):
+            self._insert_outbox(message)
+        self._apply(lease.conversation_id, conversation, change)
         if last_item_id is not None:
             conversation.last_item_id = last_item_id
-        for message in outbox:
-            self._insert_outbox(message)
         # The batch just closed was the conversation's one open batch.
         return self._start_batch_or_release(lease, conversation.row())
+
+    def _apply(
+        self, conversation_id: str, conversation: _Conversation, change: ConversationChange
+    ) -> None:
+        """As postgres.py's _apply: erase, forget the thread, set the mode, in that order."""
+        if change.erase:
+            self._erase(conversation_id)
+        if change.forget_thread:
+            self._forget_uploads(conversation_id)
+            conversation.thread_id = conversation.last_item_id = None
+            conversation.mode = ConversationMode.ASSISTANT
+        if change.mode is not None:
+            conversation.mode = change.mode
+
+    def _erase(self, conversation_id: str) -> None:
+        """erase_conversation: settled events keep what duplicate detection needs."""
+        erased = set()
+        for event in self._events.values():
+            if event.conversation_id == conversation_id and event.status is not EventStatus.PENDING:
+                event.body, event.headers, event.batch_key = b"", {}, None
+                erased.add(event.event_id)
+        for key in [k for k in self._attachments if k[0] in erased]:
+            del self._attachments[key]
+        for outbox_id, row in list(self._outbox.items()):
+            if row.message.conversation_id == conversation_id:
+                self._dedupe_keys.discard(self._outbox.pop(outbox_id).message.dedupe_key)
+
+    def _forget_uploads(self, conversation_id: str) -> None:
+        for key in self._conversation_uploads(conversation_id):
+            del self._attachments[key]
+
+    def _conversation_uploads(self, conversation_id: str) -> list[tuple[str, int]]:
+        return [
+            key
+            for key, attachment in self._attachments.items()
+            if attachment.uploaded and self._events[key[0]].conversation_id == conversation_id
+        ]
+
+    def _pending_interrupt(self, conversation_id: str) -> ControlAction | None:
+        """pending_interrupt: the first waiting control event that stops the active run."""
+        waiting = sorted(
+            (
+                e
+                for e in self._events.values()
+                if e.conversation_id == conversation_id
+                and e.status is EventStatus.PENDING
+                and e.control is not None
+                and e.control.interrupts
+            ),
+            key=lambda e: (e.occurred_at or e.received_at, e.seq),
+        )
+        return waiting[0].control if waiting else None
+
+    async def pending_interrupt(self, conversation_id: str) -> ControlAction | None:
+        return self._pending_interrupt(conversation_id)
+
+    async def conversation_files(self, conversation_id: str) -> list[str]:
+        return [
+            self._attachments[key].file.file_id
+            for key in self._conversation_uploads(conversation_id)
+        ]
 
     def _close_batch(self, batch_id: uuid.UUID, event_status: EventStatus) -> None:
         batch = self._batches.get(batch_id)

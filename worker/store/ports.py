@@ -13,10 +13,13 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
+from worker.events import ControlAction
 from worker.relay.attachments import ModelFile
 from worker.settings import BackendName
 from worker.store.records import (
+    NO_CHANGE,
     ClaimedOutbox,
+    ConversationChange,
     EventStatus,
     IncomingEvent,
     Intaken,
@@ -116,9 +119,19 @@ class ConversationStore(Protocol):
         outbox: Sequence[OutboxMessage],
         ended: RunRecord | None = None,
         last_item_id: str | None = None,
+        change: ConversationChange = NO_CHANGE,
     ) -> NextBatch | None:
-        """Closes the batch, settles its events and queues what to publish, atomically; then
-        opens the next batch or gives the conversation up, in the same step."""
+        """Closes the batch, settles its events, applies a control event's `change` and queues
+        what to publish, atomically; then opens the next batch or gives the conversation up, in
+        the same step. A reply is withheld while a takeover, close or erase waits."""
+        ...
+
+    async def pending_interrupt(self, conversation_id: str) -> ControlAction | None:
+        """The first waiting control event that stops the conversation's active run at once."""
+        ...
+
+    async def conversation_files(self, conversation_id: str) -> list[str]:
+        """The IDs of the files the worker uploaded for the conversation's events."""
         ...
 
 

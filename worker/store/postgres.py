@@ -18,13 +18,17 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import asyncpg
 
 from worker.errors import LeaseLost, StoreUnavailable
+from worker.events import ControlAction
 from worker.relay.attachments import ModelFile
 from worker.settings import BackendName
 from worker.store.queries import q
 from worker.store.records import (
+    NO_CHANGE,
     PRUNED_TABLES,
     AttachmentFile,
     ClaimedOutbox,
+    ConversationChange,
+    ConversationMode,
     ConversationRow,
     EventStatus,
     IncomingEvent,
@@ -38,6 +42,7 @@ from worker.store.records import (
     StoredEvent,
     UploadedFile,
     prune_in_chunks,
+    withhold_replies,
 )
 
 if TYPE_CHECKING:
@@ -151,11 +156,15 @@ class PostgresStore:
         lease_ttl_s: float,
     ) -> Intaken:
         async with self._pool.acquire() as conn, conn.transaction():
-            actual = BackendName(
-                await conn.fetchval(
+            if event.control is None:
+                found = await conn.fetchval(
                     q("lock_conversation"), event.conversation_id, backend, assistant_id
                 )
-            )
+            else:
+                found = await conn.fetchval(q("lock_known_conversation"), event.conversation_id)
+                if found is None:
+                    return Intaken(IntakeResult.IGNORED, None, backend)
+            actual = BackendName(found)
             if event.needs_backend not in (None, actual):
                 return Intaken(IntakeResult.REFUSED, None, actual)
             result = await _store_event(conn, event)
@@ -283,6 +292,7 @@ class PostgresStore:
         outbox: Sequence[OutboxMessage],
         ended: RunRecord | None = None,
         last_item_id: str | None = None,
+        change: ConversationChange = NO_CHANGE,
     ) -> NextBatch | None:
         run = (
             (ended.run_id, ended.status, ended.polls, ended.usage, ended.error)
@@ -293,12 +303,26 @@ class PostgresStore:
             await conn.execute(
                 q("close_batch"), batch_id, event_status, lease.conversation_id, last_item_id, *run
             )
-            for message in outbox:
+            # Under the row lock intake takes too: a takeover stored before this commits
+            # withholds the reply, one stored after it comes after the reply.
+            interrupt = await conn.fetchval(q("pending_interrupt"), lease.conversation_id)
+            for message in withhold_replies(outbox, interrupt):
                 await _insert_outbox(conn, message)
+            conversation = await _apply(conn, lease.conversation_id, conversation, change)
             if last_item_id is not None:
                 conversation = replace(conversation, last_item_id=last_item_id)
             # The batch just closed was the conversation's one open batch.
             return await self._start_batch_or_release(conn, lease, conversation)
+
+    @_translated
+    async def pending_interrupt(self, conversation_id: str) -> ControlAction | None:
+        found = await self._pool.fetchval(q("pending_interrupt"), conversation_id)
+        return None if found is None else ControlAction(found)
+
+    @_translated
+    async def conversation_files(self, conversation_id: str) -> list[str]:
+        rows = await self._pool.fetch(q("conversation_files"), conversation_id)
+        return [r["file_id"] for r in rows]
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -400,6 +424,7 @@ async def _store_event(conn: Connection, e: IncomingEvent) -> IntakeResult:
         e.replay_count,
         e.occurred_at,
         e.batch_key,
+        e.control,
     )
     if seq is not None:
         return IntakeResult.NEW
@@ -411,6 +436,20 @@ async def _store_event(conn: Connection, e: IncomingEvent) -> IntakeResult:
             q("reopen_event"), e.event_id, e.replay_count, e.body, e.headers, e.batch_key
         )
     return result
+
+
+async def _apply(
+    conn: Connection, conversation_id: str, row: ConversationRow, change: ConversationChange
+) -> ConversationRow:
+    if change.erase:
+        await conn.execute(q("erase_conversation"), conversation_id)
+    if change.forget_thread:
+        await conn.execute(q("forget_thread"), conversation_id)
+        row = replace(row, thread_id=None, last_item_id=None, mode=ConversationMode.ASSISTANT)
+    if change.mode is not None:
+        await conn.execute(q("set_mode"), conversation_id, change.mode)
+        row = replace(row, mode=change.mode)
+    return row
 
 
 async def _acquire_lease(
@@ -432,4 +471,5 @@ async def _insert_outbox(conn: Connection, m: OutboxMessage) -> None:
         m.headers,
         m.body,
         m.content_type,
+        m.conversation_id,
     )

@@ -7,13 +7,14 @@ status as a bare string; the records are frozen, and built `from_row` where a ro
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 from worker.backends.base import RunStatus
+from worker.events import ControlAction
 from worker.relay.attachments import FileKind, ModelFile
 from worker.settings import BackendName
 
@@ -51,6 +52,14 @@ class OutboxKind(StrEnum):
     DEAD_LETTER = "dead_letter"
 
 
+class ConversationMode(StrEnum):
+    """`conversation_mode`: who answers the conversation now."""
+
+    ASSISTANT = "assistant"
+    # A human agent took it over: messages are added to the thread, not answered.
+    HUMAN = "human"
+
+
 # `runs.status` is text: 'started' until the run ends, then the backend's RunStatus.
 RUN_STARTED = "started"
 
@@ -64,10 +73,12 @@ class IntakeResult(StrEnum):
     ALREADY_SETTLED = "already_settled"
     # Not stored: the conversation's backend cannot honour a field the event sets.
     REFUSED = "refused"
+    # Not stored: a control event for a conversation the worker has never seen.
+    IGNORED = "ignored"
 
     @property
     def needs_answer(self) -> bool:
-        return self not in (IntakeResult.ALREADY_SETTLED, IntakeResult.REFUSED)
+        return self in (IntakeResult.NEW, IntakeResult.REOPENED, IntakeResult.ALREADY_PENDING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +92,23 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class ConversationRow:
-    """What answering a conversation needs of its row: backend, thread and watermark."""
+    """What answering a conversation needs of its row: backend, thread, watermark, and who
+    answers it now."""
 
     backend: BackendName
     thread_id: str | None
     assistant_id: str | None
     last_item_id: str | None
+    mode: ConversationMode = ConversationMode.ASSISTANT
 
     @classmethod
     def from_row(cls, row: Row) -> ConversationRow:
         return cls(
-            BackendName(row["backend"]), row["thread_id"], row["assistant_id"], row["last_item_id"]
+            BackendName(row["backend"]),
+            row["thread_id"],
+            row["assistant_id"],
+            row["last_item_id"],
+            ConversationMode(row["mode"]),
         )
 
 
@@ -104,11 +121,19 @@ class StoredEvent:
     headers: dict[str, Any]
     routing_key: str
     received_at: datetime
+    # A conversation_control.v1 event's action; None for a user message.
+    control: ControlAction | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> StoredEvent:
+        control = row["control"]
         return cls(
-            row["event_id"], row["body"], row["headers"], row["routing_key"], row["received_at"]
+            row["event_id"],
+            row["body"],
+            row["headers"],
+            row["routing_key"],
+            row["received_at"],
+            None if control is None else ControlAction(control),
         )
 
 
@@ -147,6 +172,17 @@ class NextBatch:
     fresh: bool
     conversation: ConversationRow
     events: list[StoredEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationChange:
+    """What settling a batch does to its conversation besides: a control event's effect."""
+
+    mode: ConversationMode | None = None
+    # close: the thread is gone at the API; the next message starts a new one.
+    forget_thread: bool = False
+    # erase: the conversation's bodies, texts and file names leave the database too.
+    erase: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +236,8 @@ class OutboxMessage:
     headers: dict[str, Any]
     body: bytes
     content_type: str = "application/json"
+    # The conversation a reply answers, so erasing the conversation finds it.
+    conversation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +284,8 @@ class IncomingEvent:
     batch_key: str | None = None
     # The backend the event's fields need, if only one can honour them.
     needs_backend: BackendName | None = None
+    # A conversation_control.v1 event's action: stored only for a conversation already known.
+    control: ControlAction | None = None
 
     def reopens(self, status: EventStatus, stored_replays: int) -> bool:
         """Whether this delivery of a known event is new work again: only after an operator's
@@ -295,3 +335,19 @@ async def prune_in_chunks(
             if count < chunk:
                 break
     return deleted
+
+
+NO_CHANGE = ConversationChange()
+
+
+def withhold_replies(
+    outbox: Sequence[OutboxMessage], interrupt: ControlAction | str | None
+) -> list[OutboxMessage]:
+    """The outbox rows to write when settling a batch while `interrupt` waits.
+
+    A takeover, close or erase waiting in the conversation withholds the batch's reply: a human
+    answers now, or nobody does. Dead letters still go: an operator must hear of them.
+    """
+    if interrupt is None or not ControlAction(interrupt).withholds_reply:
+        return list(outbox)
+    return [m for m in outbox if m.kind is not OutboxKind.REPLY]

@@ -11,12 +11,18 @@ VALUES ($1, $2, $3)
 ON CONFLICT (conversation_id) DO UPDATE SET updated_at = now()
 RETURNING backend;
 
+-- name: lock_known_conversation
+-- As lock_conversation, for a control event: it never creates the conversation. Returns its
+-- backend, or no row for a conversation the worker has never seen.
+-- $1 conversation_id
+SELECT backend FROM conversations WHERE conversation_id = $1 FOR UPDATE;
+
 -- name: insert_event
 -- $1 event_id, $2 conversation_id, $3 body, $4 headers, $5 routing_key, $6 replay_count,
--- $7 occurred_at, $8 batch_key
+-- $7 occurred_at, $8 batch_key, $9 control action or NULL
 INSERT INTO inbound_events (event_id, conversation_id, body, headers, routing_key, replay_count,
-                            occurred_at, batch_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                            occurred_at, batch_key, control)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING seq;
 
@@ -50,7 +56,7 @@ RETURNING lease_token;
 -- name: fence
 -- Locks the conversation row if the caller still holds the lease.
 -- $1 conversation_id, $2 lease_token
-SELECT backend, thread_id, assistant_id, last_item_id
+SELECT backend, thread_id, assistant_id, last_item_id, mode
 FROM conversations
 WHERE conversation_id = $1 AND lease_token = $2
 FOR UPDATE;
@@ -80,7 +86,7 @@ UPDATE conversations SET thread_id = $2, updated_at = now() WHERE conversation_i
 -- statement: it runs inside the owner's fenced transaction.
 -- $1 batch_id, $2 conversation_id, $3 limit, $4 after_item_id
 WITH candidates AS (
-    SELECT event_id, body, headers, routing_key, received_at, batch_key,
+    SELECT event_id, body, headers, routing_key, received_at, batch_key, control,
            row_number() OVER (ORDER BY coalesce(occurred_at, received_at), seq) AS position
     FROM inbound_events
     WHERE conversation_id = $2 AND status = 'pending'
@@ -102,7 +108,7 @@ WITH candidates AS (
     UPDATE inbound_events SET status = 'batched', batch_id = $1
     WHERE event_id IN (SELECT event_id FROM pending)
 )
-SELECT event_id, body, headers, routing_key, received_at FROM pending ORDER BY position;
+SELECT event_id, body, headers, routing_key, received_at, control FROM pending ORDER BY position;
 
 -- name: open_batch
 -- $1 conversation_id
@@ -112,7 +118,7 @@ WHERE conversation_id = $1 AND status = 'open';
 
 -- name: batch_events
 -- $1 event_ids, in the batch's order
-SELECT e.event_id, e.body, e.headers, e.routing_key, e.received_at
+SELECT e.event_id, e.body, e.headers, e.routing_key, e.received_at, e.control
 FROM unnest($1::text[]) WITH ORDINALITY AS b(event_id, position)
 JOIN inbound_events e USING (event_id)
 ORDER BY b.position;
@@ -196,6 +202,54 @@ WITH closed AS (
 )
 SELECT count(*) FROM closed;
 
+-- name: pending_interrupt
+-- The first control event waiting in the conversation that stops its active run at once.
+-- $1 conversation_id
+SELECT control FROM inbound_events
+WHERE conversation_id = $1 AND status = 'pending'
+  AND control IN ('takeover', 'cancel', 'close', 'erase')
+ORDER BY coalesce(occurred_at, received_at), seq
+LIMIT 1;
+
+-- name: set_mode
+-- $1 conversation_id, $2 mode
+UPDATE conversations SET mode = $2, updated_at = now() WHERE conversation_id = $1;
+
+-- name: forget_thread
+-- close: the thread and the uploaded files are deleted at the API; the next message starts a
+-- new thread, answered by the assistant.
+-- $1 conversation_id
+WITH files AS (
+    DELETE FROM attachments a USING inbound_events e
+    WHERE a.event_id = e.event_id AND e.conversation_id = $1 AND a.uploaded
+)
+UPDATE conversations
+SET thread_id = NULL, last_item_id = NULL, mode = 'assistant', updated_at = now()
+WHERE conversation_id = $1;
+
+-- name: conversation_files
+-- The files the worker uploaded for a conversation's events, to delete at the API on close.
+-- $1 conversation_id
+SELECT a.file_id
+FROM attachments a JOIN inbound_events e USING (event_id)
+WHERE e.conversation_id = $1 AND a.uploaded
+ORDER BY a.created_at;
+
+-- name: erase_conversation
+-- erase: what a settled event keeps is what duplicate detection needs (its ID, status and
+-- times); its body, headers, file names and replies go. Events still waiting are kept whole:
+-- they come after the erase and are new work.
+-- $1 conversation_id
+WITH events AS (
+    UPDATE inbound_events
+    SET body = ''::bytea, headers = '{}', batch_key = NULL
+    WHERE conversation_id = $1 AND status IN ('batched', 'answered', 'dead_lettered')
+    RETURNING event_id
+), files AS (
+    DELETE FROM attachments WHERE event_id IN (SELECT event_id FROM events)
+)
+DELETE FROM outbox WHERE conversation_id = $1;
+
 -- name: sweepable_conversations
 -- Conversations with work whose owner is gone (lease expired or never taken), found from the
 -- pending events and open batches (both partially indexed), not by reading every conversation.
@@ -211,10 +265,10 @@ LIMIT $1;
 
 -- name: insert_outbox
 -- $1 dedupe_key, $2 kind, $3 message_id, $4 exchange, $5 routing_key, $6 headers, $7 body,
--- $8 content_type
+-- $8 content_type, $9 conversation_id (replies) or NULL
 INSERT INTO outbox (dedupe_key, kind, message_id, exchange, routing_key, headers, body,
-                    content_type)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    content_type, conversation_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (dedupe_key) DO NOTHING;
 
 -- name: claim_outbox

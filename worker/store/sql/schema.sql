@@ -4,6 +4,9 @@
 CREATE TYPE event_status AS ENUM ('pending', 'batched', 'answered', 'dead_lettered');
 CREATE TYPE batch_status AS ENUM ('open', 'finished');
 CREATE TYPE outbox_kind AS ENUM ('reply', 'dead_letter');
+CREATE TYPE control_action AS ENUM
+    ('takeover', 'release', 'cancel', 'close', 'erase', 'update_metadata');
+CREATE TYPE conversation_mode AS ENUM ('assistant', 'human');
 
 -- One row per helpdesk conversation: which thread it maps to and which worker owns it now.
 CREATE TABLE conversations (
@@ -19,7 +22,9 @@ CREATE TABLE conversations (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     -- The thread's newest item after the last finished turn (Responses backend).
-    last_item_id     text
+    last_item_id     text,
+    -- Who answers: the assistant, or a human agent who took the conversation over.
+    mode             conversation_mode NOT NULL DEFAULT 'assistant'
 );
 CREATE INDEX conversations_leased_idx ON conversations (lease_token)
     WHERE lease_token IS NOT NULL;
@@ -41,7 +46,9 @@ CREATE TABLE inbound_events (
     occurred_at     timestamptz,
     -- Events coalesce only with neighbours of the same key: what a run applies to all of its
     -- messages (metadata, author, assistant). NULL when the event sets none of them.
-    batch_key       text
+    batch_key       text,
+    -- A conversation_control.v1 event's action; NULL for a user message.
+    control         control_action
 );
 CREATE INDEX inbound_events_pending_idx ON inbound_events (conversation_id, seq)
     WHERE status = 'pending';
@@ -107,6 +114,10 @@ CREATE TABLE outbox (
     content_type     text NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
     publish_attempts integer NOT NULL DEFAULT 0,
-    published_at     timestamptz
+    published_at     timestamptz,
+    -- The conversation a reply answers (erase finds them by it); NULL for dead letters.
+    conversation_id  text
 );
 CREATE INDEX outbox_unpublished_idx ON outbox (outbox_id) WHERE published_at IS NULL;
+CREATE INDEX outbox_conversation_idx ON outbox (conversation_id)
+    WHERE conversation_id IS NOT NULL;

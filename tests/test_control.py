@@ -1,0 +1,308 @@
+"""conversation_control.v1 on both backends: what each action does at the API, in the store and
+to the replies. A real worker, RabbitMQ and Postgres; the stand-in's state read directly."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from standin import StandIn
+from tests.conftest import RunningWorker
+from tests.support import drain, publish, replies_for, wait_for_dead_letters
+from worker.ops.helpdesk import publish_control
+from worker.settings import Topology
+
+Json = dict[str, Any]
+
+# Long enough for a control event to arrive while the run is going.
+SLOW = "[[delay_ms:4000]]"
+
+
+@pytest.fixture(params=["assistants", "responses"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def control(
+    channel: AbstractChannel, topology: Topology, conversation_id: str, action: str, **more: Any
+) -> Json:
+    event = {
+        "event_id": f"ctl-{uuid.uuid4().hex[:12]}",
+        "conversation_id": conversation_id,
+        "action": action,
+        **more,
+    }
+    await publish_control(channel, topology, event)
+    return event
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not true within {timeout_s} s"
+        await asyncio.sleep(0.02)
+
+
+async def settled(db: asyncpg.Connection, event_id: str, timeout_s: float = 10) -> str:
+    """Waits until the worker has settled the event; its final status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = await db.fetchval(
+            "SELECT status::text FROM inbound_events WHERE event_id = $1", event_id
+        )
+        if status in ("answered", "dead_lettered"):
+            return str(status)
+        assert time.monotonic() < deadline, f"{event_id} not settled within {timeout_s} s"
+        await asyncio.sleep(0.05)
+
+
+def written(n: int) -> str:
+    """An occurred_at n seconds after now: after the first event, in the order of n."""
+    when = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=n)
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def runs(standin: StandIn) -> list[Json]:
+    return standin.run_records()
+
+
+def thread_texts(standin: StandIn, backend: str, thread_id: str) -> list[str]:
+    """The user texts in the thread or Conversation, oldest first."""
+    if backend == "responses":
+        items = standin.conversation_items(thread_id)
+        messages = [i for i in items if i.get("type") == "message" and i.get("role") == "user"]
+        return ["".join(p.get("text", "") for p in m["content"]) for m in messages]
+    texts = []
+    for message in standin.thread_messages(thread_id):
+        if message["role"] == "user":
+            texts.append(
+                "".join(p["text"]["value"] for p in message["content"] if p["type"] == "text")
+            )
+    return texts
+
+
+def thread_exists(standin: StandIn, backend: str, thread_id: str) -> bool:
+    if backend == "responses":
+        return thread_id in standin.state.conversations
+    return thread_id in standin.state.threads
+
+
+async def no_more_replies(channel: AbstractChannel, topology: Topology) -> list[Json]:
+    return [m.json() for m in await drain(channel, topology.reply_queue, quiet_s=0.3)]
+
+
+async def test_takeover_mid_run_cancels_it_holds_messages_and_release_answers_again(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    backend: str,
+) -> None:
+    c = "c-takeover"
+    slow = await publish(channel, topology, conversation_id=c, text=f"help {SLOW}")
+    await until(lambda: len(runs(standin)) == 1)
+    # occurred_at fixes the order: intake may store events published back to back in any.
+    await control(channel, topology, c, "takeover", occurred_at=written(1))
+    held = await publish(
+        channel, topology, conversation_id=c, text="are you there?", occurred_at=written(2)
+    )
+    await control(channel, topology, c, "release", occurred_at=written(3))
+    after = await publish(
+        channel, topology, conversation_id=c, text="thanks, bot", occurred_at=written(4)
+    )
+
+    [reply] = await replies_for(channel, topology, {after["event_id"]})
+    assert reply["in_reply_to"] == [after["event_id"]]
+    # The stand-in echoes the user messages since its last answer: the held one is the
+    # model's context now.
+    assert reply["text"].endswith("are you there? | thanks, bot")
+    others = await no_more_replies(channel, topology)
+    assert [r["in_reply_to"] for r in others] == []
+    first, last = runs(standin)[0], runs(standin)[-1]
+    assert first["status"] == "cancelled"  # stopped, not left to finish
+    assert len(runs(standin)) == 2  # the held message started no run
+    texts = thread_texts(standin, backend, reply["thread_id"])
+    # A cancelled background response leaves its input out of the Conversation.
+    cancelled_input = [f"help {SLOW}"] if backend == "assistants" else []
+    assert texts == [*cancelled_input, "are you there?", "thanks, bot"]
+    assert last["status"] == "completed"
+    assert {held["event_id"], slow["event_id"]}.isdisjoint(reply["in_reply_to"])
+
+
+async def test_cancel_stops_the_run_and_its_events_are_told_cancelled(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    backend: str,
+) -> None:
+    c = "c-cancel"
+    slow = await publish(channel, topology, conversation_id=c, text=f"long one {SLOW}")
+    await until(lambda: len(runs(standin)) == 1)
+    started = time.monotonic()
+    await control(channel, topology, c, "cancel")
+
+    [reply] = await replies_for(channel, topology, {slow["event_id"]})
+    assert time.monotonic() - started < 3.5  # well before the run's 4 s
+    assert reply["status"] == "cancelled"
+    assert reply["error"]["code"] == "cancelled"
+    assert runs(standin)[0]["status"] == "cancelled"
+    nxt = await publish(channel, topology, conversation_id=c, text="still there?")
+    [answered] = await replies_for(channel, topology, {nxt["event_id"]})
+    assert answered["status"] == "completed"
+
+
+async def test_close_deletes_the_thread_and_its_uploads_and_the_next_message_starts_anew(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    db: asyncpg.Connection,
+    backend: str,
+) -> None:
+    c = "c-close"
+    note = {"filename": "note.txt", "content_base64": base64.b64encode(b"a note").decode()}
+    first = await publish(channel, topology, conversation_id=c, text="see file", attachments=[note])
+    [reply] = await replies_for(channel, topology, {first["event_id"]})
+    assert len(standin.files()) == 1
+    closing = await control(channel, topology, c, "close")
+    assert await settled(db, closing["event_id"]) == "answered"
+
+    assert not thread_exists(standin, backend, reply["thread_id"])
+    assert [f["deleted"] for f in standin.files()] == [True]
+    assert await db.fetchval("SELECT count(*) FROM attachments") == 0
+    again = await publish(channel, topology, conversation_id=c, text="new topic")
+    [fresh] = await replies_for(channel, topology, {again["event_id"]})
+    assert fresh["thread_id"] != reply["thread_id"]
+    assert thread_texts(standin, backend, fresh["thread_id"]) == ["new topic"]
+
+
+async def test_erase_leaves_none_of_the_conversations_texts_in_the_database(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    db: asyncpg.Connection,
+    database_url: str,
+    backend: str,
+) -> None:
+    c = "c-erase"
+    canary = f"canary-{uuid.uuid4().hex}"
+    note = {
+        "filename": f"{canary}.txt",
+        "content_base64": base64.b64encode(canary.encode()).decode(),
+    }
+    first = await publish(
+        channel, topology, conversation_id=c, text=f"my secret {canary}", attachments=[note]
+    )
+    [reply] = await replies_for(channel, topology, {first["event_id"]})
+    assert canary in reply["text"]
+    await no_more_replies(channel, topology)
+    # Published replies stay in the outbox until prune; erase must take them too.
+    assert canary.encode() in dump(database_url)
+    erasing = await control(channel, topology, c, "erase")
+    assert await settled(db, erasing["event_id"]) == "answered"
+
+    assert canary.encode() not in dump(database_url)
+    assert not thread_exists(standin, backend, reply["thread_id"])
+    assert [f["deleted"] for f in standin.files()] == [True]
+    # What duplicate detection needs stays: a redelivery is recognised, not answered again.
+    status = await db.fetchval(
+        "SELECT status::text FROM inbound_events WHERE event_id = $1", first["event_id"]
+    )
+    assert status == "answered"
+    await publish(
+        channel, topology, conversation_id=c, text=f"my secret {canary}", event_id=first["event_id"]
+    )
+    nxt = await publish(channel, topology, conversation_id=c, text="after")
+    replies = await replies_for(channel, topology, {nxt["event_id"]})
+    assert [r["in_reply_to"] for r in replies] == [[nxt["event_id"]]]
+    assert [r["in_reply_to"] for r in await no_more_replies(channel, topology)] == []
+
+
+def dump(database_url: str) -> bytes:
+    done = subprocess.run(
+        ["pg_dump", "--data-only", database_url], capture_output=True, timeout=30, check=True
+    )
+    return done.stdout
+
+
+async def test_update_metadata_sets_the_threads_metadata(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    db: asyncpg.Connection,
+    backend: str,
+) -> None:
+    c = "c-meta"
+    first = await publish(channel, topology, conversation_id=c, text="hi")
+    [reply] = await replies_for(channel, topology, {first["event_id"]})
+    event = await control(channel, topology, c, "update_metadata", metadata={"tier": "gold"})
+    assert await settled(db, event["event_id"]) == "answered"
+
+    if backend == "responses":
+        metadata = standin.state.conversations[reply["thread_id"]].metadata
+    else:
+        metadata = standin.state.threads[reply["thread_id"]].metadata
+    assert metadata == {"tier": "gold", "aw_conversation_id": c}
+
+
+async def test_a_control_event_for_an_unknown_conversation_is_a_no_op(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    db: asyncpg.Connection,
+) -> None:
+    event = await control(channel, topology, "c-never-seen", "takeover")
+    later = await publish(channel, topology, conversation_id="c-never-seen", text="hello")
+    [reply] = await replies_for(channel, topology, {later["event_id"]})
+
+    assert reply["status"] == "completed"  # the takeover did not stick: nothing to take
+    stored = await db.fetchval(
+        "SELECT count(*) FROM inbound_events WHERE event_id = $1", event["event_id"]
+    )
+    assert stored == 0
+    assert await drain(channel, topology.dead_letter_queue, quiet_s=0.3) == []
+
+
+async def test_an_unknown_action_is_dead_lettered_naming_the_field(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology
+) -> None:
+    await control(channel, topology, "c-bad", "explode")
+    [dead] = await wait_for_dead_letters(channel, topology, 1)
+    assert dead.headers["x-aw-reason"] == "schema_invalid"
+    assert "(at /action)" in dead.headers["x-aw-error"]
+    assert "explode" not in dead.headers["x-aw-error"]
+
+
+async def test_a_redelivered_takeover_is_applied_once(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    db: asyncpg.Connection,
+) -> None:
+    c = "c-twice"
+    first = await publish(channel, topology, conversation_id=c, text="hi")
+    await replies_for(channel, topology, {first["event_id"]})
+    takeover = await control(channel, topology, c, "takeover")
+    assert await settled(db, takeover["event_id"]) == "answered"
+    await control(channel, topology, c, "release")
+    # The same takeover again (a redelivery): a duplicate, so the release stands.
+    await publish_control(channel, topology, takeover)
+    later = await publish(channel, topology, conversation_id=c, text="answered?")
+
+    [reply] = await replies_for(channel, topology, {later["event_id"]})
+    assert reply["status"] == "completed"
