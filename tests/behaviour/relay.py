@@ -72,6 +72,16 @@ class RecordingExchange:
         )
 
 
+def control(conversation_id: str, action: str, **fields: Any) -> dict[str, Any]:
+    """A conversation_control.v1 with a fresh event_id."""
+    return {
+        "event_id": f"ctl-{uuid.uuid4().hex[:12]}",
+        "conversation_id": conversation_id,
+        "action": action,
+        **fields,
+    }
+
+
 def event(conversation_id: str, text: str, **fields: Any) -> dict[str, Any]:
     """A user_message.v1 with a fresh event_id."""
     return {
@@ -135,9 +145,10 @@ class Relay:
         if message_id is None and isinstance(doc, dict):
             message_id = doc["event_id"]
         topology = self.settings.topology
-        delivery = Delivery(
-            body, headers or {}, message_id, topology.inbound_exchange, topology.inbound_routing_key
-        )
+        routing_key = topology.inbound_routing_key
+        if isinstance(doc, dict) and "action" in doc:
+            routing_key = topology.control_routing_key
+        delivery = Delivery(body, headers or {}, message_id, topology.inbound_exchange, routing_key)
         return await self.intake.handle(delivery)
 
     async def publish(self) -> list[Published]:
