@@ -95,6 +95,7 @@ def topology_env(t: Topology) -> dict[str, str]:
         "AW_INBOUND_QUEUE": t.inbound_queue,
         "AW_OUTBOUND_EXCHANGE": t.outbound_exchange,
         "AW_REPLY_QUEUE": t.reply_queue,
+        "AW_HANDOFF_QUEUE": t.handoff_queue,
         "AW_DEAD_LETTER_EXCHANGE": t.dead_letter_exchange,
         "AW_DEAD_LETTER_QUEUE": t.dead_letter_queue,
     }

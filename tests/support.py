@@ -31,6 +31,7 @@ def tagged_topology(tag: str) -> Topology:
         inbound_queue=f"{tag}.user_messages",
         outbound_exchange=f"{tag}.outbound",
         reply_queue=f"{tag}.replies",
+        handoff_queue=f"{tag}.handoffs",
         dead_letter_exchange=f"{tag}.dead_letter",
         dead_letter_queue=f"{tag}.dead_letter",
     )
@@ -124,6 +125,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "AW_INBOUND_QUEUE": t.inbound_queue,
         "AW_OUTBOUND_EXCHANGE": t.outbound_exchange,
         "AW_REPLY_QUEUE": t.reply_queue,
+        "AW_HANDOFF_QUEUE": t.handoff_queue,
         "AW_DEAD_LETTER_EXCHANGE": t.dead_letter_exchange,
         "AW_DEAD_LETTER_QUEUE": t.dead_letter_queue,
         "AW_POLL_INITIAL_MS": "30",

@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractChannel
 from standin import StandIn
 from tests.conftest import RunningWorker
 from tests.support import drain, publish, replies_for, wait_for_dead_letters
+from worker.events import validator
 from worker.ops.helpdesk import publish_control
 from worker.settings import Topology
 
@@ -156,7 +157,8 @@ async def test_cancel_stops_the_run_and_its_events_are_told_cancelled(
     assert time.monotonic() - started < 3.5  # well before the run's 4 s
     assert reply["status"] == "cancelled"
     assert reply["error"]["code"] == "cancelled"
-    assert runs(standin)[0]["status"] == "cancelled"
+    # Assistants runs pass through `cancelling` on their way.
+    await until(lambda: runs(standin)[0]["status"] == "cancelled")
     nxt = await publish(channel, topology, conversation_id=c, text="still there?")
     [answered] = await replies_for(channel, topology, {nxt["event_id"]})
     assert answered["status"] == "completed"
@@ -306,3 +308,61 @@ async def test_a_redelivered_takeover_is_applied_once(
 
     [reply] = await replies_for(channel, topology, {later["event_id"]})
     assert reply["status"] == "completed"
+
+
+# --- handoff ---------------------------------------------------------------------------------
+
+
+async def handoffs(channel: AbstractChannel, topology: Topology) -> list[Json]:
+    return [m.json() for m in await drain(channel, topology.handoff_queue, quiet_s=0.3)]
+
+
+async def test_a_run_that_fails_after_its_retries_is_handed_to_a_human(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology, backend: str
+) -> None:
+    failing = await publish(
+        channel,
+        topology,
+        conversation_id="c-fails",
+        text="[[outcome:failed:invalid_prompt]]",
+        metadata={"inbox": "billing"},
+    )
+    [reply] = await replies_for(channel, topology, {failing["event_id"]})
+    assert reply["status"] == "failed"
+
+    [handoff] = await handoffs(channel, topology)
+    validator("assistant_handoff.v1").validate(handoff)
+    assert handoff["in_reply_to"] == [failing["event_id"]]
+    assert handoff["reason"] == "run_failed"
+    assert handoff["detail"].startswith("failed: invalid_prompt")
+    assert handoff["run_id"] == reply["run_id"]
+    assert handoff["metadata"] == {"inbox": "billing"}
+
+
+async def test_a_dead_lettered_batch_is_handed_to_a_human(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology, backend: str
+) -> None:
+    doomed = await publish(
+        channel,
+        topology,
+        conversation_id="c-doomed",
+        text="see",
+        attachments=[{"file_id": "file_nope"}],
+    )
+    [dead] = await wait_for_dead_letters(channel, topology, 1)
+    assert dead.headers["x-aw-reason"] == "openai_rejected"
+
+    [handoff] = await handoffs(channel, topology)
+    validator("assistant_handoff.v1").validate(handoff)
+    assert handoff["in_reply_to"] == [doomed["event_id"]]
+    assert handoff["reason"] == "dead_lettered"
+    assert handoff["detail"].startswith("openai_rejected: ")
+    assert await no_more_replies(channel, topology) == []
+
+
+async def test_an_answered_run_hands_nothing_off(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology
+) -> None:
+    fine = await publish(channel, topology, conversation_id="c-fine", text="hello")
+    await replies_for(channel, topology, {fine["event_id"]})
+    assert await handoffs(channel, topology) == []

@@ -24,6 +24,7 @@ SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
 USER_MESSAGE = "user_message.v1"
 CONVERSATION_CONTROL = "conversation_control.v1"
 ASSISTANT_REPLY = "assistant_reply.v1"
+ASSISTANT_HANDOFF = "assistant_handoff.v1"
 # Replies are named after their run, so a re-published reply keeps its event_id.
 REPLY_ID_NAMESPACE = uuid.UUID("6f1d5a52-2a43-4f7e-9a57-1c0e4f3b8a10")
 
@@ -419,6 +420,52 @@ class AssistantReply:
             "backend": self.backend,
             "usage": None if self.usage is None else vars_of(self.usage),
             "error": None if self.error is None else vars_of(self.error),
+            "created_at": rfc3339(datetime.now(UTC)),
+        }
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+
+class HandoffReason(StrEnum):
+    """Why a human should answer: the `reason` of an assistant_handoff.v1."""
+
+    RUN_FAILED = "run_failed"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantHandoff:
+    """An `assistant_handoff.v1`: customer messages nobody answered, for a human to take.
+
+    One per batch (its event_id is derived from the batch), so re-publishing it after a crash
+    is recognisably the same handoff.
+    """
+
+    batch_id: uuid.UUID
+    conversation_id: str
+    in_reply_to: tuple[str, ...]
+    reason: HandoffReason
+    detail: str
+    thread_id: str | None
+    run_id: str | None
+    metadata: dict[str, str]
+
+    @property
+    def event_id(self) -> str:
+        return f"handoff_{uuid.uuid5(REPLY_ID_NAMESPACE, str(self.batch_id)).hex}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": ASSISTANT_HANDOFF,
+            "event_id": self.event_id,
+            "conversation_id": self.conversation_id,
+            "in_reply_to": list(self.in_reply_to),
+            "reason": self.reason.value,
+            "detail": self.detail[:1024],
+            "thread_id": self.thread_id,
+            "run_id": self.run_id,
+            "metadata": self.metadata,
             "created_at": rfc3339(datetime.now(UTC)),
         }
 

@@ -73,6 +73,8 @@ class Topology(BaseSettings):
     outbound_exchange: str = "assistant.outbound"
     reply_queue: str = "assistant.replies"
     reply_routing_key: str = "assistant_reply.v1"
+    handoff_queue: str = "assistant.handoffs"
+    handoff_routing_key: str = "assistant_handoff.v1"
     dead_letter_exchange: str = "assistant.dead_letter"
     dead_letter_queue: str = "assistant.dead_letter"
     # Redeliveries before RabbitMQ itself dead-letters a message that keeps crashing workers.

@@ -57,6 +57,11 @@ def queues(t: Topology) -> tuple[QueueSpec, ...]:
         QueueSpec(
             t.reply_queue, ((t.outbound_exchange, t.reply_routing_key),), {"x-queue-type": "quorum"}
         ),
+        QueueSpec(
+            t.handoff_queue,
+            ((t.outbound_exchange, t.handoff_routing_key),),
+            {"x-queue-type": "quorum"},
+        ),
         # Classic, not quorum: it puts messages handed back unacknowledged in their old places,
         # which lets operators read the queue without reordering it (`dlq list`).
         QueueSpec(

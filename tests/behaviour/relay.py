@@ -159,6 +159,11 @@ class Relay:
             outcome = await self.outbox.publish_pending()
         return self.channel.published[before:]
 
+    async def dead_letters(self) -> list[Published]:
+        """The dead letters published by this pass (handoffs and replies left out)."""
+        exchange = self.settings.topology.dead_letter_exchange
+        return [m for m in await self.publish() if m.exchange == exchange]
+
     async def replies(self) -> list[dict[str, Any]]:
         """The replies published by this pass (assistant_reply.v1 bodies)."""
         reply_key = self.settings.topology.reply_routing_key

@@ -83,7 +83,7 @@ async def test_a_dead_lettered_event_replayed_is_answered(relay: Relay, standin:
     )
     hello = event("c-fixed", "fix me")
     await relay.deliver(hello)
-    [dead] = await relay.publish()
+    [dead] = await relay.dead_letters()
     assert dead.routing_key == relay.settings.topology.inbound_routing_key
     assert dead.exchange == relay.settings.topology.dead_letter_exchange
     assert dead.headers["x-aw-reason"] == "openai_rejected"
@@ -97,7 +97,7 @@ async def test_a_dead_lettered_event_replayed_is_answered(relay: Relay, standin:
 
 async def test_an_invalid_delivery_is_dead_lettered_with_its_bytes(relay: Relay) -> None:
     assert await relay.deliver(b"{not json", message_id="m-broken") is Settlement.ACK
-    [dead] = await relay.publish()
+    [dead] = await relay.dead_letters()
 
     assert dead.headers["x-aw-reason"] == "malformed_json"
     assert dead.body == b"{not json"
@@ -107,7 +107,7 @@ async def test_an_invalid_delivery_is_dead_lettered_with_its_bytes(relay: Relay)
 async def test_an_assistant_id_on_a_responses_conversation_is_refused(relay: Relay) -> None:
     named = event("c-refused", "hi", assistant_id="asst_123")
     await relay.deliver(named)
-    [dead] = await relay.publish()
+    [dead] = await relay.dead_letters()
 
     assert dead.headers["x-aw-reason"] == "field_unsupported"
     assert dead.headers["x-aw-event-id"] == named["event_id"]

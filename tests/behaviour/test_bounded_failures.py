@@ -80,7 +80,12 @@ async def test_a_stage_that_keeps_failing_dead_letters_and_the_conversation_move
     crashpoints.arm_faults(f"{stage}={INTERNAL_ATTEMPTS}")
     poisoned = staged(stage, f"c-stuck-{stage}")
     await relay.deliver(poisoned)
-    [dead] = await relay.publish()
+    published = await relay.publish()
+    topology = relay.settings.topology
+    [dead] = [m for m in published if m.exchange == topology.dead_letter_exchange]
+    [handoff] = [m.json() for m in published if m.routing_key == topology.handoff_routing_key]
+    assert handoff["reason"] == "dead_lettered"
+    assert handoff["in_reply_to"] == [poisoned["event_id"]]
 
     assert dead.exchange == relay.settings.topology.dead_letter_exchange
     assert dead.headers["x-aw-reason"] == "internal_error"

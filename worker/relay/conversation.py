@@ -35,10 +35,13 @@ from worker.errors import (
     origin,
 )
 from worker.events import (
+    AssistantHandoff,
     AssistantReply,
     Attachment,
     ConversationControl,
+    HandoffReason,
     ReplyMessage,
+    RunError,
     UserMessage,
     vars_of,
 )
@@ -46,7 +49,7 @@ from worker.metrics import Metrics
 from worker.relay.attachments import FileKind, ModelFile, decode, kind_of
 from worker.relay.control import Steering
 from worker.relay.delivery import Delivery
-from worker.relay.outbound import Failure, dead_letter_outbox, reply_outbox
+from worker.relay.outbound import Failure, dead_letter_outbox, handoff_outbox, reply_outbox
 from worker.relay.pacing import Pacer
 from worker.relay.retry import RetryPolicy, internal_backoff
 from worker.relay.runner import FinishedRun, Runner
@@ -467,11 +470,25 @@ class ConversationProcessor:
             usage=snapshot.usage,
             error=snapshot.error,
         )
+        outbox = [reply_outbox(reply, self._settings.topology)]
+        if _unanswered(snapshot.status, snapshot.error):
+            # The reply says it failed; the handoff asks a human to answer instead.
+            handoff = AssistantHandoff(
+                batch_id=work.batch.batch_id,
+                conversation_id=work.lease.conversation_id,
+                in_reply_to=work.batch.event_ids,
+                reason=HandoffReason.RUN_FAILED,
+                detail=_run_failure(snapshot.status, snapshot.error),
+                thread_id=work.thread_id,
+                run_id=snapshot.run_id,
+                metadata=turn.metadata,
+            )
+            outbox.append(handoff_outbox(handoff, self._settings.topology))
         after = await self._store.finish_batch(
             work.lease,
             work.batch.batch_id,
             event_status=EventStatus.ANSWERED,
-            outbox=[reply_outbox(reply, self._settings.topology)],
+            outbox=outbox,
             ended=_record(finished),
             last_item_id=snapshot.last_item_id or await self._watermark(work),
         )
@@ -500,6 +517,17 @@ class ConversationProcessor:
             )
             for e in stored
         ]
+        handoff = AssistantHandoff(
+            batch_id=batch.batch_id,
+            conversation_id=lease.conversation_id,
+            in_reply_to=batch.event_ids,
+            reason=HandoffReason.DEAD_LETTERED,
+            detail=f"{failure.reason}: {failure.error}",
+            thread_id=None,
+            run_id=batch.run_id,
+            metadata=_metadata_of(stored),
+        )
+        outbox.append(handoff_outbox(handoff, topology))
         after = await self._store.finish_batch(
             lease, batch.batch_id, event_status=EventStatus.DEAD_LETTERED, outbox=outbox
         )
@@ -517,6 +545,25 @@ class ConversationProcessor:
         now = datetime.now(UTC)
         for event in stored:
             self._metrics.reply_latency.observe((now - event.received_at).total_seconds())
+
+
+def _unanswered(status: RunStatus, error: RunError | None) -> bool:
+    """A run that gave the customer nothing: failed, expired, or stopped at its deadline."""
+    if status in (RunStatus.FAILED, RunStatus.EXPIRED):
+        return True
+    return status is RunStatus.CANCELLED and error is not None and error.code == "deadline_exceeded"
+
+
+def _run_failure(status: RunStatus, error: RunError | None) -> str:
+    return f"{status}: {error.code}: {error.message}" if error else str(status)
+
+
+def _metadata_of(stored: list[StoredEvent]) -> dict[str, str]:
+    """The events' metadata, for routing the handoff; none where a body cannot be read."""
+    try:
+        return dict(UserMessage.from_json(json.loads(stored[-1].body)).metadata)
+    except (ValueError, KeyError, TypeError):
+        return {}
 
 
 def _kind(filename: str) -> FileKind:

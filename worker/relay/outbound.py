@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from worker.errors import ReasonCode
-from worker.events import AssistantReply, rfc3339
+from worker.events import AssistantHandoff, AssistantReply, rfc3339
 from worker.settings import Topology
 from worker.store.records import OutboxKind, OutboxMessage
 
@@ -66,6 +66,19 @@ def reply_outbox(reply: AssistantReply, topology: Topology) -> OutboxMessage:
         headers={"x-aw-conversation-id": reply.conversation_id},
         body=reply.encode(),
         conversation_id=reply.conversation_id,
+    )
+
+
+def handoff_outbox(handoff: AssistantHandoff, topology: Topology) -> OutboxMessage:
+    return OutboxMessage(
+        dedupe_key=f"handoff:{handoff.event_id}",
+        kind=OutboxKind.REPLY,
+        message_id=handoff.event_id,
+        exchange=topology.outbound_exchange,
+        routing_key=topology.handoff_routing_key,
+        headers={"x-aw-conversation-id": handoff.conversation_id},
+        body=handoff.encode(),
+        conversation_id=handoff.conversation_id,
     )
 
 
