@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,7 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
+from standin import StandIn
 from worker.ops.helpdesk import publish_user_message, wait_for_replies
 from worker.settings import Settings, Topology
 
@@ -156,3 +159,26 @@ async def run_cli(
     out, err = await proc.communicate(stdin)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Waits until `condition()` holds; fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not true within {timeout_s} s"
+        await asyncio.sleep(0.02)
+
+
+def user_texts(standin: StandIn, backend: str, thread_id: str) -> list[str]:
+    """The user texts in the stand-in's thread (Assistants) or Conversation, oldest first."""
+    if backend == "responses":
+        return [
+            "".join(part.get("text", "") for part in item["content"])
+            for item in standin.conversation_items(thread_id)
+            if item.get("type") == "message" and item.get("role") == "user"
+        ]
+    return [
+        "".join(part["text"]["value"] for part in m["content"] if part["type"] == "text")
+        for m in standin.thread_messages(thread_id)
+        if m["role"] == "user"
+    ]

@@ -3,13 +3,10 @@ the reply. Real RabbitMQ and Postgres; the stand-in's state is read through its 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import struct
-import time
 import zlib
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -20,7 +17,7 @@ from aio_pika.abc import AbstractChannel
 
 from standin import StandIn
 from tests.conftest import RunningWorker
-from tests.support import API_KEY, drain, publish, replies_for, wait_for_dead_letters
+from tests.support import API_KEY, drain, publish, replies_for, until, wait_for_dead_letters
 from worker.settings import Settings, Topology
 
 Json = dict[str, Any]
@@ -59,13 +56,6 @@ def b64(content: bytes) -> str:
 
 def sdk(standin: StandIn) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=standin.base_url, api_key=API_KEY, max_retries=0)
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not true within {timeout_s} s"
-        await asyncio.sleep(0.02)
 
 
 async def hold(

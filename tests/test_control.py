@@ -8,7 +8,6 @@ import base64
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +17,7 @@ from aio_pika.abc import AbstractChannel
 
 from standin import StandIn
 from tests.conftest import RunningWorker
-from tests.support import drain, publish, replies_for, wait_for_dead_letters
+from tests.support import drain, publish, replies_for, until, user_texts, wait_for_dead_letters
 from worker.events import validator
 from worker.ops.helpdesk import publish_control
 from worker.settings import Topology
@@ -47,13 +46,6 @@ async def control(
     return event
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not true within {timeout_s} s"
-        await asyncio.sleep(0.02)
-
-
 async def settled(db: asyncpg.Connection, event_id: str, timeout_s: float = 10) -> str:
     """Waits until the worker has settled the event; its final status."""
     deadline = time.monotonic() + timeout_s
@@ -75,21 +67,6 @@ def written(n: int) -> str:
 
 def runs(standin: StandIn) -> list[Json]:
     return standin.run_records()
-
-
-def thread_texts(standin: StandIn, backend: str, thread_id: str) -> list[str]:
-    """The user texts in the thread or Conversation, oldest first."""
-    if backend == "responses":
-        items = standin.conversation_items(thread_id)
-        messages = [i for i in items if i.get("type") == "message" and i.get("role") == "user"]
-        return ["".join(p.get("text", "") for p in m["content"]) for m in messages]
-    texts = []
-    for message in standin.thread_messages(thread_id):
-        if message["role"] == "user":
-            texts.append(
-                "".join(p["text"]["value"] for p in message["content"] if p["type"] == "text")
-            )
-    return texts
 
 
 def thread_exists(standin: StandIn, backend: str, thread_id: str) -> bool:
@@ -132,7 +109,7 @@ async def test_takeover_mid_run_cancels_it_holds_messages_and_release_answers_ag
     first, last = runs(standin)[0], runs(standin)[-1]
     assert first["status"] == "cancelled"  # stopped, not left to finish
     assert len(runs(standin)) == 2  # the held message started no run
-    texts = thread_texts(standin, backend, reply["thread_id"])
+    texts = user_texts(standin, backend, reply["thread_id"])
     # A cancelled background response leaves its input out of the Conversation.
     cancelled_input = [f"help {SLOW}"] if backend == "assistants" else []
     assert texts == [*cancelled_input, "are you there?", "thanks, bot"]
@@ -186,7 +163,7 @@ async def test_close_deletes_the_thread_and_its_uploads_and_the_next_message_sta
     again = await publish(channel, topology, conversation_id=c, text="new topic")
     [fresh] = await replies_for(channel, topology, {again["event_id"]})
     assert fresh["thread_id"] != reply["thread_id"]
-    assert thread_texts(standin, backend, fresh["thread_id"]) == ["new topic"]
+    assert user_texts(standin, backend, fresh["thread_id"]) == ["new topic"]
 
 
 async def test_erase_leaves_none_of_the_conversations_texts_in_the_database(

@@ -6,24 +6,10 @@ import base64
 
 from standin import StandIn
 from tests.behaviour.relay import Parked, Relay, control, event
+from tests.support import user_texts
 from worker.relay.intake import Settlement
 
 SLOW = "[[delay_ms:3000]]"
-
-
-def user_texts(standin: StandIn, backend: str, thread_id: str) -> list[str]:
-    if backend == "responses":
-        items = standin.conversation_items(thread_id)
-        return [
-            "".join(part.get("text", "") for part in item["content"])
-            for item in items
-            if item.get("type") == "message" and item.get("role") == "user"
-        ]
-    return [
-        "".join(part["text"]["value"] for part in m["content"] if part["type"] == "text")
-        for m in standin.thread_messages(thread_id)
-        if m["role"] == "user"
-    ]
 
 
 async def test_while_a_human_has_it_messages_join_the_thread_unanswered(
