@@ -7,7 +7,6 @@ same input does not duplicate it.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from standin.replies import FAILURE_MESSAGES, count_tokens, echo_piece, echo_tex
 from standin.response_models import Conversation, ResponseRecord, ResponseStatus
 from standin.script import Script, parse_script
 from standin.state import StandInState, active_response, ensure_conversation_unlocked
+from standin.tool_arguments import scripted_arguments
 
 
 @dataclass
@@ -135,7 +135,7 @@ class ResponseEngine:
         """The Responses form of requires_action: a completed function_call output."""
         query = record.batch[-1] if record.batch else ""
         name = record.script.tool_name or "tool"
-        arguments = json.dumps({"query": query})
+        arguments = scripted_arguments(name, record.tools, query)
         record.output = [function_call_item(new_id("call"), name, arguments)]
         self._store_turn(record)
         self._end(record, "completed", arguments)

@@ -6,7 +6,6 @@ schedule whether or not anyone polls it.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from standin.state import (
     ensure_can_start_run,
     unanswered_user_messages,
 )
+from standin.tool_arguments import scripted_arguments
 
 
 @dataclass
@@ -162,7 +162,7 @@ class RunEngine:
     def _require_action(self, run: Run) -> None:
         tool_name = run.script.tool_name or "tool"
         query = run.batch[-1] if run.batch else ""
-        call = ToolCall(new_id("call"), tool_name, json.dumps({"query": query}))
+        call = ToolCall(new_id("call"), tool_name, scripted_arguments(tool_name, run.tools, query))
         run.tool_calls.append(call)
         run.steps.append(self._step(run, "tool_calls", "in_progress", tool_calls=[call]))
         run.status = "requires_action"

@@ -116,6 +116,7 @@ def settings(
         openai_api_key=SecretStr(API_KEY),
         topology=topology,
         concurrency=8,
+        debounce_ms=0,  # tests that debounce say so; the rest answer at once
         poll_initial_ms=30,
         poll_max_ms=300,
         api_attempts=4,

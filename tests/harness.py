@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,8 @@ class Report:
     second_runs_not_cancelled: list[tuple[str, str]]
     second_runs_cancelled: int
     overlapping_runs: list[str]
+    # Conversations whose replies are not numbered 1, 2, ... in the order they were written.
+    misnumbered_replies: list[str] = field(default_factory=list)
     dead_lettered: int = 0
     kills: int = 0
     max_recovery_s: float = 0.0
@@ -254,6 +257,7 @@ class Report:
             "duplicated_user_messages": self.duplicated_user_messages,
             "second_runs_not_cancelled": self.second_runs_not_cancelled,
             "overlapping_runs": self.overlapping_runs,
+            "misnumbered_replies": self.misnumbered_replies,
         }
         return {k: v for k, v in found.items() if v}
 
@@ -278,7 +282,24 @@ def check(sent: list[dict[str, Any]], collector: ReplyCollector, standin: StandI
         second_runs_not_cancelled=second_runs_not_cancelled,
         second_runs_cancelled=second_runs_cancelled,
         overlapping_runs=_overlapping_runs(standin),
+        misnumbered_replies=_misnumbered(list(distinct.values())),
     )
+
+
+def _misnumbered(replies: list[dict[str, Any]]) -> list[str]:
+    """Conversations whose reply `sequence`s are not 1..n, increasing as the replies were
+    written (`created_at`, set when a reply is recorded and kept when it is re-published)."""
+    by_conversation: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for reply in replies:
+        by_conversation[reply["conversation_id"]].append(reply)
+    wrong = []
+    for conversation, theirs in by_conversation.items():
+        theirs.sort(key=lambda r: r["sequence"])
+        numbers = [r["sequence"] for r in theirs]
+        written = [datetime.fromisoformat(r["created_at"]) for r in theirs]
+        if numbers != list(range(1, len(theirs) + 1)) or written != sorted(written):
+            wrong.append(conversation)
+    return wrong
 
 
 def _duplicated_user_messages(standin: StandIn) -> list[tuple[str, str]]:

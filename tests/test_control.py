@@ -8,18 +8,29 @@ import base64
 import subprocess
 import time
 import uuid
+import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import openai
 import pytest
 from aio_pika.abc import AbstractChannel
 
 from standin import StandIn
 from tests.conftest import RunningWorker
-from tests.support import drain, publish, replies_for, until, user_texts, wait_for_dead_letters
+from tests.support import (
+    API_KEY,
+    drain,
+    publish,
+    replies_for,
+    until,
+    user_texts,
+    wait_for_dead_letters,
+)
 from worker.events import validator
 from worker.ops.helpdesk import publish_control
+from worker.relay.tools import HANDOFF
 from worker.settings import Topology
 
 Json = dict[str, Any]
@@ -115,6 +126,7 @@ async def test_takeover_mid_run_cancels_it_holds_messages_and_release_answers_ag
     assert texts == [*cancelled_input, "are you there?", "thanks, bot"]
     assert last["status"] == "completed"
     assert {held["event_id"], slow["event_id"]}.isdisjoint(reply["in_reply_to"])
+    assert reply["sequence"] == 1  # the withheld reply took no number
 
 
 async def test_cancel_stops_the_run_and_its_events_are_told_cancelled(
@@ -313,7 +325,8 @@ async def test_a_run_that_fails_after_its_retries_is_handed_to_a_human(
     assert handoff["reason"] == "run_failed"
     assert handoff["detail"].startswith("failed: invalid_prompt")
     assert handoff["run_id"] == reply["run_id"]
-    assert handoff["metadata"] == {"inbox": "billing"}
+    assert handoff["metadata"] == reply["metadata"] == {"inbox": "billing"}
+    assert handoff["summary"] is None
 
 
 async def test_a_dead_lettered_batch_is_handed_to_a_human(
@@ -343,3 +356,79 @@ async def test_an_answered_run_hands_nothing_off(
     fine = await publish(channel, topology, conversation_id="c-fine", text="hello")
     await replies_for(channel, topology, {fine["event_id"]})
     assert await handoffs(channel, topology) == []
+
+
+async def assistant_with_handoff(standin: StandIn) -> str:
+    """An assistant that declares handoff_to_human, as an operator's would (Assistants)."""
+    client = openai.AsyncOpenAI(base_url=standin.base_url, api_key=API_KEY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the Assistants API's sunset
+        assistant = await client.beta.assistants.create(
+            model="gpt-4o-mini",
+            tools=[HANDOFF.assistants_declaration()],  # type: ignore[list-item]
+        )
+    await client.close()
+    return assistant.id
+
+
+async def test_the_model_hands_off_then_a_human_has_the_conversation_until_release(
+    worker: RunningWorker,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    db: asyncpg.Connection,
+    backend: str,
+) -> None:
+    c = "c-asks"
+    chosen = (
+        {"assistant_id": await assistant_with_handoff(standin)} if backend == "assistants" else {}
+    )
+    text = "a person, please [[outcome:requires_action:handoff_to_human]]"
+    asks = await publish(
+        channel, topology, conversation_id=c, text=text, metadata={"inbox": "vip"}, **chosen
+    )
+    [reply] = await replies_for(channel, topology, {asks["event_id"]})
+    # The model's answer goes out: it tells the customer a colleague takes over.
+    assert (reply["status"], reply["sequence"]) == ("completed", 1)
+
+    [handoff] = await handoffs(channel, topology)
+    validator("assistant_handoff.v1").validate(handoff)
+    assert handoff["reason"] == "model_requested"
+    assert handoff["in_reply_to"] == [asks["event_id"]]
+    assert handoff["run_id"] == reply["run_id"]
+    assert handoff["metadata"] == {"inbox": "vip"}
+    # The stand-in fills each string parameter the tool declares with the customer's text.
+    assert handoff["detail"] == handoff["summary"] == text
+
+    before = len(runs(standin))
+    held = await publish(channel, topology, conversation_id=c, text="hello?", **chosen)
+    assert await settled(db, held["event_id"]) == "answered"
+    assert await no_more_replies(channel, topology) == []
+    assert len(runs(standin)) == before  # held for the human: no run
+    assert "hello?" in user_texts(standin, backend, reply["thread_id"])
+
+    await control(channel, topology, c, "release")
+    later = await publish(channel, topology, conversation_id=c, text="still there?", **chosen)
+    [answer] = await replies_for(channel, topology, {later["event_id"]})
+    assert (answer["status"], answer["sequence"]) == ("completed", 2)
+    assert await handoffs(channel, topology) == []
+
+
+async def test_replies_are_numbered_per_conversation_and_echo_their_metadata(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology
+) -> None:
+    numbered: dict[str, list[int]] = {"c-one": [], "c-two": []}
+    for n in range(3):
+        for conversation, numbers in numbered.items():
+            event = await publish(
+                channel,
+                topology,
+                conversation_id=conversation,
+                text=f"message {n}" + (" [[outcome:failed:invalid_prompt]]" if n == 1 else ""),
+                metadata={"channel": conversation},
+            )
+            [reply] = await replies_for(channel, topology, {event["event_id"]})
+            assert reply["metadata"] == {"channel": conversation}
+            numbers.append(reply["sequence"])
+    # A failed run's reply is a reply too: it takes the next number.
+    assert numbered == {"c-one": [1, 2, 3], "c-two": [1, 2, 3]}

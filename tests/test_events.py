@@ -100,6 +100,8 @@ def _reply(run_id: str = "run_1", error: RunError | None = None) -> AssistantRep
         backend="assistants",
         usage=Usage(3, 4, 7),
         error=error,
+        sequence=3,
+        metadata={"inbox": "sales"},
     )
 
 
@@ -109,6 +111,7 @@ def test_replies_validate_against_their_schema() -> None:
         errors = list(validator("assistant_reply.v1").iter_errors(doc))
         assert errors == []
         assert doc["in_reply_to"] == ["evt-1", "evt-2"]
+        assert (doc["sequence"], doc["metadata"]) == (3, {"inbox": "sales"})
 
 
 def test_reply_event_id_is_stable_per_run() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -397,6 +397,9 @@ class AssistantReply:
     backend: str
     usage: Usage | None
     error: RunError | None
+    # The conversation's count of replies, this one included.
+    sequence: int
+    metadata: Mapping[str, str]
 
     @property
     def event_id(self) -> str:
@@ -408,6 +411,8 @@ class AssistantReply:
             "event_id": self.event_id,
             "conversation_id": self.conversation_id,
             "in_reply_to": list(self.in_reply_to),
+            "sequence": self.sequence,
+            "metadata": dict(self.metadata),
             "status": self.status,
             "text": "\n\n".join(m.text for m in self.messages),
             "messages": [
@@ -430,8 +435,24 @@ class AssistantReply:
 class HandoffReason(StrEnum):
     """Why a human should answer: the `reason` of an assistant_handoff.v1."""
 
+    MODEL_REQUESTED = "model_requested"
     RUN_FAILED = "run_failed"
     DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffRequest:
+    """The model called handoff_to_human: why, and what the agent should know."""
+
+    reason: str
+    summary: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"reason": self.reason, "summary": self.summary}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> HandoffRequest:
+        return cls(str(doc["reason"]), str(doc["summary"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,7 +470,9 @@ class AssistantHandoff:
     detail: str
     thread_id: str | None
     run_id: str | None
-    metadata: dict[str, str]
+    metadata: Mapping[str, str]
+    # model_requested: the model's summary for the agent.
+    summary: str | None = None
 
     @property
     def event_id(self) -> str:
@@ -463,9 +486,10 @@ class AssistantHandoff:
             "in_reply_to": list(self.in_reply_to),
             "reason": self.reason.value,
             "detail": self.detail[:1024],
+            "summary": None if self.summary is None else self.summary[:4096],
             "thread_id": self.thread_id,
             "run_id": self.run_id,
-            "metadata": self.metadata,
+            "metadata": dict(self.metadata),
             "created_at": rfc3339(datetime.now(UTC)),
         }
 

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     # polling runs) is held back so that finished runs are answered first (worker/relay/pacing.py).
     loop_lag_limit_ms: PositiveInt = 10
     batch_max_events: PositiveInt = 16
+    # The first message of a quiet conversation waits for its companions before a run starts:
+    # until AW_DEBOUNCE_MS pass without another, at most AW_DEBOUNCE_MAX_MS after the first.
+    debounce_ms: Annotated[int, Field(ge=0, le=60_000)] = 250
+    debounce_max_ms: Annotated[int, Field(ge=0, le=60_000)] = 2000
 
     poll_initial_ms: PositiveInt = 100
     poll_max_ms: PositiveInt = 2000

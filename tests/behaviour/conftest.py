@@ -80,6 +80,7 @@ def settings(standin: StandIn, backend: str) -> Settings:
         topology=tagged_topology(tag),
         concurrency=8,
         batch_max_events=BATCH_MAX_EVENTS,
+        debounce_ms=0,  # tests that debounce say so; the rest answer at once
         poll_initial_ms=10,
         poll_max_ms=50,
         api_attempts=3,

@@ -20,6 +20,7 @@ from worker.backends.base import (
     Backend,
     FindsTurnsByItems,
     RunRef,
+    RunSnapshot,
     RunStatus,
     Turn,
 )
@@ -40,6 +41,7 @@ from worker.events import (
     Attachment,
     ConversationControl,
     HandoffReason,
+    HandoffRequest,
     ReplyMessage,
     RunError,
     UserMessage,
@@ -52,10 +54,13 @@ from worker.relay.delivery import Delivery
 from worker.relay.outbound import Failure, dead_letter_outbox, handoff_outbox, reply_outbox
 from worker.relay.pacing import Pacer
 from worker.relay.retry import RetryPolicy, internal_backoff
-from worker.relay.runner import FinishedRun, Runner
+from worker.relay.runner import FinishedRun, RunHooks, Runner
+from worker.relay.tools import ToolContext
 from worker.settings import BackendName, Settings
 from worker.store.ports import ConversationStore
 from worker.store.records import (
+    HAND_TO_HUMAN,
+    NO_CHANGE,
     ConversationMode,
     ConversationRow,
     EventStatus,
@@ -75,6 +80,7 @@ class _Work:
 
     lease: Lease
     batch: OpenBatch
+    conversation: ConversationRow
     runner: Runner
     thread_id: str
     # Made by this process just now: nobody can have sent its run yet.
@@ -87,9 +93,11 @@ class _Work:
 
 @dataclass(slots=True)
 class _Progress:
-    """How far a batch got: an internal failure is reported with the stage it happened in."""
+    """How far a batch got: an internal failure is reported with the stage it happened in,
+    and a handoff the model asked for (stored too) goes out when the reply is recorded."""
 
     stage: FaultPoint = FaultPoint.BATCH_OPEN
+    handoff: HandoffRequest | None = None
 
     def reached(self, stage: FaultPoint) -> None:
         self.stage = stage
@@ -135,6 +143,7 @@ class ConversationProcessor:
         """Answers everything pending, batch by batch, then gives the conversation up."""
         with structlog.contextvars.bound_contextvars(conversation_id=lease.conversation_id):
             try:
+                await self._debounce(lease.conversation_id)
                 async with self._pacer.slot():
                     found = await self._store.next_batch(lease)
                 # Finishing a batch opens the next one, or gives the conversation up.
@@ -143,9 +152,24 @@ class ConversationProcessor:
             except LeaseLost:
                 log.warning("lease_lost")
 
+    async def _debounce(self, conversation_id: str) -> None:
+        """Lets a quiet conversation's first message wait for its companions, so a burst is
+        answered by one run: until AW_DEBOUNCE_MS pass without another message, and at most
+        AW_DEBOUNCE_MAX_MS after the first. A resumed batch or a control event never waits."""
+        quiet_s = self._settings.debounce_ms / 1000
+        longest_s = self._settings.debounce_max_ms / 1000
+        while quiet_s > 0:
+            window = await self._store.pending_window(conversation_id)
+            if window is None or window.control:
+                return
+            wait_s = min(quiet_s - window.newest_age_s, longest_s - window.first_age_s)
+            if wait_s <= 0:
+                return
+            await asyncio.sleep(wait_s)
+
     async def _answer(self, lease: Lease, found: NextBatch) -> NextBatch | None:
         batch, stored = found.batch, found.events
-        progress = _Progress()
+        progress = _Progress(handoff=batch.handoff)
         with structlog.contextvars.bound_contextvars(batch_id=str(batch.batch_id)):
             try:
                 return await self._answer_batch(lease, found, progress)
@@ -180,10 +204,10 @@ class ConversationProcessor:
         progress.reached(FaultPoint.THREAD_CREATE)
         thread_id = await self._thread(lease, conversation, runner.backend)
         with structlog.contextvars.bound_contextvars(thread_id=thread_id):
-            work = _Work(lease, batch, runner, thread_id, found.fresh)
+            work = _Work(lease, batch, conversation, runner, thread_id, found.fresh)
             if conversation.mode is ConversationMode.HUMAN:
-                return await self._hold(work, conversation, stored, progress)
-            after = await self._run_batch(work, conversation, stored, progress)
+                return await self._hold(work, stored, progress)
+            after = await self._run_batch(work, stored, progress)
         self._observe_latency(stored)
         return after
 
@@ -206,17 +230,13 @@ class ConversationProcessor:
         return after
 
     async def _hold(
-        self,
-        work: _Work,
-        conversation: ConversationRow,
-        stored: list[StoredEvent],
-        progress: _Progress,
+        self, work: _Work, stored: list[StoredEvent], progress: _Progress
     ) -> NextBatch | None:
         """A human has the conversation: its messages go into the thread, for the model's
         context later, and are not answered. Each is added once, however often this repeats."""
         messages = tuple(UserMessage.from_json(json.loads(e.body)) for e in stored)
         progress.reached(FaultPoint.UPLOAD)
-        turn = self._turn(work, conversation, messages, await self._model_files(work, messages))
+        turn = self._turn(work, messages, await self._model_files(work, messages))
         backend, thread_id = work.backend, work.thread_id
         # Only a batch made just now can skip looking: nobody has added its messages yet.
         look_first = not work.fresh
@@ -286,15 +306,11 @@ class ConversationProcessor:
         return thread_id
 
     async def _run_batch(
-        self,
-        work: _Work,
-        conversation: ConversationRow,
-        stored: list[StoredEvent],
-        progress: _Progress,
+        self, work: _Work, stored: list[StoredEvent], progress: _Progress
     ) -> NextBatch | None:
         messages = tuple(UserMessage.from_json(json.loads(e.body)) for e in stored)
         progress.reached(FaultPoint.UPLOAD)
-        turn = self._turn(work, conversation, messages, await self._model_files(work, messages))
+        turn = self._turn(work, messages, await self._model_files(work, messages))
         run_id = work.batch.run_id
         while True:
             finished = await self._run_once(work, turn, run_id, progress)
@@ -311,12 +327,11 @@ class ConversationProcessor:
             work = replace(work, fresh=True)  # this process is the first to try the new attempt
             run_id = None
         progress.reached(FaultPoint.RECORD)
-        return await self._record_reply(work, turn, finished)
+        return await self._record_reply(work, turn, finished, progress.handoff)
 
     def _turn(
         self,
         work: _Work,
-        conversation: ConversationRow,
         messages: tuple[UserMessage, ...],
         files: dict[tuple[str, int], ModelFile],
     ) -> Turn:
@@ -325,7 +340,7 @@ class ConversationProcessor:
             attempt=work.batch.attempt,
             conversation_id=work.lease.conversation_id,
             messages=messages,
-            assistant_id=_assistant_for(messages, conversation.assistant_id, self._settings),
+            assistant_id=_assistant_for(messages, work.conversation.assistant_id, self._settings),
             add_messages=not work.batch.messages_added,
             after_item_id=work.batch.after_item_id,
             files=files,
@@ -410,25 +425,33 @@ class ConversationProcessor:
                 "retrieve_run", lambda: work.backend.retrieve_run(RunRef(work.thread_id, run_id))
             )
 
-        async def remember(new_run_id: str) -> None:
-            await self._store.record_run_started(
-                work.lease, turn.batch_id, new_run_id, turn.attempt
-            )
-
         progress.reached(FaultPoint.POLL)
         polling_from = time.monotonic()
-
-        async def interrupted() -> bool:
-            # A takeover, cancel, close or erase waiting behind this batch stops its run now.
-            return await self._store.pending_interrupt(work.lease.conversation_id) is not None
-
         finished = await work.runner.finish(
-            work.thread_id, run, turn, remember, started_at=started_at, interrupted=interrupted
+            work.thread_id, run, turn, self._hooks(work, turn, progress), started_at=started_at
         )
         self._metrics.run_duration.observe(time.monotonic() - polling_from)
         self._metrics.polls_per_run.observe(finished.polls)
         self._metrics.runs_finished.labels(work.backend.name, finished.snapshot.status.value).inc()
         return finished
+
+    def _hooks(self, work: _Work, turn: Turn, progress: _Progress) -> RunHooks:
+        lease = work.lease
+
+        async def remember(new_run_id: str) -> None:
+            await self._store.record_run_started(lease, turn.batch_id, new_run_id, turn.attempt)
+
+        async def interrupted() -> bool:
+            # A takeover, cancel, close or erase waiting behind this batch stops its run now.
+            return await self._store.pending_interrupt(lease.conversation_id) is not None
+
+        async def request_handoff(request: HandoffRequest) -> None:
+            # Stored before the tool's output is sent: whoever finishes the run hands off.
+            await self._store.record_handoff(lease, turn.batch_id, request)
+            progress.handoff = request
+            log.info("handoff_requested")
+
+        return RunHooks(remember, interrupted, ToolContext(lease.conversation_id, request_handoff))
 
     def _retry_run(self, finished: FinishedRun, turn: Turn) -> bool:
         snapshot = finished.snapshot
@@ -446,7 +469,7 @@ class ConversationProcessor:
         return await self._api_retry.call("watermark", lambda: backend.watermark(work.thread_id))
 
     async def _record_reply(
-        self, work: _Work, turn: Turn, finished: FinishedRun
+        self, work: _Work, turn: Turn, finished: FinishedRun, requested: HandoffRequest | None
     ) -> NextBatch | None:
         snapshot = finished.snapshot
         messages: tuple[ReplyMessage, ...] = snapshot.messages or ()
@@ -469,20 +492,12 @@ class ConversationProcessor:
             backend=work.backend.name,
             usage=snapshot.usage,
             error=snapshot.error,
+            sequence=work.conversation.last_reply_sequence + 1,
+            metadata=turn.metadata,
         )
         outbox = [reply_outbox(reply, self._settings.topology)]
-        if _unanswered(snapshot.status, snapshot.error):
-            # The reply says it failed; the handoff asks a human to answer instead.
-            handoff = AssistantHandoff(
-                batch_id=work.batch.batch_id,
-                conversation_id=work.lease.conversation_id,
-                in_reply_to=work.batch.event_ids,
-                reason=HandoffReason.RUN_FAILED,
-                detail=_run_failure(snapshot.status, snapshot.error),
-                thread_id=work.thread_id,
-                run_id=snapshot.run_id,
-                metadata=turn.metadata,
-            )
+        handoff = _handoff(work, turn, snapshot, requested)
+        if handoff is not None:
             outbox.append(handoff_outbox(handoff, self._settings.topology))
         after = await self._store.finish_batch(
             work.lease,
@@ -491,6 +506,8 @@ class ConversationProcessor:
             outbox=outbox,
             ended=_record(finished),
             last_item_id=snapshot.last_item_id or await self._watermark(work),
+            # The model handed off: a human answers from the next message on.
+            change=NO_CHANGE if requested is None else HAND_TO_HUMAN,
         )
         maybe_crash(CrashPoint.AFTER_REPLY_RECORDED)
         self._on_outbox()
@@ -545,6 +562,30 @@ class ConversationProcessor:
         now = datetime.now(UTC)
         for event in stored:
             self._metrics.reply_latency.observe((now - event.received_at).total_seconds())
+
+
+def _handoff(
+    work: _Work, turn: Turn, snapshot: RunSnapshot, requested: HandoffRequest | None
+) -> AssistantHandoff | None:
+    """The batch's handoff, if it needs one: the model asked, or the run gave no answer (the
+    reply says it failed; the handoff asks a human to answer instead)."""
+    if requested is not None:
+        reason, detail = HandoffReason.MODEL_REQUESTED, requested.reason
+    elif _unanswered(snapshot.status, snapshot.error):
+        reason, detail = HandoffReason.RUN_FAILED, _run_failure(snapshot.status, snapshot.error)
+    else:
+        return None
+    return AssistantHandoff(
+        batch_id=work.batch.batch_id,
+        conversation_id=work.lease.conversation_id,
+        in_reply_to=work.batch.event_ids,
+        reason=reason,
+        detail=detail,
+        thread_id=work.thread_id,
+        run_id=snapshot.run_id,
+        metadata=turn.metadata,
+        summary=None if requested is None else requested.summary,
+    )
 
 
 def _unanswered(status: RunStatus, error: RunError | None) -> bool:

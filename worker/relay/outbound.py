@@ -66,6 +66,7 @@ def reply_outbox(reply: AssistantReply, topology: Topology) -> OutboxMessage:
         headers={"x-aw-conversation-id": reply.conversation_id},
         body=reply.encode(),
         conversation_id=reply.conversation_id,
+        sequence=reply.sequence,
     )
 
 

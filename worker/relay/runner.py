@@ -17,7 +17,7 @@ from worker.events import RunError
 from worker.relay.pacing import Pacer
 from worker.relay.polling import PollPlan, PollSchedule, RunDurations
 from worker.relay.retry import RetryPolicy
-from worker.relay.tools import ToolRegistry
+from worker.relay.tools import ToolContext, ToolRegistry
 
 log = structlog.get_logger("worker.relay.runner")
 
@@ -30,6 +30,18 @@ class StartedRun:
 
     run: RunSnapshot
     adopted: bool  # an earlier attempt, perhaps another process's, created it
+
+
+@dataclass(frozen=True, slots=True)
+class RunHooks:
+    """What the conversation lends a run while it is polled."""
+
+    # A tool round made a new run (Responses): its ID is stored before it is polled.
+    on_new_run: Callable[[str], Awaitable[None]]
+    # Asked before every poll: the helpdesk wants the run stopped (it is cancelled then).
+    interrupted: Callable[[], Awaitable[bool]]
+    # Handed to every tool the run calls.
+    tools: ToolContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,17 +170,16 @@ class Runner:
         thread_id: str,
         run: RunSnapshot,
         turn: Turn,
-        on_new_run: Callable[[str], Awaitable[None]],
+        hooks: RunHooks,
         *,
         started_at: float | None,
-        interrupted: Callable[[], Awaitable[bool]] | None = None,
     ) -> FinishedRun:
-        """Polls until the run ends or the deadline passes (then cancels it).
+        """Polls until the run ends, the deadline passes or the helpdesk interrupts it (both
+        cancel it), serving its tool calls on the way.
 
         `started_at` is when this process created the run (monotonic); None for a run it
         resumed or adopted from an earlier attempt, whose age is unknown and whose tool
-        outputs may have been sent already. `interrupted`, asked before every poll, says the
-        helpdesk wants the run stopped: it is cancelled then.
+        outputs may have been sent already.
         """
         deadline = time.monotonic() + self._deadline_s
         plan = self._plan(started_at)
@@ -177,16 +188,16 @@ class Runner:
         while not run.status.is_terminal:
             if run.status is RunStatus.REQUIRES_ACTION:
                 previous = run.run_id
-                run = await self._serve_tools(thread_id, run, turn, first_try=ours)
+                run = await self._serve_tools(thread_id, run, turn, hooks.tools, first_try=ours)
                 if run.run_id != previous:
-                    await on_new_run(run.run_id)
+                    await hooks.on_new_run(run.run_id)
                 plan = self._plan(time.monotonic())
                 ours = True
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return FinishedRun(await self._cancel(thread_id, run), polls)
-            if interrupted is not None and await interrupted():
+            if await hooks.interrupted():
                 return FinishedRun(await self._stop(thread_id, run), polls)
             await asyncio.sleep(
                 min(plan.next_delay_s(time.monotonic(), run.poll_after_ms), remaining)
@@ -210,9 +221,15 @@ class Runner:
         )
 
     async def _serve_tools(
-        self, thread_id: str, run: RunSnapshot, turn: Turn, *, first_try: bool
+        self,
+        thread_id: str,
+        run: RunSnapshot,
+        turn: Turn,
+        context: ToolContext,
+        *,
+        first_try: bool,
     ) -> RunSnapshot:
-        outputs = await self._tools.run_all(run.tool_calls)
+        outputs = await self._tools.run_all(run.tool_calls, context)
         submission = ToolSubmission(RunRef(thread_id, run.run_id), turn, tuple(outputs))
         started = await self._create_once(
             "submit_tool_outputs",

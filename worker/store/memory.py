@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker.errors import LeaseLost
-from worker.events import ControlAction
+from worker.events import ControlAction, HandoffRequest
 from worker.relay.attachments import ModelFile
 from worker.settings import BackendName
 from worker.store.records import (
@@ -39,10 +39,12 @@ from worker.store.records import (
     NextBatch,
     OpenBatch,
     OutboxMessage,
+    PendingWindow,
     RunRecord,
     StoredEvent,
     UploadedFile,
     prune_in_chunks,
+    reply_sequence,
     withhold_replies,
 )
 
@@ -77,10 +79,16 @@ class _Conversation:
     lease_expires_at: datetime | None = None
     last_item_id: str | None = None
     mode: ConversationMode = ConversationMode.ASSISTANT
+    last_reply_sequence: int = 0
 
     def row(self) -> ConversationRow:
         return ConversationRow(
-            self.backend, self.thread_id, self.assistant_id, self.last_item_id, self.mode
+            self.backend,
+            self.thread_id,
+            self.assistant_id,
+            self.last_item_id,
+            self.mode,
+            self.last_reply_sequence,
         )
 
     def lease_free(self, now: datetime) -> bool:
@@ -137,6 +145,7 @@ class _Batch:
     first_failure_at: datetime | None = None
     finished_at: datetime | None = None
     failures: int = 0
+    handoff: HandoffRequest | None = None
 
     def open_batch(self) -> OpenBatch:
         return OpenBatch(
@@ -147,6 +156,7 @@ class _Batch:
             self.messages_added,
             self.after_item_id,
             self.failures,
+            self.handoff,
         )
 
     def finished_before(self, cutoff: datetime) -> bool:
@@ -405,6 +415,12 @@ class MemoryStore:
         batch.first_failure_at = batch.first_failure_at or self._now()
         return batch.failures, batch.first_failure_at
 
+    async def record_handoff(
+        self, lease: Lease, batch_id: uuid.UUID, request: HandoffRequest
+    ) -> None:
+        self._fence(lease)
+        self._batches[batch_id].handoff = request
+
     async def batch_files(self, event_ids: Sequence[str]) -> dict[tuple[str, int], ModelFile]:
         wanted = set(event_ids)
         return {key: a.file for key, a in self._attachments.items() if key[0] in wanted}
@@ -452,8 +468,12 @@ class MemoryStore:
         if ended is not None:
             self._record_run_ended(ended)
         interrupt = self._pending_interrupt(lease.conversation_id)
-        for message in withhold_replies(outbox, interrupt):
+        written = withhold_replies(outbox, interrupt)
+        for message in written:
             self._insert_outbox(message)
+        sequence = reply_sequence(written)
+        if sequence is not None:
+            conversation.last_reply_sequence = sequence
         self._apply(lease.conversation_id, conversation, change)
         if last_item_id is not None:
             conversation.last_item_id = last_item_id
@@ -514,6 +534,23 @@ class MemoryStore:
 
     async def pending_interrupt(self, conversation_id: str) -> ControlAction | None:
         return self._pending_interrupt(conversation_id)
+
+    async def pending_window(self, conversation_id: str) -> PendingWindow | None:
+        if self._open_batch(conversation_id) is not None:
+            return None
+        waiting = [
+            e
+            for e in self._events.values()
+            if e.conversation_id == conversation_id and e.status is EventStatus.PENDING
+        ]
+        if not waiting:
+            return None
+        now = self._now()
+        return PendingWindow(
+            (now - min(e.received_at for e in waiting)).total_seconds(),
+            (now - max(e.received_at for e in waiting)).total_seconds(),
+            any(e.control is not None for e in waiting),
+        )
 
     async def conversation_files(self, conversation_id: str) -> list[str]:
         return [

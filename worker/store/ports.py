@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
-from worker.events import ControlAction
+from worker.events import ControlAction, HandoffRequest
 from worker.relay.attachments import ModelFile
 from worker.settings import BackendName
 from worker.store.records import (
@@ -26,6 +26,7 @@ from worker.store.records import (
     Lease,
     NextBatch,
     OutboxMessage,
+    PendingWindow,
     RunRecord,
     UploadedFile,
 )
@@ -94,6 +95,12 @@ class ConversationStore(Protocol):
         """Counts a failure no other class covers; returns the count and the first's time."""
         ...
 
+    async def record_handoff(
+        self, lease: Lease, batch_id: uuid.UUID, request: HandoffRequest
+    ) -> None:
+        """The model asked for a human in the batch's run; settling the batch hands it off."""
+        ...
+
     async def batch_files(self, event_ids: Sequence[str]) -> dict[tuple[str, int], ModelFile]:
         """The files already recorded for these events' attachments, by (event, position)."""
         ...
@@ -123,7 +130,13 @@ class ConversationStore(Protocol):
     ) -> NextBatch | None:
         """Closes the batch, settles its events, applies a control event's `change` and queues
         what to publish, atomically; then opens the next batch or gives the conversation up, in
-        the same step. A reply is withheld while a takeover, close or erase waits."""
+        the same step. A reply is withheld while a takeover, close or erase waits; a reply
+        written moves the conversation's last_reply_sequence to its own."""
+        ...
+
+    async def pending_window(self, conversation_id: str) -> PendingWindow | None:
+        """The ages of the events waiting for a conversation with no open batch; None if there
+        is an open batch or nothing waits."""
         ...
 
     async def pending_interrupt(self, conversation_id: str) -> ControlAction | None:

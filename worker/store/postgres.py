@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import asyncpg
 
 from worker.errors import LeaseLost, StoreUnavailable
-from worker.events import ControlAction
+from worker.events import ControlAction, HandoffRequest
 from worker.relay.attachments import ModelFile
 from worker.settings import BackendName
 from worker.store.queries import q
@@ -38,10 +38,12 @@ from worker.store.records import (
     NextBatch,
     OpenBatch,
     OutboxMessage,
+    PendingWindow,
     RunRecord,
     StoredEvent,
     UploadedFile,
     prune_in_chunks,
+    reply_sequence,
     withhold_replies,
 )
 
@@ -247,6 +249,13 @@ class PostgresStore:
         return int(row["failures"]), row["first_failure_at"]
 
     @_translated
+    async def record_handoff(
+        self, lease: Lease, batch_id: uuid.UUID, request: HandoffRequest
+    ) -> None:
+        async with self._fenced(lease) as (conn, _):
+            await conn.execute(q("record_handoff"), batch_id, request.to_json())
+
+    @_translated
     async def batch_files(self, event_ids: Sequence[str]) -> dict[tuple[str, int], ModelFile]:
         rows = await self._pool.fetch(q("batch_attachments"), list(event_ids))
         found = [AttachmentFile.from_row(r) for r in rows]
@@ -306,13 +315,23 @@ class PostgresStore:
             # Under the row lock intake takes too: a takeover stored before this commits
             # withholds the reply, one stored after it comes after the reply.
             interrupt = await conn.fetchval(q("pending_interrupt"), lease.conversation_id)
-            for message in withhold_replies(outbox, interrupt):
+            written = withhold_replies(outbox, interrupt)
+            for message in written:
                 await _insert_outbox(conn, message)
+            sequence = reply_sequence(written)
+            if sequence is not None:
+                await conn.execute(q("set_reply_sequence"), lease.conversation_id, sequence)
+                conversation = replace(conversation, last_reply_sequence=sequence)
             conversation = await _apply(conn, lease.conversation_id, conversation, change)
             if last_item_id is not None:
                 conversation = replace(conversation, last_item_id=last_item_id)
             # The batch just closed was the conversation's one open batch.
             return await self._start_batch_or_release(conn, lease, conversation)
+
+    @_translated
+    async def pending_window(self, conversation_id: str) -> PendingWindow | None:
+        row = await self._pool.fetchrow(q("pending_window"), conversation_id)
+        return None if row is None else PendingWindow.from_row(row)
 
     @_translated
     async def pending_interrupt(self, conversation_id: str) -> ControlAction | None:

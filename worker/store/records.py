@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from worker.backends.base import RunStatus
-from worker.events import ControlAction
+from worker.events import ControlAction, HandoffRequest
 from worker.relay.attachments import FileKind, ModelFile
 from worker.settings import BackendName
 
@@ -100,6 +100,8 @@ class ConversationRow:
     assistant_id: str | None
     last_item_id: str | None
     mode: ConversationMode = ConversationMode.ASSISTANT
+    # The newest reply's sequence; the next reply takes the one after.
+    last_reply_sequence: int = 0
 
     @classmethod
     def from_row(cls, row: Row) -> ConversationRow:
@@ -109,6 +111,7 @@ class ConversationRow:
             row["assistant_id"],
             row["last_item_id"],
             ConversationMode(row["mode"]),
+            row["last_reply_sequence"],
         )
 
 
@@ -149,9 +152,12 @@ class OpenBatch:
     after_item_id: str | None
     # Failures no other class covers, so far (AW_INTERNAL_ATTEMPTS bounds them).
     failures: int = 0
+    # The model asked for a human during this batch's run.
+    handoff: HandoffRequest | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> OpenBatch:
+        handoff = row["handoff"]
         return cls(
             row["batch_id"],
             tuple(row["event_ids"]),
@@ -160,6 +166,7 @@ class OpenBatch:
             row["messages_added"],
             row["after_item_id"],
             row["failures"],
+            None if handoff is None else HandoffRequest.from_json(handoff),
         )
 
 
@@ -175,6 +182,20 @@ class NextBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class PendingWindow:
+    """A quiet conversation's waiting events, by age, for debouncing its first run."""
+
+    first_age_s: float
+    newest_age_s: float
+    # A control event waits too: steering is never held back.
+    control: bool
+
+    @classmethod
+    def from_row(cls, row: Row) -> PendingWindow:
+        return cls(row["first_age_s"], row["newest_age_s"], row["control"])
+
+
+@dataclass(frozen=True, slots=True)
 class ConversationChange:
     """What settling a batch does to its conversation besides: a control event's effect."""
 
@@ -183,6 +204,11 @@ class ConversationChange:
     forget_thread: bool = False
     # erase: the conversation's bodies, texts and file names leave the database too.
     erase: bool = False
+
+
+NO_CHANGE = ConversationChange()
+# The model called handoff_to_human: its next messages wait for a person.
+HAND_TO_HUMAN = ConversationChange(mode=ConversationMode.HUMAN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +264,8 @@ class OutboxMessage:
     content_type: str = "application/json"
     # The conversation a reply answers, so erasing the conversation finds it.
     conversation_id: str | None = None
+    # A reply's sequence: written, it becomes the conversation's last_reply_sequence.
+    sequence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,9 +365,6 @@ async def prune_in_chunks(
     return deleted
 
 
-NO_CHANGE = ConversationChange()
-
-
 def withhold_replies(
     outbox: Sequence[OutboxMessage], interrupt: ControlAction | str | None
 ) -> list[OutboxMessage]:
@@ -351,3 +376,8 @@ def withhold_replies(
     if interrupt is None or not ControlAction(interrupt).withholds_reply:
         return list(outbox)
     return [m for m in outbox if m.kind is not OutboxKind.REPLY]
+
+
+def reply_sequence(written: Sequence[OutboxMessage]) -> int | None:
+    """The conversation's last_reply_sequence after writing these rows; None if unchanged."""
+    return max((m.sequence for m in written if m.sequence is not None), default=None)

@@ -56,7 +56,7 @@ RETURNING lease_token;
 -- name: fence
 -- Locks the conversation row if the caller still holds the lease.
 -- $1 conversation_id, $2 lease_token
-SELECT backend, thread_id, assistant_id, last_item_id, mode
+SELECT backend, thread_id, assistant_id, last_item_id, mode, last_reply_sequence
 FROM conversations
 WHERE conversation_id = $1 AND lease_token = $2
 FOR UPDATE;
@@ -112,7 +112,7 @@ SELECT event_id, body, headers, routing_key, received_at, control FROM pending O
 
 -- name: open_batch
 -- $1 conversation_id
-SELECT batch_id, event_ids, attempt, run_id, messages_added, after_item_id, failures
+SELECT batch_id, event_ids, attempt, run_id, messages_added, after_item_id, failures, handoff
 FROM batches
 WHERE conversation_id = $1 AND status = 'open';
 
@@ -202,6 +202,19 @@ WITH closed AS (
 )
 SELECT count(*) FROM closed;
 
+-- name: pending_window
+-- Debouncing a quiet conversation: how long ago its first and newest pending events came, by
+-- the database's clock, and whether a control event waits among them. No row while a batch is
+-- open (it resumes at once) or nothing waits.
+-- $1 conversation_id
+SELECT extract(epoch FROM now() - min(received_at))::float8 AS first_age_s,
+       extract(epoch FROM now() - max(received_at))::float8 AS newest_age_s,
+       bool_or(control IS NOT NULL) AS control
+FROM inbound_events
+WHERE conversation_id = $1 AND status = 'pending'
+  AND NOT EXISTS (SELECT 1 FROM batches WHERE conversation_id = $1 AND status = 'open')
+HAVING count(*) > 0;
+
 -- name: pending_interrupt
 -- The first control event waiting in the conversation that stops its active run at once.
 -- $1 conversation_id
@@ -210,6 +223,15 @@ WHERE conversation_id = $1 AND status = 'pending'
   AND control IN ('takeover', 'cancel', 'close', 'erase')
 ORDER BY coalesce(occurred_at, received_at), seq
 LIMIT 1;
+
+-- name: record_handoff
+-- The model called handoff_to_human in the batch's run; the last call's request stands.
+-- $1 batch_id, $2 request (reason, summary)
+UPDATE batches SET handoff = $2 WHERE batch_id = $1;
+
+-- name: set_reply_sequence
+-- $1 conversation_id, $2 the sequence of the reply just written
+UPDATE conversations SET last_reply_sequence = $2 WHERE conversation_id = $1;
 
 -- name: set_mode
 -- $1 conversation_id, $2 mode

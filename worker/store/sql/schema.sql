@@ -24,7 +24,9 @@ CREATE TABLE conversations (
     -- The thread's newest item after the last finished turn (Responses backend).
     last_item_id     text,
     -- Who answers: the assistant, or a human agent who took the conversation over.
-    mode             conversation_mode NOT NULL DEFAULT 'assistant'
+    mode             conversation_mode NOT NULL DEFAULT 'assistant',
+    -- The sequence of the newest reply written for the conversation (replies count up from 1).
+    last_reply_sequence integer NOT NULL DEFAULT 0
 );
 CREATE INDEX conversations_leased_idx ON conversations (lease_token)
     WHERE lease_token IS NOT NULL;
@@ -68,7 +70,9 @@ CREATE TABLE batches (
     -- Where this turn's items start: the thread's newest item before the current attempt.
     after_item_id   text,
     -- Failures no other class covers; at AW_INTERNAL_ATTEMPTS the batch is dead-lettered.
-    failures        integer NOT NULL DEFAULT 0
+    failures        integer NOT NULL DEFAULT 0,
+    -- The model called handoff_to_human during this batch's run: its reason and summary.
+    handoff         jsonb
 );
 CREATE UNIQUE INDEX batches_one_open_per_conversation ON batches (conversation_id)
     WHERE status = 'open';
