@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 BACKEND ?= responses
 DURATION ?= 300
 WORKERS ?= 2
+# pytest-xdist processes for `make test`; the disruptive tests (server restarts) run after, alone.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-fast lint format check migrate standin chaos bench clean
@@ -26,7 +28,8 @@ demo: $(STAMP) ## Play a conversation through stand-in + worker (BACKEND=respons
 	AW_BACKEND=$(BACKEND) $(BIN)/assistant-worker demo
 
 test: $(STAMP) ## Run the test suite against the local Postgres and RabbitMQ
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not disruptive" -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -m disruptive
 
 test-fast: $(STAMP) ## The behaviour suite on the in-memory store: no Postgres, no RabbitMQ
 	$(BIN)/pytest tests/behaviour -m "not postgres" -q
