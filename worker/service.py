@@ -20,6 +20,7 @@ from worker.backends.files import Files
 from worker.backends.responses import ResponsesBackend
 from worker.health import Health, HealthServer, probe_database_forever
 from worker.metrics import Metrics
+from worker.relay.activity import Activity, ActivityPublisher, ActivitySink, NoActivity
 from worker.relay.consume import Consumer
 from worker.relay.conversation import ConversationProcessor
 from worker.relay.intake import Intake
@@ -112,7 +113,8 @@ class WorkerService:
             await topology.declare(publish_channel, s.topology)
         relay = OutboxRelay(relay_store, publish_channel, s.outbox_interval_s, self.metrics)
         pacer = Pacer(ceiling=s.concurrency, lag_limit_s=s.loop_lag_limit_ms / 1000)
-        ownership = self._ownership(store, client, relay, pacer)
+        activity = await self._activity(connection)
+        ownership = self._ownership(store, client, relay, pacer, activity)
         self.metrics.in_flight.set_function(lambda: ownership.in_flight)
         self.metrics.pacing_limit.set_function(lambda: pacer.limit)
         intake = Intake(s, store, ownership, relay.wake, self.metrics, pacer)
@@ -126,6 +128,7 @@ class WorkerService:
             ownership.renew_forever(),
             ownership.sweep_forever(),
             probe_database_forever(store, self.health, self.metrics, interval_s=2.0),
+            *([activity.run_forever()] if isinstance(activity, ActivityPublisher) else []),
         ) as crashed:
             self.health.database_ok = True
             await consumer.start()
@@ -154,12 +157,32 @@ class WorkerService:
         await consumer.drain(self.settings.shutdown_grace_s)
         await relay.stop()
 
+    async def _activity(self, connection: AbstractRobustConnection) -> ActivitySink:
+        """assistant_activity.v1 on its own unconfirmed channel, when configured."""
+        s = self.settings
+        if not s.activity_routing_key:
+            return NoActivity()
+        channel = await connection.channel(publisher_confirms=False)
+        exchange = await channel.get_exchange(s.topology.outbound_exchange, ensure=False)
+
+        def message(body: bytes, activity: Activity) -> aio_pika.Message:
+            return aio_pika.Message(
+                body,
+                content_type="application/json",
+                message_id=activity.event_id,
+                headers={"x-aw-conversation-id": activity.conversation_id},
+                expiration=60,  # a minute-old "typing..." is noise
+            )
+
+        return ActivityPublisher(exchange, s.activity_routing_key, message)
+
     def _ownership(
         self,
         store: Store,
         client: openai.AsyncOpenAI,
         relay: OutboxRelay,
         pacer: Pacer,
+        activity: ActivitySink,
     ) -> Ownership:
         s = self.settings
         api_retry = RetryPolicy(
@@ -171,7 +194,7 @@ class WorkerService:
             for name, backend in make_backends(s, client, self._tools).items()
         }
         processor = ConversationProcessor(
-            s, store, runners, Files(client), api_retry, relay.wake, self.metrics, pacer
+            s, store, runners, Files(client), api_retry, relay.wake, self.metrics, pacer, activity
         )
         return Ownership(
             store,

@@ -157,6 +157,8 @@ class Settings(BaseSettings):
     log_format: Annotated[LogFormat, BeforeValidator(_lower)] = LogFormat.AUTO
     log_level: Annotated[LogLevel, BeforeValidator(_lower)] = LogLevel.INFO
     declare_topology: bool = True
+    # assistant_activity.v1 on the outbound exchange under this routing key; unset: off.
+    activity_routing_key: str | None = None
     topology: Topology = Field(default_factory=Topology)
 
     @property

@@ -48,6 +48,7 @@ from worker.events import (
     vars_of,
 )
 from worker.metrics import Metrics
+from worker.relay.activity import Activity, ActivityKind, ActivitySink, NoActivity
 from worker.relay.attachments import FileKind, ModelFile, decode, kind_of
 from worker.relay.control import Steering
 from worker.relay.delivery import Delivery
@@ -126,8 +127,10 @@ class ConversationProcessor:
         on_outbox: Callable[[], None],
         metrics: Metrics,
         pacer: Pacer,
+        activity: ActivitySink | None = None,
     ) -> None:
-        """`pacer` paces the starting steps (with intake); finishing is never held back."""
+        """`pacer` paces the starting steps (with intake); finishing is never held back.
+        `activity` hears when runs start, call tools and end (assistant_activity.v1)."""
         self._settings = settings
         self._store = store
         self._runners = runners
@@ -138,6 +141,7 @@ class ConversationProcessor:
         self._metrics = metrics
         self._pacer = pacer
         self._steering = Steering(store, files, api_retry)
+        self._activity = activity or NoActivity()
 
     async def process(self, lease: Lease) -> None:
         """Answers everything pending, batch by batch, then gives the conversation up."""
@@ -419,6 +423,7 @@ class ConversationProcessor:
                 work.lease, turn.batch_id, run.run_id, turn.attempt
             )
             log.info("run_started", run_id=run.run_id, events=len(turn.messages))
+            self._tell(work, ActivityKind.RUN_STARTED, run.run_id)
         else:
             log.info("run_resumed", run_id=run_id)
             run = await self._api_retry.call(
@@ -451,7 +456,28 @@ class ConversationProcessor:
             progress.handoff = request
             log.info("handoff_requested")
 
-        return RunHooks(remember, interrupted, ToolContext(lease.conversation_id, request_handoff))
+        def tools_running(run_id: str, names: tuple[str, ...]) -> None:
+            self._tell(work, ActivityKind.TOOL_RUNNING, run_id, tools=names)
+
+        return RunHooks(
+            remember,
+            interrupted,
+            ToolContext(lease.conversation_id, request_handoff),
+            tools_running,
+        )
+
+    def _tell(
+        self,
+        work: _Work,
+        kind: ActivityKind,
+        run_id: str,
+        *,
+        tools: tuple[str, ...] = (),
+        status: str | None = None,
+    ) -> None:
+        self._activity.emit(
+            Activity(work.lease.conversation_id, kind, work.batch.event_ids, run_id, tools, status)
+        )
 
     def _retry_run(self, finished: FinishedRun, turn: Turn) -> bool:
         snapshot = finished.snapshot
@@ -511,6 +537,7 @@ class ConversationProcessor:
         )
         maybe_crash(CrashPoint.AFTER_REPLY_RECORDED)
         self._on_outbox()
+        self._tell(work, ActivityKind.RUN_ENDED, snapshot.run_id, status=snapshot.status.value)
         log.info(
             "reply_recorded",
             run_id=snapshot.run_id,

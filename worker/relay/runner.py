@@ -42,6 +42,8 @@ class RunHooks:
     interrupted: Callable[[], Awaitable[bool]]
     # Handed to every tool the run calls.
     tools: ToolContext
+    # The run asks for these tools now (a "typing..." hint; must not block).
+    tools_running: Callable[[str, tuple[str, ...]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,7 @@ class Runner:
         while not run.status.is_terminal:
             if run.status is RunStatus.REQUIRES_ACTION:
                 previous = run.run_id
+                hooks.tools_running(run.run_id, tuple(call.name for call in run.tool_calls))
                 run = await self._serve_tools(thread_id, run, turn, hooks.tools, first_try=ours)
                 if run.run_id != previous:
                     await hooks.on_new_run(run.run_id)
