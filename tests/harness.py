@@ -54,6 +54,8 @@ class Supervisor:
     count: int
     log_dir: Path
     crash_points: str | None = None
+    # Arm the crash points only until the first death: tests aimed at one crash at one point.
+    crash_once: bool = False
     kills: int = 0
     restarts: int = 0
     kill_times: list[float] = field(default_factory=list)
@@ -95,6 +97,8 @@ class Supervisor:
                         self.kills += 1
                         self.kill_times.append(time.monotonic())
                     self.restarts += 1
+                    if self.crash_once:
+                        self.crash_points = None
                     await self._spawn(slot)
             await asyncio.sleep(0.05)
 

@@ -223,6 +223,7 @@ class ConversationProcessor:
             change = await self._steering.apply(
                 lease.conversation_id, found.conversation, backend, control
             )
+            maybe_crash(CrashPoint.AFTER_CONTROL_APPLIED)
             after = await self._store.finish_batch(
                 lease,
                 found.batch.batch_id,

@@ -266,6 +266,7 @@ class Runner:
             "cancel_run", lambda: cancel_unless_ended(self.backend, ref)
         ):
             return await self._retrieve(thread_id, run.run_id)  # it ended first: that stands
+        maybe_crash(CrashPoint.AFTER_RUN_STOPPED)
         return RunSnapshot(
             run_id=run.run_id,
             status=RunStatus.CANCELLED,
