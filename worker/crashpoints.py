@@ -25,8 +25,8 @@ class CrashPoint(StrEnum):
     MID_POLL = "mid_poll"  # the run is stored and being polled
     AFTER_REPLY_RECORDED = "after_reply_recorded"  # reply in the outbox, not yet published
     AFTER_PUBLISH_CONFIRMED = "after_publish_confirmed"  # broker has it, outbox row not marked
-    AFTER_RUN_STOPPED = "after_run_stopped"  # the helpdesk's interrupt cancelled the run at the API
-    AFTER_CONTROL_APPLIED = "after_control_applied"  # a control event's API effect is done, unsettled
+    AFTER_RUN_STOPPED = "after_run_stopped"  # an interrupt cancelled the run at the API
+    AFTER_CONTROL_APPLIED = "after_control_applied"  # its API effect done, not yet settled
 
 
 def _parse(spec: str) -> dict[str, float]:
