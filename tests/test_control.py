@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import subprocess
 import time
 import uuid
@@ -23,6 +24,7 @@ from tests.support import (
     API_KEY,
     drain,
     publish,
+    publish_raw,
     replies_for,
     until,
     user_texts,
@@ -348,6 +350,54 @@ async def test_a_dead_lettered_batch_is_handed_to_a_human(
     assert handoff["reason"] == "dead_lettered"
     assert handoff["detail"].startswith("openai_rejected: ")
     assert await no_more_replies(channel, topology) == []
+
+
+async def test_a_message_refused_at_intake_is_handed_off_once_with_its_ids_kept(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology
+) -> None:
+    invalid = {"event_id": "e-invalid", "conversation_id": "c-refused", "text": 7}
+    invalid_body = json.dumps({**invalid, "metadata": {"inbox": "sales"}}).encode()
+    await publish_raw(channel, topology, invalid_body)
+    await publish_raw(channel, topology, invalid_body)  # a redelivery: nothing new
+    bad_file = {"filename": "a.exe", "content_base64": base64.b64encode(b"MZ").decode()}
+    await publish(
+        channel,
+        topology,
+        event_id="e-file",
+        conversation_id="c-refused",
+        text="see",
+        attachments=[bad_file],
+    )
+    dead = await wait_for_dead_letters(channel, topology, 2)
+
+    by_event = {d.headers["x-aw-event-id"]: d for d in dead}
+    assert by_event["e-invalid"].headers["x-aw-reason"] == "schema_invalid"
+    assert by_event["e-file"].headers["x-aw-reason"] == "attachment_invalid"
+    assert {d.headers["x-aw-conversation-id"] for d in dead} == {"c-refused"}
+    assert await drain(channel, topology.dead_letter_queue, quiet_s=0.3) == []
+    handed = await handoffs(channel, topology)
+    assert sorted(h["in_reply_to"][0] for h in handed) == ["e-file", "e-invalid"]  # one each
+    found = {h["in_reply_to"][0]: h for h in handed}
+    for handoff in found.values():
+        validator("assistant_handoff.v1").validate(handoff)
+        assert handoff["reason"] == "dead_lettered"
+        assert handoff["conversation_id"] == "c-refused"
+    assert found["e-invalid"]["detail"].startswith("schema_invalid: ")
+    assert found["e-invalid"]["metadata"] == {"inbox": "sales"}
+    assert "7" not in found["e-invalid"]["detail"]  # fields named, values not
+
+
+async def test_refused_events_that_name_no_conversation_or_steer_are_not_handed_off(
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology
+) -> None:
+    await publish_raw(channel, topology, b"{not json")
+    await publish_raw(channel, topology, json.dumps({"event_id": "e-x", "text": "hi"}).encode())
+    await control(channel, topology, "c-known", "explode")  # an unknown action
+    dead = await wait_for_dead_letters(channel, topology, 3)
+
+    assert await handoffs(channel, topology) == []
+    steering = [d for d in dead if d.headers.get("x-aw-conversation-id") == "c-known"]
+    assert [d.headers["x-aw-reason"] for d in steering] == ["schema_invalid"]
 
 
 async def test_an_answered_run_hands_nothing_off(

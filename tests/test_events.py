@@ -10,6 +10,7 @@ import yaml
 
 from worker.errors import InvalidEvent, ReasonCode
 from worker.events import (
+    USER_MESSAGE,
     AssistantReply,
     Attachment,
     Author,
@@ -17,6 +18,7 @@ from worker.events import (
     RunError,
     Usage,
     parse_user_message,
+    salvage_ids,
     validator,
 )
 from worker.settings import Topology
@@ -133,3 +135,23 @@ def test_asyncapi_document_points_at_the_schema_files_and_default_names() -> Non
     assert channels["deadLetters"]["address"] == defaults.dead_letter_queue
     reasons = doc["components"]["messages"]["deadLetter"]["headers"]
     assert set(reasons["properties"]["x-aw-reason"]["enum"]) == {r.value for r in ReasonCode}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"event_id": "e1", "conversation_id": "c1", "text": 7}', ("e1", "c1", {})),
+        (b'{"event_id": "e1", "metadata": {"inbox": "sales"}}', ("e1", None, {"inbox": "sales"})),
+        (b'{"event_id": "", "conversation_id": 7, "metadata": {"n": 1}}', (None, None, {})),
+        ('{"conversation_id": "%s"}' % ("é" * 200), (None, None, {})),  # 400 bytes
+        (b'{"conversation_id": "\\ud800", "metadata": {"k": "\\ud800"}}', (None, None, {})),
+        (b'["e1", "c1"]', (None, None, {})),
+        (b"{not json", (None, None, {})),
+    ],
+)
+def test_a_refused_event_keeps_only_the_ids_and_metadata_that_are_valid_in_it(
+    body: bytes | str, expected: tuple[str | None, str | None, dict[str, str]]
+) -> None:
+    raw = body.encode() if isinstance(body, str) else body
+    ids = salvage_ids(USER_MESSAGE, raw)
+    assert (ids.event_id, ids.conversation_id, dict(ids.metadata)) == expected

@@ -210,6 +210,49 @@ def _validated(schema: str, body: bytes, message_id: str | None) -> dict[str, An
     return dict(doc)
 
 
+@dataclass(frozen=True, slots=True)
+class SalvagedIds:
+    """What an event the worker refused still says validly: whose it is, for the dead letter's
+    headers and the handoff. Each field is checked against its own schema, or left out."""
+
+    event_id: str | None = None
+    conversation_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def salvage_ids(schema: str, body: bytes) -> SalvagedIds:
+    """The IDs and metadata of `body` that pass their own part of `schema`, however invalid
+    the rest is; nothing from a body that is not a JSON object."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return SalvagedIds()
+    if not isinstance(doc, dict):
+        return SalvagedIds()
+    valid = {name: doc[name] for name in (*_ID_FIELDS, "metadata") if _field_ok(schema, doc, name)}
+    return SalvagedIds(
+        valid.get("event_id"), valid.get("conversation_id"), valid.get("metadata", {})
+    )
+
+
+def _field_ok(schema: str, doc: dict[str, Any], name: str) -> bool:
+    whole = validator(schema)
+    part = cast(dict[str, Any], whole.schema)["properties"].get(name)
+    if name not in doc or part is None or not whole.evolve(schema=part).is_valid(doc[name]):
+        return False
+    if name in _ID_FIELDS:
+        return _utf8(doc[name]) and len(doc[name].encode("utf-8")) <= MAX_ID_BYTES
+    return all(_utf8(k) and _utf8(v) for k, v in doc[name].items())
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _occurred_at(doc: dict[str, Any]) -> datetime | None:
     # RFC 3339 allows a lower-case "t" and "z"; Python's parser takes only upper case.
     return datetime.fromisoformat(doc["occurred_at"].upper()) if "occurred_at" in doc else None
@@ -463,6 +506,7 @@ class AssistantHandoff:
     is recognisably the same handoff.
     """
 
+    # The batch; for a message refused at intake, an ID derived from it and its replay round.
     batch_id: uuid.UUID
     conversation_id: str
     in_reply_to: tuple[str, ...]

@@ -562,17 +562,18 @@ class ConversationProcessor:
             )
             for e in stored
         ]
-        handoff = AssistantHandoff(
-            batch_id=batch.batch_id,
-            conversation_id=lease.conversation_id,
-            in_reply_to=batch.event_ids,
-            reason=HandoffReason.DEAD_LETTERED,
-            detail=f"{failure.reason}: {failure.error}",
-            thread_id=None,
-            run_id=batch.run_id,
-            metadata=_metadata_of(stored),
-        )
-        outbox.append(handoff_outbox(handoff, topology))
+        if stored[0].control is None:  # a control event is no customer left unanswered
+            handoff = AssistantHandoff(
+                batch_id=batch.batch_id,
+                conversation_id=lease.conversation_id,
+                in_reply_to=batch.event_ids,
+                reason=HandoffReason.DEAD_LETTERED,
+                detail=f"{failure.reason}: {failure.error}",
+                thread_id=None,
+                run_id=batch.run_id,
+                metadata=_metadata_of(stored),
+            )
+            outbox.append(handoff_outbox(handoff, topology))
         after = await self._store.finish_batch(
             lease, batch.batch_id, event_status=EventStatus.DEAD_LETTERED, outbox=outbox
         )

@@ -10,11 +10,20 @@ import structlog
 
 from worker.crashpoints import FaultPoint, maybe_fail
 from worker.errors import InvalidEvent, ReasonCode, error_class
-from worker.events import ConversationControl, UserMessage, parse_control, parse_user_message
+from worker.events import (
+    CONVERSATION_CONTROL,
+    USER_MESSAGE,
+    ConversationControl,
+    SalvagedIds,
+    UserMessage,
+    parse_control,
+    parse_user_message,
+    salvage_ids,
+)
 from worker.metrics import Metrics
 from worker.relay import attachments
 from worker.relay.delivery import Delivery
-from worker.relay.outbound import Failure, dead_letter_outbox
+from worker.relay.outbound import Failure, dead_letter_outbox, handoff_outbox, refused_handoff
 from worker.relay.ownership import Ownership
 from worker.relay.pacing import Pacer
 from worker.settings import BackendName, Settings
@@ -101,11 +110,14 @@ class Intake:
 
     def _parse(self, delivery: Delivery) -> UserMessage | ConversationControl:
         """The event the routing key says it is, checked as far as intake can check it."""
-        if delivery.routing_key == self._settings.topology.control_routing_key:
+        if self._is_control(delivery):
             return parse_control(delivery.body, delivery.message_id)
         event = parse_user_message(delivery.body, delivery.message_id)
         attachments.check(event, self._limits)
         return event
+
+    def _is_control(self, delivery: Delivery) -> bool:
+        return delivery.routing_key == self._settings.topology.control_routing_key
 
     async def dead_letter_failed(
         self, delivery: Delivery, exc: Exception, attempts: int, first_failure_at: datetime
@@ -140,17 +152,34 @@ class Intake:
     async def _dead_letter(
         self, delivery: Delivery, failure: Failure, event: UserMessage | None = None
     ) -> None:
+        """The dead letter, with the IDs the event validly carries (even an invalid one), and
+        for a customer message whose conversation is known, its handoff: stored together."""
         self._metrics.events_dead_lettered.labels(str(failure.reason)).inc()
-        await self._store.add_to_outbox(
+        ids = self._ids(delivery, event)
+        topology = self._settings.topology
+        outbox = [
             dead_letter_outbox(
                 delivery,
                 failure,
-                self._settings.topology,
-                event_id=None if event is None else event.event_id,
-                conversation_id=None if event is None else event.conversation_id,
+                topology,
+                event_id=ids.event_id,
+                conversation_id=ids.conversation_id,
             )
-        )
+        ]
+        if ids.event_id and ids.conversation_id and not self._is_control(delivery):
+            # A control event is no customer waiting for an answer: its dead letter says enough.
+            handoff = refused_handoff(
+                ids.event_id, ids.conversation_id, ids.metadata, failure, delivery.replay_count
+            )
+            outbox.append(handoff_outbox(handoff, topology))
+        await self._store.add_to_outbox(*outbox)
         self._on_outbox()
+
+    def _ids(self, delivery: Delivery, event: UserMessage | None) -> SalvagedIds:
+        if event is not None:
+            return SalvagedIds(event.event_id, event.conversation_id, event.metadata)
+        schema = CONVERSATION_CONTROL if self._is_control(delivery) else USER_MESSAGE
+        return salvage_ids(schema, delivery.body)
 
 
 def _assistant_id(event: UserMessage | ConversationControl) -> str | None:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from worker.errors import ReasonCode
-from worker.events import AssistantHandoff, AssistantReply, rfc3339
+from worker.events import (
+    REPLY_ID_NAMESPACE,
+    AssistantHandoff,
+    AssistantReply,
+    HandoffReason,
+    rfc3339,
+)
 from worker.settings import Topology
 from worker.store.records import OutboxKind, OutboxMessage
 
@@ -83,6 +91,27 @@ def handoff_outbox(handoff: AssistantHandoff, topology: Topology) -> OutboxMessa
     )
 
 
+def refused_handoff(
+    event_id: str,
+    conversation_id: str,
+    metadata: Mapping[str, str],
+    failure: Failure,
+    replay_count: int,
+) -> AssistantHandoff:
+    """The handoff for a customer message refused before it joined a batch: one per event and
+    replay round, like its dead letter, so a redelivery does not hand it off twice."""
+    return AssistantHandoff(
+        batch_id=uuid.uuid5(REPLY_ID_NAMESPACE, f"refused\0{event_id}\0{replay_count}"),
+        conversation_id=conversation_id,
+        in_reply_to=(event_id,),
+        reason=HandoffReason.DEAD_LETTERED,
+        detail=f"{failure.reason}: {failure.error}",
+        thread_id=None,
+        run_id=None,
+        metadata=metadata,
+    )
+
+
 def dead_letter_outbox(
     delivery: Delivery,
     failure: Failure,
@@ -93,11 +122,12 @@ def dead_letter_outbox(
 ) -> OutboxMessage:
     """A dead letter: the original body untouched, the verdict in headers.
 
-    Its dedupe key ties it to this event and replay round, so a redelivery of the same input
-    is not dead-lettered twice while a later replay that fails again is.
+    Its dedupe key ties it to these bytes and replay round, so a redelivery of the same input
+    is not dead-lettered twice while a later replay that fails again is. (Bytes, not event_id:
+    an invalid event's event_id is only what it claims, and two different bodies may claim one.)
     """
     now = datetime.now(UTC)
-    identity = event_id or hashlib.sha256(delivery.body).hexdigest()
+    identity = hashlib.sha256(delivery.body).hexdigest()
     headers = {
         **delivery.headers,
         H_REASON: str(failure.reason),

@@ -279,8 +279,9 @@ class MemoryStore:
             existing.batch_key = e.batch_key
         return result
 
-    async def add_to_outbox(self, message: OutboxMessage) -> None:
-        self._insert_outbox(message)
+    async def add_to_outbox(self, *messages: OutboxMessage) -> None:
+        for message in messages:
+            self._insert_outbox(message)
 
     # -- leases ---------------------------------------------------------------------------------
 

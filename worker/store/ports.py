@@ -33,9 +33,10 @@ from worker.store.records import (
 
 
 class OutboxWriter(Protocol):
-    """Queues a message to publish outside any conversation's work (invalid deliveries)."""
+    """Queues messages to publish outside any conversation's work (refused deliveries): all of
+    them or, if it fails, none."""
 
-    async def add_to_outbox(self, message: OutboxMessage) -> None: ...
+    async def add_to_outbox(self, *messages: OutboxMessage) -> None: ...
 
 
 class IntakeStore(OutboxWriter, Protocol):

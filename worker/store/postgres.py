@@ -386,9 +386,10 @@ class PostgresStore:
     # -- outbox ---------------------------------------------------------------------------------
 
     @_translated
-    async def add_to_outbox(self, message: OutboxMessage) -> None:
-        async with self._pool.acquire() as conn:
-            await _insert_outbox(conn, message)
+    async def add_to_outbox(self, *messages: OutboxMessage) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            for message in messages:
+                await _insert_outbox(conn, message)
 
     @asynccontextmanager
     async def claim_outbox(
