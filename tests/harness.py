@@ -20,14 +20,15 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from standin import StandIn
-from worker.ops.helpdesk import publish_user_message
+from worker.ops.helpdesk import publish_control, publish_user_message
 from worker.settings import Topology
 
 REPO = Path(__file__).resolve().parent.parent
@@ -268,10 +269,8 @@ class Report:
 
 def check(sent: list[dict[str, Any]], collector: ReplyCollector, standin: StandIn) -> Report:
     """Compares what was sent, what came out and what the stand-in saw."""
-    by_id: dict[str, set[bytes]] = defaultdict(set)
-    for r in collector.received:
-        by_id[r.reply["event_id"]].add(r.body)
-    distinct = {event_id: json.loads(next(iter(bodies))) for event_id, bodies in by_id.items()}
+    by_id = _bodies_by_reply_id(collector)
+    distinct = _distinct_replies(by_id)
     answers = Counter(e for reply in distinct.values() for e in reply["in_reply_to"])
     sent_ids = [e["event_id"] for e in sent]
     second_runs_not_cancelled, second_runs_cancelled = _second_runs(standin)
@@ -288,6 +287,19 @@ def check(sent: list[dict[str, Any]], collector: ReplyCollector, standin: StandI
         overlapping_runs=_overlapping_runs(standin),
         misnumbered_replies=_misnumbered(list(distinct.values())),
     )
+
+
+def _bodies_by_reply_id(collector: ReplyCollector) -> dict[str, set[bytes]]:
+    """Every body published under each reply `event_id` (a re-publication repeats one)."""
+    by_id: dict[str, set[bytes]] = defaultdict(set)
+    for r in collector.received:
+        by_id[r.reply["event_id"]].add(r.body)
+    return by_id
+
+
+def _distinct_replies(by_id: dict[str, set[bytes]]) -> dict[str, dict[str, Any]]:
+    """One reply per reply `event_id`: re-publications are not answers of their own."""
+    return {event_id: json.loads(next(iter(bodies))) for event_id, bodies in by_id.items()}
 
 
 def _misnumbered(replies: list[dict[str, Any]]) -> list[str]:
@@ -380,3 +392,292 @@ def chaos_env(base: dict[str, str]) -> dict[str, str]:
         "AW_OUTBOX_INTERVAL_S": "0.2",
         "AW_LOG_LEVEL": os.environ.get("AW_CHAOS_LOG_LEVEL", "info"),
     }
+
+
+# --- steered conversations: control events under chaos ---------------------------------------
+
+# One cycle of a steered conversation: each segment's user messages, then the control event that
+# ends it. A: answered at most once (the takeover withholds the reply of a run it stops). H: held
+# for the human, never answered. B: answered once, "completed" or "cancelled". C: at most once
+# (the close withholds like the takeover). D: once, on a new thread.
+STEERING_CYCLE: tuple[tuple[str, int, str | None], ...] = (
+    ("A", 2, "takeover"),
+    ("H", 2, "release"),
+    ("B", 2, "cancel"),
+    ("C", 1, "close"),
+    ("D", 2, None),
+)
+# Segments whose runs are made long enough, at random, for the control event to find them going.
+_SLOWED = frozenset("ABC")
+_ANSWERED_ONCE = frozenset("BD")
+_AT_MOST_ONCE = frozenset("AC")
+_REPLY_STATUSES = {"B": {"completed", "cancelled"}}
+# Before and after every control event. A delivery held by a worker killed before storing it is
+# redelivered within a fraction of a second, so with this gap every event is stored before the
+# next one is published, and the worker orders what the script meant: a message stored only
+# after the close behind it would open the next thread, one behind a release would be answered.
+CONTROL_GAP_S = 1.5
+SETTLED = ("answered", "dead_lettered")
+
+
+@dataclass(frozen=True)
+class SteeredEvent:
+    event_id: str
+    cycle: int
+    # "A".."D" or "H" for a user message; the action for a control event.
+    segment: str
+    control: bool
+
+
+@dataclass
+class SteeredScript:
+    """What was published for one steered conversation, in order."""
+
+    conversation_id: str
+    events: list[SteeredEvent] = field(default_factory=list)
+    _last_at: datetime | None = None
+
+    def occurred_at(self) -> str:
+        """Now by the publisher's clock, strictly after the conversation's previous event: the
+        worker orders a conversation's events by it, whatever order intake stores them in."""
+        now = datetime.now(UTC)
+        if self._last_at is not None and now <= self._last_at:
+            now = self._last_at + timedelta(microseconds=1)
+        self._last_at = now
+        return now.isoformat().replace("+00:00", "Z")
+
+    def ids(self, *segments: str, cycle: int | None = None) -> list[str]:
+        return [
+            e.event_id
+            for e in self.events
+            if e.segment in segments and (cycle is None or e.cycle == cycle)
+        ]
+
+
+async def drive_steered(
+    channel: AbstractChannel,
+    topology: Topology,
+    script: SteeredScript,
+    collector: ReplyCollector,
+    *,
+    until: float,
+) -> None:
+    """Plays STEERING_CYCLE on the script's conversation until `until` (monotonic); a segment
+    once begun is played to its end, with its control event."""
+    cycle = 0
+    while time.monotonic() < until:
+        for segment, count, action in STEERING_CYCLE:
+            if time.monotonic() >= until:
+                return
+            await _play_segment(channel, topology, script, cycle, (segment, count, action))
+        # The next takeover would withhold D's reply if D's run were still going: let it end.
+        await collector.wait_for(set(script.ids("D", cycle=cycle)), timeout_s=30)
+        cycle += 1
+
+
+async def _play_segment(
+    channel: AbstractChannel,
+    topology: Topology,
+    script: SteeredScript,
+    cycle: int,
+    step: tuple[str, int, str | None],
+) -> None:
+    segment, count, action = step
+    for n in range(count):
+        if n:
+            await asyncio.sleep(random.uniform(0.3, 1.0))
+        await _send_message(channel, topology, script, cycle, segment, n)
+    if action is None:
+        return
+    await asyncio.sleep(CONTROL_GAP_S + random.uniform(0, 0.5))
+    await _send_control(channel, topology, script, cycle, action)
+    await asyncio.sleep(CONTROL_GAP_S + random.uniform(0, 0.5))
+
+
+async def _send_message(
+    channel: AbstractChannel,
+    topology: Topology,
+    script: SteeredScript,
+    cycle: int,
+    segment: str,
+    n: int,
+) -> None:
+    event_id = f"{script.conversation_id}-{cycle}-{segment}{n}"
+    # Unique, so a message twice in a thread is seen; the stand-in reads the delay marker.
+    text = f"{segment}{n} of cycle {cycle} in {script.conversation_id}"
+    if segment in _SLOWED:
+        text += f" [[delay_ms:{random.randrange(100, 3000)}]]"
+    event = {
+        "event_id": event_id,
+        "conversation_id": script.conversation_id,
+        "text": text,
+        "occurred_at": script.occurred_at(),
+    }
+    await publish_user_message(channel, topology, event)
+    script.events.append(SteeredEvent(event_id, cycle, segment, control=False))
+
+
+async def _send_control(
+    channel: AbstractChannel, topology: Topology, script: SteeredScript, cycle: int, action: str
+) -> None:
+    event_id = f"{script.conversation_id}-{cycle}-{action}"
+    event = {
+        "event_id": event_id,
+        "conversation_id": script.conversation_id,
+        "action": action,
+        "occurred_at": script.occurred_at(),
+    }
+    await publish_control(channel, topology, event)
+    script.events.append(SteeredEvent(event_id, cycle, action, control=True))
+
+
+async def wait_settled(database_url: str, event_ids: set[str], timeout_s: float) -> dict[str, str]:
+    """Each event's status in inbound_events once all are settled, or as they are at the
+    timeout (an event never stored is absent)."""
+    deadline = time.monotonic() + timeout_s
+    conn = await asyncpg.connect(database_url)
+    try:
+        while True:
+            rows = await conn.fetch(
+                "SELECT event_id, status::text AS status FROM inbound_events"
+                " WHERE event_id = ANY($1::text[])",
+                list(event_ids),
+            )
+            statuses = {str(r["event_id"]): str(r["status"]) for r in rows}
+            done = all(statuses.get(e) in SETTLED for e in event_ids)
+            if done or time.monotonic() > deadline:
+                return statuses
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+@dataclass
+class SteeringReport:
+    conversations: int
+    controls: Counter[str]
+    held: int
+    # A and C messages left without a reply: the takeover or close stopped their run.
+    withheld: int
+    # B messages whose reply says "cancelled": the cancel found their run going.
+    cancelled: int
+    # Not settled in inbound_events (answered or dead-lettered), control events included.
+    lost: list[str]
+    # H messages some reply answers: the assistant spoke while a human had the conversation.
+    replies_after_takeover: list[str]
+    answered_more_than_once: list[str]
+    # B and D messages without a reply.
+    unanswered: list[str]
+    # Replies whose status their segment rules out (only B's may be "cancelled").
+    wrong_status: list[str]
+    # Messages after a close answered on a thread of before it.
+    replies_on_closed_threads: list[str]
+    # Threads of replies before a close that still exist at the API.
+    closed_threads_kept: list[str]
+
+    @property
+    def violations(self) -> dict[str, object]:
+        found = {
+            "steered_lost": self.lost,
+            "replies_after_takeover": self.replies_after_takeover,
+            "steered_answered_more_than_once": self.answered_more_than_once,
+            "steered_unanswered": self.unanswered,
+            "steered_wrong_status": self.wrong_status,
+            "replies_on_closed_threads": self.replies_on_closed_threads,
+            "closed_threads_still_at_the_api": self.closed_threads_kept,
+        }
+        return {k: v for k, v in found.items() if v}
+
+
+def check_steering(
+    scripts: list[SteeredScript],
+    collector: ReplyCollector,
+    standin: StandIn,
+    statuses: dict[str, str],
+) -> SteeringReport:
+    """Compares what the scripts published with the replies, the store (`statuses`, from
+    wait_settled) and the threads left at the stand-in."""
+    answers = _replies_of(collector)
+    events = [e for s in scripts for e in s.events]
+    messages = [e for e in events if not e.control]
+    on_closed, kept = _thread_faults(scripts, answers, standin)
+    count = {e.event_id: len(answers.get(e.event_id, [])) for e in messages}
+    return SteeringReport(
+        conversations=len(scripts),
+        controls=Counter(e.segment for e in events if e.control),
+        held=sum(1 for e in messages if e.segment == "H"),
+        withheld=sum(1 for e in messages if e.segment in _AT_MOST_ONCE and not count[e.event_id]),
+        cancelled=sum(
+            1
+            for e in messages
+            if e.segment == "B"
+            and any(r["status"] == "cancelled" for r in answers.get(e.event_id, []))
+        ),
+        lost=[e.event_id for e in events if statuses.get(e.event_id) not in SETTLED],
+        replies_after_takeover=[
+            e.event_id for e in messages if e.segment == "H" and count[e.event_id]
+        ],
+        answered_more_than_once=[e.event_id for e in messages if count[e.event_id] > 1],
+        unanswered=[
+            e.event_id for e in messages if e.segment in _ANSWERED_ONCE and not count[e.event_id]
+        ],
+        wrong_status=[e.event_id for e in messages if _wrong_status(e, answers)],
+        replies_on_closed_threads=on_closed,
+        closed_threads_kept=kept,
+    )
+
+
+def _replies_of(collector: ReplyCollector) -> dict[str, list[dict[str, Any]]]:
+    """The distinct replies answering each event."""
+    answers: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for reply in _distinct_replies(_bodies_by_reply_id(collector)).values():
+        for event_id in reply["in_reply_to"]:
+            answers[event_id].append(reply)
+    return answers
+
+
+def _wrong_status(event: SteeredEvent, answers: dict[str, list[dict[str, Any]]]) -> bool:
+    # A cancelled reply for A or C would be the reply of a run the takeover or close stopped,
+    # which is withheld; nothing else here is meant to end any other way than completed.
+    allowed = _REPLY_STATUSES.get(event.segment, {"completed"})
+    return any(r["status"] not in allowed for r in answers.get(event.event_id, []))
+
+
+def _thread_faults(
+    scripts: list[SteeredScript], answers: dict[str, list[dict[str, Any]]], standin: StandIn
+) -> tuple[list[str], list[str]]:
+    """Messages answered on a thread a close had deleted, and closed threads still at the API.
+
+    A conversation's messages fall into eras, one per close sent before them: era n's replies
+    must all be on threads that no earlier era's reply used, and every thread of an era before
+    the last close must be gone from the stand-in.
+    """
+    on_closed: list[str] = []
+    kept: set[str] = set()
+    for script in scripts:
+        eras, closes = _eras(script)
+        threads: dict[int, set[str]] = defaultdict(set)
+        for event_id, era in eras.items():
+            for reply in answers.get(event_id, []):
+                earlier = set().union(*(threads[e] for e in range(era)))
+                if reply["thread_id"] in earlier:
+                    on_closed.append(event_id)
+                threads[era].add(reply["thread_id"])
+        closed = set().union(*(threads[e] for e in range(closes)))
+        kept |= {
+            t for t in closed if t in standin.state.threads or t in standin.state.conversations
+        }
+    return on_closed, sorted(kept)
+
+
+def _eras(script: SteeredScript) -> tuple[dict[str, int], int]:
+    """Each user message's era (how many closes were sent before it), and the closes sent.
+    In publication order, which is the order the worker takes them in (occurred_at)."""
+    eras: dict[str, int] = {}
+    closes = 0
+    for event in script.events:
+        if event.segment == "close":
+            closes += 1
+        elif not event.control:
+            eras[event.event_id] = closes
+    return eras, closes

@@ -353,7 +353,7 @@ async def test_a_dead_lettered_batch_is_handed_to_a_human(
 
 
 async def test_a_message_refused_at_intake_is_handed_off_once_with_its_ids_kept(
-    worker: RunningWorker, channel: AbstractChannel, topology: Topology
+    worker: RunningWorker, channel: AbstractChannel, topology: Topology, backend: str
 ) -> None:
     invalid = {"event_id": "e-invalid", "conversation_id": "c-refused", "text": 7}
     invalid_body = json.dumps({**invalid, "metadata": {"inbox": "sales"}}).encode()
@@ -368,15 +368,24 @@ async def test_a_message_refused_at_intake_is_handed_off_once_with_its_ids_kept(
         text="see",
         attachments=[bad_file],
     )
-    dead = await wait_for_dead_letters(channel, topology, 2)
+    refused = {"e-invalid": "schema_invalid", "e-file": "attachment_invalid"}
+    if backend == "responses":  # which has no assistants to name
+        await publish(
+            channel,
+            topology,
+            event_id="e-asst",
+            conversation_id="c-refused",
+            text="hi",
+            assistant_id="asst_1",
+        )
+        refused["e-asst"] = "field_unsupported"
+    dead = await wait_for_dead_letters(channel, topology, len(refused))
 
-    by_event = {d.headers["x-aw-event-id"]: d for d in dead}
-    assert by_event["e-invalid"].headers["x-aw-reason"] == "schema_invalid"
-    assert by_event["e-file"].headers["x-aw-reason"] == "attachment_invalid"
+    assert {d.headers["x-aw-event-id"]: d.headers["x-aw-reason"] for d in dead} == refused
     assert {d.headers["x-aw-conversation-id"] for d in dead} == {"c-refused"}
     assert await drain(channel, topology.dead_letter_queue, quiet_s=0.3) == []
     handed = await handoffs(channel, topology)
-    assert sorted(h["in_reply_to"][0] for h in handed) == ["e-file", "e-invalid"]  # one each
+    assert sorted(h["in_reply_to"][0] for h in handed) == sorted(refused)  # one each
     found = {h["in_reply_to"][0]: h for h in handed}
     for handoff in found.values():
         validator("assistant_handoff.v1").validate(handoff)
