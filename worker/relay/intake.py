@@ -28,7 +28,7 @@ from worker.relay.ownership import Ownership
 from worker.relay.pacing import Pacer
 from worker.settings import BackendName, Settings
 from worker.store.ports import IntakeStore
-from worker.store.records import IncomingEvent, IntakeResult
+from worker.store.records import IncomingEvent, IntakeResult, Lease
 
 log = structlog.get_logger("worker.relay.intake")
 
@@ -82,31 +82,40 @@ class Intake:
         except InvalidEvent as exc:
             await self._dead_letter_invalid(delivery, exc)
             return Settlement.ACK
-        with structlog.contextvars.bound_contextvars(
-            event_id=event.event_id, conversation_id=event.conversation_id
-        ):
-            async with self._ownership.slot():
-                async with self._pacer.slot():
-                    stored = await self._store.intake(
-                        _incoming(event, delivery),
-                        backend=self._settings.backend,
-                        # The assistant chosen on first contact sticks to the conversation.
-                        assistant_id=_assistant_id(event) or self._settings.assistant_id,
-                        owner=self._ownership.owner,
-                        lease_ttl_s=self._ownership.ttl_s,
-                    )
-                log.info("event_received", intake=stored.result.value)
-                self._metrics.events_received.labels(stored.result.value).inc()
-                if stored.result is IntakeResult.IGNORED:
-                    # Nothing to steer: no thread, no run, nothing pending. Documented no-op.
-                    log.info("control_ignored", reason="unknown_conversation")
-                elif stored.result is IntakeResult.REFUSED:
-                    assert isinstance(event, UserMessage)  # only its fields can be refused
-                    await self._dead_letter_unsupported(delivery, event, stored.backend)
-                # Without the lease, whoever holds it answers the event before giving it up.
-                elif stored.lease is not None:
-                    await self._ownership.process_leased(stored.lease)
-            return Settlement.ACK
+        async with self._ownership.slot():
+            # The event's IDs tag intake's lines only: the owner's loop that may follow answers
+            # other events too and tags its own lines.
+            with structlog.contextvars.bound_contextvars(
+                event_id=event.event_id, conversation_id=event.conversation_id
+            ):
+                lease = await self._take_in(event, delivery)
+            # Without the lease, whoever holds it answers the event before giving it up.
+            if lease is not None:
+                await self._ownership.process_leased(lease)
+        return Settlement.ACK
+
+    async def _take_in(
+        self, event: UserMessage | ConversationControl, delivery: Delivery
+    ) -> Lease | None:
+        """Stores the event; the conversation's lease if this worker took it with the event."""
+        async with self._pacer.slot():
+            stored = await self._store.intake(
+                _incoming(event, delivery),
+                backend=self._settings.backend,
+                # The assistant chosen on first contact sticks to the conversation.
+                assistant_id=_assistant_id(event) or self._settings.assistant_id,
+                owner=self._ownership.owner,
+                lease_ttl_s=self._ownership.ttl_s,
+            )
+        log.info("event_received", intake=stored.result.value)
+        self._metrics.events_received.labels(stored.result.value).inc()
+        if stored.result is IntakeResult.IGNORED:
+            # Nothing to steer: no thread, no run, nothing pending. Documented no-op.
+            log.info("control_ignored", reason="unknown_conversation")
+        elif stored.result is IntakeResult.REFUSED:
+            assert isinstance(event, UserMessage)  # only its fields can be refused
+            await self._dead_letter_unsupported(delivery, event, stored.backend)
+        return stored.lease
 
     def _parse(self, delivery: Delivery) -> UserMessage | ConversationControl:
         """The event the routing key says it is, checked as far as intake can check it."""
