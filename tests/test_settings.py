@@ -59,6 +59,7 @@ def _records(stderr: str) -> list[dict[str, object]]:
         ("AW_LOG_FORMAT", "xml", "'auto', 'json' or 'console'"),
         ("AW_DELIVERY_LIMIT", "0", "greater than 0"),  # a topology field
         ("AW_POLL_GROWTH", "fast", "valid number"),
+        ("AW_BATCH_MAX_EVENTS", "21", "less than or equal to 20"),
         ("OPENAI_BASE_URL", "ftp://mirror/v1", "https:// or http://"),  # an alias
     ],
 )

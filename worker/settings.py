@@ -119,7 +119,9 @@ class Settings(BaseSettings):
     # How late the event loop may run before work that can wait (starting conversations,
     # polling runs) is held back so that finished runs are answered first (worker/relay/pacing.py).
     loop_lag_limit_ms: PositiveInt = 10
-    batch_max_events: PositiveInt = 16
+    # At most 20: the Conversations API adds at most 20 items per request, and a held batch's
+    # messages are added in one (so that finding them later is all or nothing).
+    batch_max_events: Annotated[int, Field(ge=1, le=20)] = 16
     # The first message of a quiet conversation waits for its companions before a run starts:
     # until AW_DEBOUNCE_MS pass without another, at most AW_DEBOUNCE_MAX_MS after the first.
     debounce_ms: Annotated[int, Field(ge=0, le=60_000)] = 250
