@@ -6,7 +6,6 @@ import base64
 import uuid
 
 import asyncpg
-import pytest
 
 from standin import StandIn
 from tests.behaviour.relay import Parked, Relay, control, event
@@ -192,12 +191,6 @@ async def test_erase_leaves_none_of_the_conversations_content_in_the_store(
     assert user_texts(standin, backend, reply["thread_id"]) == ["a new question"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="erase keeps batches.handoff (the model's reason and summary, which quote the "
-    "customer): worker/store/sql/queries.sql erase_conversation and MemoryStore._erase leave "
-    "batches untouched",
-)
 async def test_erase_forgets_what_the_model_said_when_it_handed_off(
     relay: Relay, store_dsn: str | None
 ) -> None:
@@ -214,12 +207,6 @@ async def test_erase_forgets_what_the_model_said_when_it_handed_off(
     assert canary not in await store_text(relay.store, store_dsn)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="erase keeps the conversation's dead letters in the outbox (body as received) until "
-    "prune: dead_letter_outbox (worker/relay/outbound.py) writes no conversation_id, and "
-    "erase_conversation deletes outbox rows by conversation_id",
-)
 async def test_erase_forgets_the_conversations_dead_letters_in_the_outbox(
     relay: Relay, store_dsn: str | None
 ) -> None:

@@ -152,4 +152,6 @@ def dead_letter_outbox(
         routing_key=delivery.routing_key,
         headers=headers,
         body=delivery.body,
+        # So that an erase forgets it with the conversation's other content.
+        conversation_id=conversation_id,
     )

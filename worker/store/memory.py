@@ -503,6 +503,9 @@ class MemoryStore:
                 erased.add(event.event_id)
         for key in [k for k in self._attachments if k[0] in erased]:
             del self._attachments[key]
+        for batch in self._batches.values():
+            if batch.conversation_id == conversation_id:
+                batch.handoff = None
         for outbox_id, row in list(self._outbox.items()):
             if row.message.conversation_id == conversation_id:
                 self._dedupe_keys.discard(self._outbox.pop(outbox_id).message.dedupe_key)

@@ -259,8 +259,9 @@ ORDER BY a.created_at;
 
 -- name: erase_conversation
 -- erase: what a settled event keeps is what duplicate detection needs (its ID, status and
--- times); its body, headers, file names and replies go. Events still waiting are kept whole:
--- they come after the erase and are new work.
+-- times); its body, headers, file names, the model's handoff reason and summary (which may
+-- quote the customer), and its replies, handoffs and dead letters in the outbox go. Events
+-- still waiting are kept whole: they come after the erase and are new work.
 -- $1 conversation_id
 WITH events AS (
     UPDATE inbound_events
@@ -269,6 +270,8 @@ WITH events AS (
     RETURNING event_id
 ), files AS (
     DELETE FROM attachments WHERE event_id IN (SELECT event_id FROM events)
+), handoffs AS (
+    UPDATE batches SET handoff = NULL WHERE conversation_id = $1 AND handoff IS NOT NULL
 )
 DELETE FROM outbox WHERE conversation_id = $1;
 

@@ -119,7 +119,8 @@ CREATE TABLE outbox (
     created_at       timestamptz NOT NULL DEFAULT now(),
     publish_attempts integer NOT NULL DEFAULT 0,
     published_at     timestamptz,
-    -- The conversation a reply answers (erase finds them by it); NULL for dead letters.
+    -- The conversation a reply, handoff or dead letter is about (erase finds them by it);
+    -- NULL where unknown (a dead letter of an event that names no valid conversation).
     conversation_id  text
 );
 CREATE INDEX outbox_unpublished_idx ON outbox (outbox_id) WHERE published_at IS NULL;
