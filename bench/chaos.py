@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,9 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--kill-every", type=float, default=5, help="seconds between kill -9s")
     parser.add_argument("--run-ms", type=int, default=300, help="stand-in run duration")
+    parser.add_argument(
+        "--keep-logs", type=Path, help="keep the worker logs in this directory (else removed)"
+    )
     return parser.parse_args()
 
 
@@ -124,7 +129,7 @@ async def _run(rig: Rig, tag: str) -> Outcome:
     collector = ReplyCollector()
     await collector.start(rig.channel, rig.topology)
     scripts = [SteeredScript(f"steer-{tag}-{k}") for k in range(args.steered)]
-    with tempfile.TemporaryDirectory(prefix="aw-chaos-") as logs:
+    with _log_dir(args.keep_logs) as logs:
         env = chaos_env(worker_env(rig.settings))
         supervisor = Supervisor(env, args.workers, Path(logs), crash_points=ALL_CRASH_POINTS)
         await supervisor.start()
@@ -194,6 +199,18 @@ async def _drain(
     return statuses
 
 
+@contextlib.contextmanager
+def _log_dir(keep: Path | None) -> Iterator[str]:
+    """Where the workers log: `keep` if given (to read after a broken guarantee), else a
+    temporary directory."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield str(keep)
+        return
+    with tempfile.TemporaryDirectory(prefix="aw-chaos-") as logs:
+        yield logs
+
+
 async def _shoot(supervisor: Supervisor, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
@@ -239,19 +256,18 @@ def _plain_rows(report: Report) -> list[tuple[str, object]]:
 
 
 def _steering_rows(steering: SteeringReport) -> list[tuple[str, object]]:
-    held = steering.held
-    controls = ", ".join(f"{a} {steering.controls[a]}" for a in CONTROL_ACTIONS)
+    sent = f"{steering.messages} + {steering.controls.total()}"
+    controls = "/".join(str(steering.controls[a]) for a in CONTROL_ACTIONS)
+    held = f"{steering.held - len(steering.replies_after_takeover)}/{steering.held}"
     return [
         ("steered conversations", steering.conversations),
-        ("control events sent", controls),
+        ("steered events sent (messages + control)", sent),
+        ("control events (takeover/release/cancel/close)", controls),
         ("steered events not settled (lost)", len(steering.lost)),
-        (
-            "held messages (H) never answered",
-            f"{held - len(steering.replies_after_takeover)}/{held}",
-        ),
+        ("held messages (H) never answered", held),
         ("replies after a takeover", len(steering.replies_after_takeover)),
-        ("A/C replies withheld (run stopped by takeover/close)", steering.withheld),
-        ("B replies cancelled (run stopped by cancel)", steering.cancelled),
+        ("A/C replies withheld (takeover/close mid-run)", steering.withheld),
+        ("B replies cancelled (cancel mid-run)", steering.cancelled),
         ("steered messages answered more than once", len(steering.answered_more_than_once)),
         ("B/D messages never answered", len(steering.unanswered)),
         ("steered replies with a wrong status", len(steering.wrong_status)),

@@ -555,6 +555,7 @@ async def wait_settled(database_url: str, event_ids: set[str], timeout_s: float)
 @dataclass
 class SteeringReport:
     conversations: int
+    messages: int
     controls: Counter[str]
     held: int
     # A and C messages left without a reply: the takeover or close stopped their run.
@@ -604,6 +605,7 @@ def check_steering(
     count = {e.event_id: len(answers.get(e.event_id, [])) for e in messages}
     return SteeringReport(
         conversations=len(scripts),
+        messages=len(messages),
         controls=Counter(e.segment for e in events if e.control),
         held=sum(1 for e in messages if e.segment == "H"),
         withheld=sum(1 for e in messages if e.segment in _AT_MOST_ONCE and not count[e.event_id]),
