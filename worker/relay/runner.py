@@ -6,7 +6,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -20,6 +20,8 @@ from worker.relay.retry import RetryPolicy
 from worker.relay.tools import ToolContext, ToolRegistry
 
 log = structlog.get_logger("worker.relay.runner")
+
+_STOPPED = RunError("cancelled", "the helpdesk stopped the run (conversation_control.v1)")
 
 _RUNNING = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
 
@@ -211,7 +213,16 @@ class Runner:
             plan.looked(time.monotonic(), completed=run.status is RunStatus.COMPLETED)
             polls += 1
             maybe_crash(CrashPoint.MID_POLL)
-        return FinishedRun(run, polls)
+        return FinishedRun(await self._why_cancelled(run, hooks), polls)
+
+    async def _why_cancelled(self, run: RunSnapshot, hooks: RunHooks) -> RunSnapshot:
+        """A run found cancelled without a reason was cancelled by a worker that died before
+        recording why. Only workers cancel runs: for a waiting interrupt, or at the deadline."""
+        if run.status is not RunStatus.CANCELLED or run.error is not None:
+            return run
+        if await hooks.interrupted():
+            return replace(run, error=_STOPPED)
+        return replace(run, error=self._past_deadline())
 
     def _plan(self, started_at: float | None) -> PollPlan:
         if started_at is None:
@@ -251,12 +262,13 @@ class Runner:
         if not cancelled:  # it ended on its own in the meantime: that ending stands
             return await self._retrieve(thread_id, run.run_id)
         return RunSnapshot(
-            run_id=run.run_id,
-            status=RunStatus.CANCELLED,
-            error=RunError(
-                "deadline_exceeded",
-                f"the run did not finish within {self._deadline_s:g} s and was cancelled",
-            ),
+            run_id=run.run_id, status=RunStatus.CANCELLED, error=self._past_deadline()
+        )
+
+    def _past_deadline(self) -> RunError:
+        return RunError(
+            "deadline_exceeded",
+            f"the run did not finish within {self._deadline_s:g} s and was cancelled",
         )
 
     async def _stop(self, thread_id: str, run: RunSnapshot) -> RunSnapshot:
@@ -267,11 +279,7 @@ class Runner:
         ):
             return await self._retrieve(thread_id, run.run_id)  # it ended first: that stands
         maybe_crash(CrashPoint.AFTER_RUN_STOPPED)
-        return RunSnapshot(
-            run_id=run.run_id,
-            status=RunStatus.CANCELLED,
-            error=RunError("cancelled", "the helpdesk stopped the run (conversation_control.v1)"),
-        )
+        return RunSnapshot(run_id=run.run_id, status=RunStatus.CANCELLED, error=_STOPPED)
 
     async def _wait_out(self, thread_id: str, run_id: str | None) -> None:
         if run_id is None:
