@@ -569,7 +569,8 @@ class SteeringReport:
     answered_more_than_once: list[str]
     # B and D messages without a reply.
     unanswered: list[str]
-    # Replies whose status their segment rules out (only B's may be "cancelled").
+    # Replies whose status their segment rules out (only B's may be "cancelled", and then
+    # with error.code "cancelled").
     wrong_status: list[str]
     # Messages after a close answered on a thread of before it.
     replies_on_closed_threads: list[str]
@@ -642,7 +643,15 @@ def _wrong_status(event: SteeredEvent, answers: dict[str, list[dict[str, Any]]])
     # A cancelled reply for A or C would be the reply of a run the takeover or close stopped,
     # which is withheld; nothing else here is meant to end any other way than completed.
     allowed = _REPLY_STATUSES.get(event.segment, {"completed"})
-    return any(r["status"] not in allowed for r in answers.get(event.event_id, []))
+    return any(
+        r["status"] not in allowed or (r["status"] == "cancelled" and not _says_cancelled(r))
+        for r in answers.get(event.event_id, [])
+    )
+
+
+def _says_cancelled(reply: dict[str, Any]) -> bool:
+    """A reply cancelled by the helpdesk says so, even when its canceller died meanwhile."""
+    return (reply.get("error") or {}).get("code") == "cancelled"
 
 
 def _thread_faults(
