@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from tests.harness import ReplyCollector
 from tests.support import AMQP_URL, API_KEY, admin_sql, dsn_for, tagged_topology
+from worker import crashpoints
 from worker import topology as topo
 from worker.service import WorkerService
 from worker.settings import BackendName, Settings, Topology
@@ -168,3 +169,30 @@ async def worker(settings: Settings) -> AsyncIterator[RunningWorker]:
     running = await start_worker(settings)
     yield running
     await running.shutdown()
+
+
+# Internal failures a batch may have before it is dead-lettered, for `bounded_worker`.
+INTERNAL_ATTEMPTS = 3
+
+
+@pytest.fixture
+async def bounded_worker(settings: Settings) -> AsyncIterator[RunningWorker]:
+    """A worker that dead-letters a batch after INTERNAL_ATTEMPTS internal failures, quickly."""
+    running = await start_worker(
+        settings.model_copy(
+            update={
+                "internal_attempts": INTERNAL_ATTEMPTS,
+                "internal_backoff_base_s": 0.05,
+                "internal_backoff_cap_s": 0.2,
+            }
+        )
+    )
+    yield running
+    await running.shutdown()
+
+
+@pytest.fixture
+def disarmed() -> Iterator[None]:
+    """Faults a test arms (crashpoints.arm_faults) end with it."""
+    yield
+    crashpoints.arm_faults("")

@@ -59,16 +59,27 @@ async def control(
     return event
 
 
-async def settled(db: asyncpg.Connection, event_id: str, timeout_s: float = 10) -> str:
-    """Waits until the worker has settled the event; its final status."""
+async def settled(
+    db: asyncpg.Connection, event_id: str, timeout_s: float = 10, *, replays: int = 0
+) -> str:
+    """Waits until the worker has settled the event after at least `replays` replays; its
+    final status. (A replayed event stays `dead_lettered` until intake reopens it and counts the
+    replay, so waiting for a settled status alone would return before the replay was taken in.)
+    """
     deadline = time.monotonic() + timeout_s
     while True:
-        status = await db.fetchval(
-            "SELECT status::text FROM inbound_events WHERE event_id = $1", event_id
+        row = await db.fetchrow(
+            "SELECT status::text, replay_count FROM inbound_events WHERE event_id = $1", event_id
         )
-        if status in ("answered", "dead_lettered"):
-            return str(status)
-        assert time.monotonic() < deadline, f"{event_id} not settled within {timeout_s} s"
+        if (
+            row is not None
+            and row["replay_count"] >= replays
+            and row["status"] in ("answered", "dead_lettered")
+        ):
+            return str(row["status"])
+        assert time.monotonic() < deadline, (
+            f"{event_id} not settled after {replays} replays in {timeout_s} s: {dict(row or {})}"
+        )
         await asyncio.sleep(0.05)
 
 

@@ -8,14 +8,10 @@ Postgres; the stand-in's state read directly.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
-import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,90 +20,26 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from standin import StandIn
-from tests.conftest import RunningWorker, start_worker
+from tests.conftest import INTERNAL_ATTEMPTS, RunningWorker
 from tests.support import drain, publish, replies_for, until, user_texts
+from tests.test_control import control, settled, thread_exists
 from tests.test_dlq import dlq, dlq_json, queue_depth, wait_for_dead_letters_count
 from worker import crashpoints
 from worker.crashpoints import FaultPoint
 from worker.ops.dlq import DeadLetter
-from worker.ops.helpdesk import publish_control
 from worker.settings import Settings, Topology
 
 Json = dict[str, Any]
 
-# Internal failures a batch may have before it is dead-lettered (the takeover test).
-INTERNAL_ATTEMPTS = 3
+# How long a worker may take to settle an event here (faults and backoff included).
+SETTLE_S = 15
+
+pytestmark = pytest.mark.usefixtures("disarmed")
 
 
 @pytest.fixture(params=["assistants", "responses"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture(autouse=True)
-def disarmed() -> Iterator[None]:
-    """Faults a test arms end with it."""
-    yield
-    crashpoints.arm_faults("")
-
-
-@pytest.fixture
-async def bounded_worker(settings: Settings) -> AsyncIterator[RunningWorker]:
-    """A worker that dead-letters a batch after INTERNAL_ATTEMPTS internal failures, quickly."""
-    running = await start_worker(
-        settings.model_copy(
-            update={
-                "internal_attempts": INTERNAL_ATTEMPTS,
-                "internal_backoff_base_s": 0.05,
-                "internal_backoff_cap_s": 0.2,
-            }
-        )
-    )
-    yield running
-    await running.shutdown()
-
-
-async def control(
-    channel: AbstractChannel, topology: Topology, conversation_id: str, action: str
-) -> Json:
-    event = {
-        "event_id": f"ctl-{uuid.uuid4().hex[:12]}",
-        "conversation_id": conversation_id,
-        "action": action,
-    }
-    await publish_control(channel, topology, event)
-    return event
-
-
-async def settled(
-    db: asyncpg.Connection, event_id: str, *, replays: int = 0, timeout_s: float = 15
-) -> str:
-    """The event's status once the worker has settled it after at least `replays` replays.
-
-    A replayed event stays `dead_lettered` until intake reopens it (and counts the replay), so
-    waiting for a settled status alone would return before the replay was taken in.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        row = await db.fetchrow(
-            "SELECT status::text, replay_count FROM inbound_events WHERE event_id = $1", event_id
-        )
-        if (
-            row is not None
-            and row["replay_count"] >= replays
-            and row["status"] in ("answered", "dead_lettered")
-        ):
-            return str(row["status"])
-        assert time.monotonic() < deadline, (
-            f"{event_id} not settled after {replays} replays in {timeout_s} s: {dict(row or {})}"
-        )
-        await asyncio.sleep(0.05)
-
-
-def thread_exists(standin: StandIn, backend: str, thread_id: str) -> bool:
-    if backend == "responses":
-        return thread_id in standin.state.conversations
-    return thread_id in standin.state.threads
 
 
 def thread_path(backend: str, thread_id: str) -> str:
@@ -185,7 +117,7 @@ async def test_a_dead_lettered_close_is_replayed_and_then_carried_out_once(
         ]
     )
     closing = await control(channel, topology, c, "close")
-    assert await settled(db, closing["event_id"]) == "dead_lettered"
+    assert await settled(db, closing["event_id"], SETTLE_S) == "dead_lettered"
     await wait_for_dead_letters_count(channel, topology, 1)
 
     [listed] = await dlq_json(settings, "list")
@@ -215,7 +147,7 @@ async def test_a_dead_lettered_close_is_replayed_and_then_carried_out_once(
     standin.clear_faults()
     moved = await dlq_json(settings, "replay", "--conversation", c)
     assert moved["moved"] == [closing["event_id"]]
-    assert await settled(db, closing["event_id"], replays=1) == "answered"
+    assert await settled(db, closing["event_id"], SETTLE_S, replays=1) == "answered"
 
     assert not thread_exists(standin, backend, thread)
     assert [f["deleted"] for f in standin.files()] == [True]
@@ -232,7 +164,7 @@ async def test_a_dead_lettered_close_is_replayed_and_then_carried_out_once(
     before = intake_outcomes(worker)
     await replay_a_copy(settings, exported, c)
     assert await taken_in(worker, before) == Counter(already_settled=1)
-    assert await settled(db, closing["event_id"], replays=1) == "answered"
+    assert await settled(db, closing["event_id"], SETTLE_S, replays=1) == "answered"
     assert thread_exists(standin, backend, fresh["thread_id"])
     assert deletes_of(standin, backend, fresh["thread_id"]) == []
     assert await queue_depth(channel, topology.dead_letter_queue) == 0
@@ -262,7 +194,7 @@ async def test_a_dead_lettered_takeover_is_replayed_and_takes_effect_once(
 
     crashpoints.arm_faults(f"{FaultPoint.BATCH_OPEN}={INTERNAL_ATTEMPTS}")
     takeover = await control(channel, topology, c, "takeover")
-    assert await settled(db, takeover["event_id"]) == "dead_lettered"
+    assert await settled(db, takeover["event_id"], SETTLE_S) == "dead_lettered"
     await wait_for_dead_letters_count(channel, topology, 1)
     shown = await dlq_json(settings, "show", takeover["event_id"])
     assert shown["reason"] == "internal_error"
@@ -278,17 +210,17 @@ async def test_a_dead_lettered_takeover_is_replayed_and_takes_effect_once(
     crashpoints.arm_faults("")
     moved = await dlq_json(settings, "replay", "--event-id", takeover["event_id"])
     assert moved["moved"] == [takeover["event_id"]]
-    assert await settled(db, takeover["event_id"], replays=1) == "answered"
+    assert await settled(db, takeover["event_id"], SETTLE_S, replays=1) == "answered"
     assert await mode_of(db, c) == "human"
     runs_before = len(standin.run_records())
     held = await publish(channel, topology, conversation_id=c, text="anyone there?")
-    assert await settled(db, held["event_id"]) == "answered"
+    assert await settled(db, held["event_id"], SETTLE_S) == "answered"
     assert await no_more_replies(channel, topology) == []
     assert len(standin.run_records()) == runs_before  # held for the human: no run
     assert user_texts(standin, backend, thread) == ["hi", "anyone there?"]
 
     release = await control(channel, topology, c, "release")
-    assert await settled(db, release["event_id"]) == "answered"
+    assert await settled(db, release["event_id"], SETTLE_S) == "answered"
     # The takeover's dead letter replayed a second time: a duplicate, so the release stands.
     before = intake_outcomes(bounded_worker)
     await replay_a_copy(settings, exported, c)

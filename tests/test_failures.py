@@ -7,49 +7,27 @@ Faults are injected the way AW_CRASH_POINTS kills: at named stages (worker/crash
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractChannel
 
 from standin import StandIn
-from tests.conftest import RunningWorker, start_worker
+from tests.conftest import INTERNAL_ATTEMPTS, RunningWorker
 from tests.support import drain, publish, replies_for, wait_for_dead_letters
 from tests.test_relay import runs_in, user_texts
 from worker import crashpoints
 from worker.backends.base import Turn
 from worker.crashpoints import FaultPoint
 from worker.relay.runner import Runner, StartedRun
-from worker.settings import Settings, Topology
+from worker.settings import Topology
 
-ATTEMPTS = 3
+pytestmark = pytest.mark.usefixtures("disarmed")
 
 
 @pytest.fixture(params=["assistants", "responses"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture(autouse=True)
-def disarmed() -> Iterator[None]:
-    yield
-    crashpoints.arm_faults("")
-
-
-@pytest.fixture
-async def bounded_worker(settings: Settings) -> AsyncIterator[RunningWorker]:
-    running = await start_worker(
-        settings.model_copy(
-            update={
-                "internal_attempts": ATTEMPTS,
-                "internal_backoff_base_s": 0.05,
-                "internal_backoff_cap_s": 0.2,
-            }
-        )
-    )
-    yield running
-    await running.shutdown()
 
 
 NOTE = {"filename": "note.txt", "content_base64": base64.b64encode(b"order 1042").decode()}
@@ -72,7 +50,7 @@ async def test_a_stage_that_fails_fewer_times_than_allowed_still_answers_once(
     standin: StandIn,
     stage: FaultPoint,
 ) -> None:
-    crashpoints.arm_faults(f"{stage}={ATTEMPTS - 1}")
+    crashpoints.arm_faults(f"{stage}={INTERNAL_ATTEMPTS - 1}")
     event = await publish(channel, topology, **_event(stage, f"c-{stage}"))
     [reply] = await replies_for(channel, topology, {event["event_id"]})
 
@@ -93,13 +71,13 @@ async def test_a_stage_that_keeps_failing_dead_letters_and_the_conversation_move
     standin: StandIn,
     stage: FaultPoint,
 ) -> None:
-    crashpoints.arm_faults(f"{stage}={ATTEMPTS}")
+    crashpoints.arm_faults(f"{stage}={INTERNAL_ATTEMPTS}")
     conversation_id = f"c-stuck-{stage}"
     poisoned = await publish(channel, topology, **_event(stage, conversation_id))
     [dead] = await wait_for_dead_letters(channel, topology, 1)
 
     assert dead.headers["x-aw-reason"] == "internal_error"
-    assert dead.headers["x-aw-attempts"] == ATTEMPTS
+    assert dead.headers["x-aw-attempts"] == INTERNAL_ATTEMPTS
     assert "InjectedFault" in dead.headers["x-aw-error-class"]
     expected_stage = "intake" if stage is FaultPoint.INTAKE else str(stage)
     assert f"({expected_stage})" in dead.headers["x-aw-error-class"]
