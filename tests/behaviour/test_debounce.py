@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import openai
@@ -13,6 +14,7 @@ from standin import StandIn
 from tests.behaviour.conftest import BATCH_MAX_EVENTS
 from tests.behaviour.relay import Relay, control, event
 from tests.support import until
+from worker.events import rfc3339
 from worker.settings import Settings
 from worker.store.ports import Store
 
@@ -52,7 +54,12 @@ async def test_a_burst_into_a_quiet_conversation_is_answered_by_one_run(
 ) -> None:
     relay = debouncing(settings, store, client, debounce_ms=1000, debounce_max_ms=5000)
     # As many as one batch holds: the store's size limit cuts batches, not the debounce.
-    docs = [event("c-burst", f"part {n}") for n in range(BATCH_MAX_EVENTS)]
+    # Deliveries 10 ms apart may be stored in either order (README: give `occurred_at`).
+    start = datetime.now(UTC).replace(microsecond=0)
+    docs = [
+        event("c-burst", f"part {n}", occurred_at=rfc3339(start + timedelta(seconds=n)))
+        for n in range(BATCH_MAX_EVENTS)
+    ]
     await deliver_all(relay, docs)
 
     [reply] = await answered(relay, docs)
