@@ -110,9 +110,7 @@ class AssistantsApi:
     async def modify_thread(self, request: web.Request) -> web.Response:
         """Only what the body names changes; metadata is replaced as a whole, not merged."""
         body = await read_json(request)
-        for key in body:
-            if key not in _MODIFIABLE_THREAD_FIELDS:
-                raise unknown_parameter(key)
+        only_fields(body, _MODIFIABLE_THREAD_FIELDS)
         new_metadata = None if body.get("metadata") is None else metadata(body)
         tool_resources = parse_tool_resources(body.get("tool_resources"))
         thread = self._state.thread(request.match_info["thread_id"])
@@ -208,6 +206,13 @@ def message_file_refs(messages: Iterable[Message]) -> list[str]:
         for message in messages
         for file_id in message_file_ids(message.content, message.attachments)
     ]
+
+
+def only_fields(body: Json, allowed: frozenset[str], param: str = "") -> None:
+    """Refuse fields a request schema with ``additionalProperties: false`` does not name."""
+    for key in body:
+        if key not in allowed:
+            raise unknown_parameter(f"{param}.{key}" if param else key)
 
 
 def parse_tool_resources(raw: object) -> Json | None:

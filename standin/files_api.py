@@ -78,4 +78,5 @@ class FilesApi:
     async def delete(self, request: web.Request) -> web.Response:
         stored = self._state.file(request.match_info["file_id"])
         stored.deleted = True
+        self._state.detach_file(stored.id)
         return json_response({"id": stored.id, "object": "file", "deleted": True})

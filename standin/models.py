@@ -280,6 +280,88 @@ class Thread:
         }
 
 
+# What ``{"type": "auto"}`` chunking stands for, as the reference documents it.
+AUTO_CHUNKING: Json = {
+    "type": "static",
+    "static": {"max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400},
+}
+_DAY_S = 86_400
+
+
+Attributes = dict[str, str | float | bool]
+
+
+@dataclass
+class VectorStoreFile:
+    """A File attached to a vector store; it shares the File's id."""
+
+    file_id: str
+    vector_store_id: str
+    created_at: float
+    usage_bytes: int
+    chunking_strategy: Json
+    attributes: Attributes | None = None
+    # Real files are in_progress while they are chunked and embedded; the stand-in
+    # indexes nothing, so a file is ready at once and tests need not wait for it.
+    status: Literal["in_progress", "completed", "cancelled", "failed"] = "completed"
+
+    def to_api(self) -> Json:
+        return {
+            "id": self.file_id,
+            "object": "vector_store.file",
+            "usage_bytes": self.usage_bytes,
+            "created_at": seconds(self.created_at),
+            "vector_store_id": self.vector_store_id,
+            "status": self.status,
+            "last_error": None,
+            "chunking_strategy": self.chunking_strategy,
+            "attributes": self.attributes,
+        }
+
+
+@dataclass
+class VectorStore:
+    """A vector store: its files in the order they were attached."""
+
+    id: str
+    name: str
+    created_at: float
+    description: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Echoed with the expiry it implies; the stand-in never expires a store.
+    expires_after: Json | None = None
+    files: dict[str, VectorStoreFile] = field(default_factory=dict)
+
+    def _expires_at(self) -> int | None:
+        if self.expires_after is None:
+            return None
+        return seconds(self.created_at + self.expires_after["days"] * _DAY_S)
+
+    def to_api(self) -> Json:
+        count = len(self.files)
+        return {
+            "id": self.id,
+            "object": "vector_store",
+            "created_at": seconds(self.created_at),
+            "name": self.name,
+            "description": self.description,
+            "usage_bytes": sum(attached.usage_bytes for attached in self.files.values()),
+            "file_counts": {
+                "in_progress": 0,
+                "completed": count,
+                "failed": 0,
+                "cancelled": 0,
+                "total": count,
+            },
+            "status": "completed",
+            "expires_after": self.expires_after,
+            "expires_at": self._expires_at(),
+            # Nothing here tracks use, so the store was last active when it was made.
+            "last_active_at": seconds(self.created_at),
+            "metadata": self.metadata,
+        }
+
+
 @dataclass
 class StoredFile:
     id: str

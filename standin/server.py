@@ -25,6 +25,7 @@ from standin.responses_api import ResponsesApi
 from standin.run_engine import RunEngine
 from standin.runs_api import RunsApi
 from standin.state import StandInState
+from standin.vector_stores_api import VectorStoresApi
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class StandIn:
     - ``files()``: every file ever uploaded, oldest first, deleted ones included,
       each ``{id, filename, purpose, bytes, created_at, deleted}`` (``bytes`` is
       the size); ``file_content(file_id)`` gives a file's bytes, deleted or not;
+    - ``vector_stores()``: the vector stores not deleted, oldest first, as
+      ``GET /v1/vector_stores/{id}`` shows them; ``vector_store_files(vector_store_id)``
+      gives a store's attached files, oldest first, as its files list shows them;
     - ``run_records()``, ``journal``: runs and responses for timing analysis, and
       one entry per ``/v1`` request.
 
@@ -74,6 +78,7 @@ class StandIn:
             AssistantsApi(self.state, runs, self._config),
             RunsApi(self.state, runs, self._config),
             FilesApi(self.state),
+            VectorStoresApi(self.state),
             ResponsesApi(self.state, responses, self._config),
             ConversationsApi(self.state, responses),
             ControlApi(self),
@@ -160,6 +165,15 @@ class StandIn:
         if stored is None:
             raise KeyError(f"no file {file_id!r} was uploaded to the stand-in")
         return stored.content
+
+    def vector_stores(self) -> list[dict[str, Any]]:
+        return [copy.deepcopy(store.to_api()) for store in self.state.vector_stores.values()]
+
+    def vector_store_files(self, vector_store_id: str) -> list[dict[str, Any]]:
+        store = self.state.vector_stores.get(vector_store_id)
+        if store is None:
+            raise KeyError(f"no vector store {vector_store_id!r} in the stand-in")
+        return [copy.deepcopy(attached.to_api()) for attached in store.files.values()]
 
     def _conversation(self, conversation_id: str) -> Conversation:
         conversation = self.state.conversations.get(conversation_id)

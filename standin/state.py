@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from standin.errors import ApiError, bad_request, files_not_found, not_found
-from standin.models import Assistant, Message, Run, StoredFile, Thread
+from standin.models import Assistant, Message, Run, StoredFile, Thread, VectorStore
 from standin.response_models import Conversation, ResponseRecord
 
 CONVERSATION_LOCKED = (
@@ -26,6 +26,7 @@ class StandInState:
     # Every run ever created, kept after its thread is deleted for /_standin/runs.
     runs: dict[str, Run] = field(default_factory=dict)
     files: dict[str, StoredFile] = field(default_factory=dict)
+    vector_stores: dict[str, VectorStore] = field(default_factory=dict)
     conversations: dict[str, Conversation] = field(default_factory=dict)
     # Every response ever created, kept after its conversation is deleted.
     responses: dict[str, ResponseRecord] = field(default_factory=dict)
@@ -35,6 +36,7 @@ class StandInState:
         self.threads.clear()
         self.runs.clear()
         self.files.clear()
+        self.vector_stores.clear()
         self.conversations.clear()
         self.responses.clear()
 
@@ -80,6 +82,22 @@ class StandInState:
         """The filename echo replies show for a file id (deleted files keep theirs)."""
         stored = self.files.get(file_id)
         return stored.filename if stored is not None else file_id
+
+    def vector_store(self, vector_store_id: str) -> VectorStore:
+        store = self.vector_stores.get(vector_store_id)
+        if store is None:
+            raise not_found("vector store", vector_store_id)
+        return store
+
+    def ensure_vector_stores(self, vector_store_ids: Iterable[str]) -> None:
+        """Refuse a request that names a vector store the API would not find."""
+        for vector_store_id in vector_store_ids:
+            self.vector_store(vector_store_id)
+
+    def detach_file(self, file_id: str) -> None:
+        """A deleted File leaves every vector store, as the API stops serving it."""
+        for store in self.vector_stores.values():
+            store.files.pop(file_id, None)
 
     def conversation(self, conversation_id: str) -> Conversation:
         conversation = self.conversations.get(conversation_id)
