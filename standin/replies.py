@@ -41,3 +41,8 @@ def partial(text: str) -> str:
 
 def count_tokens(*texts: str) -> int:
     return sum(len(text.split()) for text in texts)
+
+
+def first_tokens(text: str, limit: int) -> str:
+    """What a reply cut off at ``limit`` tokens keeps (tokens are words, as counted above)."""
+    return " ".join(text.split()[:limit])

@@ -24,7 +24,14 @@ from standin.conversation_items import (
 )
 from standin.errors import bad_request
 from standin.models import Json, new_id
-from standin.replies import FAILURE_MESSAGES, count_tokens, echo_piece, echo_text, partial
+from standin.replies import (
+    FAILURE_MESSAGES,
+    count_tokens,
+    echo_piece,
+    echo_text,
+    first_tokens,
+    partial,
+)
 from standin.response_models import Conversation, ResponseRecord, ResponseStatus
 from standin.script import Script, parse_script
 from standin.state import StandInState, active_response, ensure_conversation_unlocked
@@ -123,7 +130,16 @@ class ResponseEngine:
         elif outcome == "requires_action":
             self._request_tool(record)
         else:
-            self._reply(record, echo_text(record.echoed, record.tool_reply), "completed")
+            self._reply_within_limit(record, echo_text(record.echoed, record.tool_reply))
+
+    def _reply_within_limit(self, record: ResponseRecord, text: str) -> None:
+        """A reply longer than ``max_output_tokens`` stops there, as the model's would."""
+        limit = record.options.get("max_output_tokens")
+        if limit is not None and count_tokens(text) > limit:
+            record.incomplete_reason = "max_output_tokens"
+            self._reply(record, first_tokens(text, limit), "incomplete")
+        else:
+            self._reply(record, text, "completed")
 
     def _reply(self, record: ResponseRecord, text: str, status: ResponseStatus) -> None:
         content = [{"type": "output_text", "text": text, "annotations": []}]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from standin.models import Json, seconds
+from standin.response_options import shown_options
 from standin.script import Script
 
 ResponseStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
@@ -47,7 +48,7 @@ class ResponseRecord:
     echoed: list[str]
     # (tool name, output) when this response answers an earlier function_call.
     tool_reply: tuple[str, str] | None = None
-    # Request fields the stand-in does not act on but echoes back, as the API does.
+    # The generation options the request set (response_options.parse_options).
     options: Json = field(default_factory=dict)
     status: ResponseStatus = "queued"
     started_at: float | None = None
@@ -82,15 +83,7 @@ class ResponseRecord:
             ),
             "usage": self.usage,
             "completed_at": seconds(self.ended_at) if self.status == "completed" else None,
-            "parallel_tool_calls": self.options.get("parallel_tool_calls", True),
-            "tool_choice": self.options.get("tool_choice") or "auto",
-            "temperature": self.options.get("temperature"),
-            "top_p": self.options.get("top_p"),
-            "max_output_tokens": self.options.get("max_output_tokens"),
-            "previous_response_id": self.options.get("previous_response_id"),
-            "text": self.options.get("text") or {"format": {"type": "text"}},
-            "truncation": self.options.get("truncation") or "disabled",
-            "store": self.options.get("store", True),
+            **shown_options(self.options, self.model),
         }
 
     def record(self) -> Json:

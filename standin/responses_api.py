@@ -20,21 +20,9 @@ from standin.params import (
 )
 from standin.response_engine import ResponseEngine, ResponseSpec
 from standin.response_models import Conversation, ResponseRecord
+from standin.response_options import parse_options
 from standin.state import StandInState
 from standin.web_util import json_response, note_ids, poll_headers
-
-# Accepted and echoed back; the stand-in's behaviour does not depend on them.
-_ECHOED_OPTIONS = (
-    "parallel_tool_calls",
-    "tool_choice",
-    "temperature",
-    "top_p",
-    "max_output_tokens",
-    "previous_response_id",
-    "text",
-    "truncation",
-    "store",
-)
 
 
 class ResponsesApi:
@@ -57,15 +45,17 @@ class ResponsesApi:
         background = opt_bool(body, "background") or False
         if background and opt_bool(body, "store") is not True:
             raise bad_request("Background mode requires store=true.", param="store")
+        model = req_str(body, "model")
+        options = parse_options(body, model)
         conversation = self._conversation(body)
         spec = ResponseSpec(
-            model=req_str(body, "model"),
+            model=model,
             instructions=opt_str(body, "instructions"),
             metadata=metadata(body),
             tools=_tools(body),
             background=background,
             input_items=self._input_items(body),
-            options={key: body[key] for key in _ECHOED_OPTIONS if body.get(key) is not None},
+            options=options,
         )
         record = self._responses.create(spec, conversation)
         note_ids(request, response_id=record.id, **_conversation_ids(record))

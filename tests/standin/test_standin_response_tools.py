@@ -1,0 +1,182 @@
+"""Responses generation options and scripted tool use, through the official SDK."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from standin import StandIn
+
+MODEL = "gpt-test"
+
+
+def _message(error: openai.APIStatusError) -> str:
+    """The API's own error message (the SDK's ``message`` prefixes the status)."""
+    assert isinstance(error.body, dict)
+    return str(error.body["message"])
+
+
+# Generation options
+
+
+async def test_generation_options_are_recorded_and_shown(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    response = await client.responses.create(
+        model="o4-mini",
+        input="hi",
+        temperature=0.3,
+        top_p=0.9,
+        max_output_tokens=500,
+        reasoning={"effort": "low", "summary": "auto"},
+        tool_choice="required",
+        parallel_tool_calls=False,
+        text={"format": {"type": "json_schema", "name": "answer", "schema": {"type": "object"}}},
+        truncation="auto",
+        store=True,
+        include=["file_search_call.results"],
+        prompt={"id": "pmpt_1", "version": "2"},
+        service_tier="flex",
+        safety_identifier="user-1",
+    )
+    assert (response.temperature, response.top_p, response.max_output_tokens) == (0.3, 0.9, 500)
+    assert response.reasoning is not None
+    assert (response.reasoning.effort, response.reasoning.summary) == ("low", "auto")
+    assert (response.tool_choice, response.parallel_tool_calls) == ("required", False)
+    assert response.text is not None
+    assert response.text.format is not None
+    assert response.text.format.type == "json_schema"
+    assert (response.truncation, response.service_tier) == ("auto", "flex")
+    assert response.prompt is not None
+    assert (response.prompt.id, response.prompt.version) == ("pmpt_1", "2")
+    assert response.safety_identifier == "user-1"
+    assert standin.state.responses[response.id].options["include"] == ["file_search_call.results"]
+
+
+async def test_unset_options_show_the_api_defaults(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    plain = await client.responses.create(model=MODEL, input="hi")
+    assert (plain.temperature, plain.top_p, plain.tool_choice) == (1.0, 1.0, "auto")
+    assert (plain.truncation, plain.service_tier) == ("disabled", "default")
+    assert standin.response(plain.id)["store"] is True
+    assert plain.text is not None
+    assert plain.text.format is not None
+    assert (plain.text.format.type, plain.text.verbosity) == ("text", "medium")
+    assert plain.reasoning is not None
+    assert plain.reasoning.effort is None
+    reasoning = await client.responses.create(model="gpt-5-mini", input="hi", service_tier="fast")
+    assert reasoning.reasoning is not None
+    assert reasoning.reasoning.effort == "medium"
+    assert reasoning.service_tier == "priority"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "code", "message"),
+    [
+        (
+            "max_output_tokens",
+            10,
+            "integer_below_min_value",
+            "Invalid 'max_output_tokens': integer below minimum value. "
+            "Expected a value >= 16, but got 10 instead.",
+        ),
+        (
+            "temperature",
+            2.5,
+            "decimal_above_max_value",
+            "Invalid 'temperature': decimal above maximum value. "
+            "Expected a value <= 2, but got 2.5 instead.",
+        ),
+        ("temperature", -1, "decimal_below_min_value", None),
+        ("top_p", 1.5, "decimal_above_max_value", None),
+        ("top_logprobs", 21, "integer_above_max_value", None),
+        ("temperature", "hot", "invalid_type", None),
+        ("max_output_tokens", 20.5, "invalid_type", None),
+        ("truncation", "sometimes", "invalid_value", None),
+        ("service_tier", "gold", "invalid_value", None),
+        ("tool_choice", "always", "invalid_value", None),
+    ],
+)
+async def test_option_values_are_checked_as_the_api_checks_them(
+    client: openai.AsyncOpenAI, option: str, value: Any, code: str, message: str | None
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model=MODEL, input="hi", extra_body={option: value})
+    assert (refused.value.code, refused.value.param) == (code, option)
+    if message is not None:
+        assert _message(refused.value) == message
+
+
+async def test_include_and_text_format_are_checked(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as include:
+        await client.responses.create(
+            model=MODEL, input="hi", extra_body={"include": ["file_search_call.results", "x"]}
+        )
+    assert (include.value.code, include.value.param) == ("invalid_value", "include[1]")
+    with pytest.raises(openai.BadRequestError) as schema:
+        await client.responses.create(
+            model=MODEL,
+            input="hi",
+            extra_body={"text": {"format": {"type": "json_schema", "name": "a"}}},
+        )
+    assert (schema.value.code, schema.value.param) == (
+        "missing_required_parameter",
+        "text.format.schema",
+    )
+
+
+async def test_unknown_parameters_are_refused(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model=MODEL, input="hi", extra_body={"temprature": 1})
+    assert refused.value.code == "unknown_parameter"
+    assert _message(refused.value) == "Unknown parameter: 'temprature'."
+    with pytest.raises(openai.BadRequestError) as nested:
+        await client.responses.create(
+            model="o3", input="hi", extra_body={"reasoning": {"effort": "low", "depth": 3}}
+        )
+    assert (nested.value.code, nested.value.param) == ("unknown_parameter", "reasoning.depth")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4.1-mini", "gpt-3.5-turbo"])
+async def test_reasoning_is_refused_for_non_reasoning_models(
+    client: openai.AsyncOpenAI, model: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model=model, input="hi", reasoning={"effort": "low"})
+    assert _message(refused.value) == (
+        "Unsupported parameter: 'reasoning.effort' is not supported with this model."
+    )
+    assert refused.value.code == "unsupported_parameter"
+    assert refused.value.param == "reasoning.effort"
+
+
+@pytest.mark.parametrize("model", ["o3", "o4-mini", "gpt-5", "gpt-5-nano"])
+async def test_reasoning_is_accepted_for_reasoning_models(
+    client: openai.AsyncOpenAI, model: str
+) -> None:
+    response = await client.responses.create(model=model, input="hi", reasoning={"effort": "high"})
+    assert response.reasoning is not None
+    assert response.reasoning.effort == "high"
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(
+            model=model, input="hi", extra_body={"reasoning": {"effort": "extreme"}}
+        )
+    assert (refused.value.code, refused.value.param) == ("invalid_value", "reasoning.effort")
+
+
+async def test_a_reply_longer_than_max_output_tokens_is_incomplete(
+    client: openai.AsyncOpenAI,
+) -> None:
+    words = " ".join(f"w{i}" for i in range(30))
+    response = await client.responses.create(model=MODEL, input=words, max_output_tokens=16)
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output_text == "Echo: " + " ".join(f"w{i}" for i in range(15))
+    assert response.usage is not None
+    assert response.usage.output_tokens == 16
+    roomy = await client.responses.create(model=MODEL, input=words, max_output_tokens=31)
+    assert (roomy.status, roomy.output_text) == ("completed", f"Echo: {words}")
