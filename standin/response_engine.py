@@ -8,24 +8,24 @@ same input does not duplicate it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from standin.clock import Clock
 from standin.config import LiveConfig
 from standin.content_parts import input_part_names
 from standin.conversation_items import (
-    function_call_item,
     message_item,
     message_text,
     newest_user_text,
-    output_text,
     unanswered_user_messages,
 )
 from standin.errors import bad_request
 from standin.models import Json, new_id
 from standin.replies import (
     FAILURE_MESSAGES,
+    Reply,
+    compose_reply,
     count_tokens,
     echo_piece,
     echo_text,
@@ -33,9 +33,9 @@ from standin.replies import (
     partial,
 )
 from standin.response_models import Conversation, ResponseRecord, ResponseStatus
+from standin.response_tools import TurnContext, plan_turn
 from standin.script import Script, parse_script
 from standin.state import StandInState, active_response, ensure_conversation_unlocked
-from standin.tool_arguments import scripted_arguments
 
 
 @dataclass
@@ -62,9 +62,18 @@ class ResponseEngine:
         history = conversation.items if conversation else []
         if conversation is not None:
             ensure_conversation_unlocked(conversation)
-        tool_reply = _tool_reply(history, spec.input_items)
         unanswered = unanswered_user_messages(history, spec.input_items)
-        script = _script(spec, answers_tool_call=tool_reply is not None)
+        batch = [message_text(item) for item in unanswered]
+        script = _script(spec)
+        context = TurnContext(
+            tools=spec.tools,
+            options=spec.options,
+            history=history,
+            input_items=spec.input_items,
+            marker_text=newest_user_text(spec.input_items),
+            query=batch[-1] if batch else "",
+            script=script,
+        )
         record = ResponseRecord(
             id=new_id("resp"),
             conversation_id=conversation.id if conversation else None,
@@ -78,9 +87,9 @@ class ResponseEngine:
                 is_first=conversation is None or not conversation.responses
             ),
             input_items=spec.input_items,
-            batch=[message_text(item) for item in unanswered],
+            batch=batch,
             echoed=[self._echo_piece(item) for item in unanswered],
-            tool_reply=tool_reply,
+            plan=plan_turn(context),
             options=spec.options,
         )
         self._state.responses[record.id] = record
@@ -126,35 +135,26 @@ class ResponseEngine:
             self._end(record, "failed")
         elif outcome == "incomplete":
             record.incomplete_reason = "max_output_tokens"
-            self._reply(record, partial(echo_text(record.echoed, record.tool_reply)), "incomplete")
-        elif outcome == "requires_action":
-            self._request_tool(record)
+            self._settle(record, "incomplete", partial)
         else:
-            self._reply_within_limit(record, echo_text(record.echoed, record.tool_reply))
+            self._settle(record, "completed")
 
-    def _reply_within_limit(self, record: ResponseRecord, text: str) -> None:
-        """A reply longer than ``max_output_tokens`` stops there, as the model's would."""
-        limit = record.options.get("max_output_tokens")
-        if limit is not None and count_tokens(text) > limit:
-            record.incomplete_reason = "max_output_tokens"
-            self._reply(record, first_tokens(text, limit), "incomplete")
-        else:
-            self._reply(record, text, "completed")
-
-    def _reply(self, record: ResponseRecord, text: str, status: ResponseStatus) -> None:
-        content = [{"type": "output_text", "text": text, "annotations": []}]
-        record.output = [message_item("assistant", content, status)]
+    def _settle(
+        self,
+        record: ResponseRecord,
+        status: ResponseStatus,
+        cut: Callable[[str], str] | None = None,
+    ) -> None:
+        """The planned tool calls, then the reply unless the turn waits for the client."""
+        record.output = list(record.plan.tool_items)
+        if record.plan.replies:
+            reply = compose_reply(echo_text(record.echoed), record.plan.notes)
+            if cut is not None:
+                reply = reply.cut(len(cut(reply.text)))
+            reply, status = _within_token_limit(record, reply, status)
+            record.output.append(_message(reply, status))
         self._store_turn(record)
-        self._end(record, status, text)
-
-    def _request_tool(self, record: ResponseRecord) -> None:
-        """The Responses form of requires_action: a completed function_call output."""
-        query = record.batch[-1] if record.batch else ""
-        name = record.script.tool_name or "tool"
-        arguments = scripted_arguments(name, record.tools, query)
-        record.output = [function_call_item(new_id("call"), name, arguments)]
-        self._store_turn(record)
-        self._end(record, "completed", arguments)
+        self._end(record, status)
 
     def _store_turn(self, record: ResponseRecord) -> None:
         if record.conversation_id is None:
@@ -164,11 +164,11 @@ class ResponseEngine:
             conversation.items.extend(record.input_items)
             conversation.items.extend(record.output)
 
-    def _end(self, record: ResponseRecord, status: ResponseStatus, reply: str = "") -> None:
+    def _end(self, record: ResponseRecord, status: ResponseStatus) -> None:
         record.status = status
         record.ended_at = time.time()
         input_tokens = count_tokens(record.instructions or "", *record.batch)
-        output_tokens = count_tokens(reply)
+        output_tokens = count_tokens(*_generated_texts(record.output))
         record.usage = {
             "input_tokens": input_tokens,
             "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
@@ -179,23 +179,35 @@ class ResponseEngine:
         record.settled.set()
 
 
-def _script(spec: ResponseSpec, *, answers_tool_call: bool) -> Script:
+def _within_token_limit(
+    record: ResponseRecord, reply: Reply, status: ResponseStatus
+) -> tuple[Reply, ResponseStatus]:
+    """A reply longer than ``max_output_tokens`` stops there, as the model's would."""
+    limit = record.options.get("max_output_tokens")
+    if limit is None or count_tokens(reply.text) <= limit:
+        return reply, status
+    record.incomplete_reason = "max_output_tokens"
+    return reply.cut(len(first_tokens(reply.text, limit))), "incomplete"
+
+
+def _message(reply: Reply, status: ResponseStatus) -> Json:
+    content = [{"type": "output_text", "text": reply.text, "annotations": reply.annotations}]
+    return message_item("assistant", content, status)
+
+
+def _generated_texts(output: Sequence[Json]) -> list[str]:
+    """What the model wrote: message text and the arguments of its calls."""
+    texts = []
+    for item in output:
+        if item["type"] == "message":
+            texts.append(message_text(item))
+        elif isinstance(item.get("arguments"), str):
+            texts.append(item["arguments"])
+    return texts
+
+
+def _script(spec: ResponseSpec) -> Script:
     script = parse_script(newest_user_text(spec.input_items), spec.metadata)
     if script.outcome == "expired":
         raise bad_request("The stand-in outcome 'expired' exists only for runs.")
-    # The request that carries the tool output must not ask for the tool again.
-    if answers_tool_call and script.outcome == "requires_action":
-        return Script(delay_ms=script.delay_ms)
     return script
-
-
-def _tool_reply(history: Sequence[Json], input_items: Sequence[Json]) -> tuple[str, str] | None:
-    """The (tool name, output) of the newest function_call_output in the input."""
-    outputs = [item for item in input_items if item["type"] == "function_call_output"]
-    if not outputs:
-        return None
-    call_id = outputs[-1]["call_id"]
-    for item in [*history, *input_items]:
-        if item["type"] == "function_call" and item["call_id"] == call_id:
-            return item["name"], output_text(outputs[-1])
-    raise bad_request(f"No tool call found for function call output with call_id {call_id}.")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from standin.models import Json, seconds
+from standin.replies import ReplyNote
 from standin.response_options import shown_options
 from standin.script import Script
 
@@ -31,6 +32,21 @@ class Conversation:
         }
 
 
+@dataclass(frozen=True)
+class TurnPlan:
+    """What a response puts in its output when it settles, decided when it is created so
+    that a tool script the request cannot carry out is a 400 then.
+
+    ``tool_items`` are the tool calls in output order; ``notes`` what the reply says about
+    tool results after the echo; ``replies`` is False when the response stops at calls the
+    client must answer (function calls, MCP approval requests) and so has no message.
+    """
+
+    tool_items: tuple[Json, ...] = ()
+    notes: tuple[ReplyNote, ...] = ()
+    replies: bool = True
+
+
 @dataclass
 class ResponseRecord:
     id: str
@@ -46,8 +62,7 @@ class ResponseRecord:
     # The user texts this response answers, and each as the echo names it (with files).
     batch: list[str]
     echoed: list[str]
-    # (tool name, output) when this response answers an earlier function_call.
-    tool_reply: tuple[str, str] | None = None
+    plan: TurnPlan = field(default_factory=TurnPlan)
     # The generation options the request set (response_options.parse_options).
     options: Json = field(default_factory=dict)
     status: ResponseStatus = "queued"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
 import pytest
+from openai.types.responses import Response, ResponseFunctionToolCall
 
 from standin import StandIn
+from tests.standin.support import wait_until
 
 MODEL = "gpt-test"
 
@@ -180,3 +183,152 @@ async def test_a_reply_longer_than_max_output_tokens_is_incomplete(
     assert response.usage.output_tokens == 16
     roomy = await client.responses.create(model=MODEL, input=words, max_output_tokens=31)
     assert (roomy.status, roomy.output_text) == ("completed", f"Echo: {words}")
+
+
+# Scripted function calls
+
+FUNCTIONS: list[Any] = [
+    {
+        "type": "function",
+        "name": "lookup_order",
+        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+    },
+    {"type": "function", "name": "track", "parameters": {"type": "object", "properties": {}}},
+    {
+        "type": "function",
+        "name": "ask",
+        "parameters": {"type": "object", "properties": {"question": {"type": "string"}}},
+    },
+]
+
+
+async def _settle(
+    client: openai.AsyncOpenAI,
+    standin: StandIn,
+    conversation_id: str,
+    input: Any,
+    tools: Any = (),
+    **options: Any,
+) -> Response:
+    response = await client.responses.create(
+        model=MODEL,
+        background=True,
+        store=True,
+        conversation=conversation_id,
+        input=input,
+        tools=list(tools),
+        **options,
+    )
+    await wait_until(standin, response.id)
+    return await client.responses.retrieve(response.id)
+
+
+async def _item_types(client: openai.AsyncOpenAI, conversation_id: str) -> list[str]:
+    types: list[str] = [
+        item.type async for item in client.conversations.items.list(conversation_id)
+    ]
+    return types[::-1]
+
+
+def _calls(response: Response) -> list[ResponseFunctionToolCall]:
+    return [item for item in response.output if item.type == "function_call"]
+
+
+def _outputs(calls: list[ResponseFunctionToolCall], *texts: str) -> list[Any]:
+    return [
+        {"type": "function_call_output", "call_id": call.call_id, "output": text}
+        for call, text in zip(calls, texts, strict=True)
+    ]
+
+
+async def test_call_markers_make_parallel_calls_with_their_arguments(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    conversation = await client.conversations.create()
+    text = 'where [[call:lookup_order {"order_id": "A-1"}]] [[call:track {"days": 2}]] [[call:ask]]'
+    asking = await _settle(client, standin, conversation.id, text, FUNCTIONS)
+    assert asking.status == "completed"
+    calls = _calls(asking)
+    assert len(calls) == len(asking.output) == 3
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("lookup_order", {"order_id": "A-1"}),
+        ("track", {"days": 2}),
+        ("ask", {"question": text}),
+    ]
+    assert len({c.call_id for c in calls}) == 3
+    assert await _item_types(client, conversation.id) == ["message"] + ["function_call"] * 3
+
+    answer = await _settle(
+        client, standin, conversation.id, _outputs(calls, "shipped", "2 days", "yes"), FUNCTIONS
+    )
+    assert answer.output_text == (
+        f"Echo: {text} | tool lookup_order said: shipped | tool track said: 2 days"
+        " | tool ask said: yes"
+    )
+    assert [item.type for item in answer.output] == ["message"]
+    assert await _item_types(client, conversation.id) == (
+        ["message"] + ["function_call"] * 3 + ["function_call_output"] * 3 + ["message"]
+    )
+
+
+async def test_a_follow_up_must_answer_every_call(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    conversation = await client.conversations.create()
+    text = "[[call:lookup_order]] [[call:track]]"
+    calls = _calls(await _settle(client, standin, conversation.id, text, FUNCTIONS))
+    with pytest.raises(openai.BadRequestError) as refused:
+        await _settle(client, standin, conversation.id, _outputs(calls[:1], "x"), FUNCTIONS)
+    assert _message(refused.value) == f"No tool output found for function call {calls[1].call_id}."
+    assert refused.value.param == "input"
+    assert await _item_types(client, conversation.id) == ["message"] + ["function_call"] * 2
+    # The outputs may come in any order; the reply follows the input.
+    answer = await _settle(
+        client, standin, conversation.id, _outputs(calls[::-1], "2", "1"), FUNCTIONS
+    )
+    assert answer.output_text == f"Echo: {text} | tool track said: 2 | tool lookup_order said: 1"
+
+
+async def test_a_follow_up_with_markers_does_not_call_again(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    conversation = await client.conversations.create()
+    (call,) = _calls(await _settle(client, standin, conversation.id, "[[call:track]]", FUNCTIONS))
+    answer = await _settle(
+        client,
+        standin,
+        conversation.id,
+        [*_outputs([call], "done"), {"role": "user", "content": "again [[call:track]]"}],
+        FUNCTIONS,
+    )
+    assert [item.type for item in answer.output] == ["message"]
+    assert answer.output_text.endswith("| tool track said: done")
+
+
+async def test_parallel_tool_calls_false_and_tool_choice_none_limit_the_calls(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    text = "[[call:track]] [[call:ask]]"
+    single = await _settle(
+        client,
+        standin,
+        (await client.conversations.create()).id,
+        text,
+        FUNCTIONS,
+        parallel_tool_calls=False,
+    )
+    assert [call.name for call in _calls(single)] == ["track"]
+    none = await _settle(
+        client,
+        standin,
+        (await client.conversations.create()).id,
+        text,
+        FUNCTIONS,
+        tool_choice="none",
+    )
+    assert (none.output_text, _calls(none)) == (f"Echo: {text}", [])
+
+
+async def test_a_call_marker_with_bad_json_is_refused(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="not JSON"):
+        await client.responses.create(model=MODEL, input="[[call:track {oops}]]", tools=FUNCTIONS)

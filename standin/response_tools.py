@@ -1,0 +1,113 @@
+"""What a response does with its tools: the calls a turn's tool script asks for, and the
+reply of the follow-up that answers them.
+
+A turn's first response follows the markers in its newest user text (standin.tool_script)
+and the ``requires_action`` outcome. A follow-up, whose input answers those calls with
+``function_call_output`` items, replies in text and never calls again: markers only script
+the first response of a turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from standin.conversation_items import function_call_item, output_text
+from standin.errors import bad_request
+from standin.models import Json, new_id
+from standin.replies import ReplyNote, tool_said
+from standin.response_models import TurnPlan
+from standin.script import Script
+from standin.tool_arguments import scripted_arguments
+from standin.tool_script import ScriptedCall, ToolScript, parse_tool_script
+
+# Input items that answer calls a previous response made.
+_ANSWER_TYPES = frozenset({"function_call_output"})
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """What a response's tool use is decided from.
+
+    ``marker_text`` is the newest user text of the request's input, where markers are
+    read (as outcome markers are); ``query`` is the newest user text the response answers,
+    which fills scripted arguments and search queries.
+    """
+
+    tools: Sequence[Json]
+    options: Json
+    history: Sequence[Json]
+    input_items: Sequence[Json]
+    marker_text: str | None
+    query: str
+    script: Script
+
+    @property
+    def items(self) -> list[Json]:
+        return [*self.history, *self.input_items]
+
+
+def plan_turn(context: TurnContext) -> TurnPlan:
+    if any(item["type"] in _ANSWER_TYPES for item in context.input_items):
+        return TurnPlan(notes=tuple(_function_output_notes(context)))
+    tool_script = parse_tool_script(context.marker_text)
+    if context.options.get("tool_choice") == "none":
+        return TurnPlan()
+    calls = _function_calls(context, tool_script)
+    return TurnPlan(tool_items=tuple(calls), replies=not calls)
+
+
+def _function_calls(context: TurnContext, tool_script: ToolScript) -> list[Json]:
+    """One function_call per scripted call, in order: the parallel calls of one turn."""
+    scripted = list(tool_script.calls)
+    if context.script.outcome == "requires_action" and context.script.tool_name:
+        scripted.insert(0, ScriptedCall(context.script.tool_name, None))
+    if context.options.get("parallel_tool_calls") is False:
+        scripted = scripted[:1]
+    return [
+        function_call_item(new_id("call"), call.name, _arguments(call, context))
+        for call in scripted
+    ]
+
+
+def _arguments(call: ScriptedCall, context: TurnContext) -> str:
+    if call.arguments is not None:
+        return call.arguments
+    return scripted_arguments(call.name, context.tools, context.query)
+
+
+def _function_output_notes(context: TurnContext) -> list[ReplyNote]:
+    """A note per output, in input order; every call of the turn must have its output."""
+    calls = {item["call_id"]: item for item in context.items if item["type"] == "function_call"}
+    notes: list[ReplyNote] = []
+    for item in context.input_items:
+        if item["type"] != "function_call_output":
+            continue
+        call = calls.get(item["call_id"])
+        if call is None:
+            raise bad_request(
+                f"No tool call found for function call output with call_id {item['call_id']}.",
+                param="input",
+            )
+        notes.append(ReplyNote(tool_said(call["name"], output_text(item))))
+    _ensure_calls_answered(context.items)
+    return notes
+
+
+def _ensure_calls_answered(items: Sequence[Json]) -> None:
+    """The API refuses a follow-up that leaves any function call of the turn unanswered."""
+    answered = {item["call_id"] for item in items if item["type"] == "function_call_output"}
+    for item in _current_turn(items):
+        if item["type"] == "function_call" and item["call_id"] not in answered:
+            raise bad_request(
+                f"No tool output found for function call {item['call_id']}.", param="input"
+            )
+
+
+def _current_turn(items: Sequence[Json]) -> Sequence[Json]:
+    """The items after the newest assistant message."""
+    for index in range(len(items) - 1, -1, -1):
+        item = items[index]
+        if item["type"] == "message" and item["role"] == "assistant":
+            return items[index + 1 :]
+    return items
