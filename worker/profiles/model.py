@@ -20,6 +20,18 @@ class Generation:
     reasoning_effort: str | None = None  # minimal, low, medium, high: reasoning models only
 
 
+# What a function tool's call may take when its profile does not say.
+DEFAULT_TOOL_TIMEOUT_S = 30.0
+
+
+class HandlerKind(StrEnum):
+    """How the profile names a function tool's handler (shown by `profiles check`)."""
+
+    PYTHON = "python"  # `handler = "module:attribute"`
+    ENTRY_POINT = "entry_point"  # `entry_point = "name"` in the assistant_worker.tools group
+    HTTP = "http"  # `url = "..."`: an HTTP tool
+
+
 @dataclass(frozen=True, slots=True)
 class FunctionTool:
     """A function the model may call, served by the worker: a Python callable or a URL."""
@@ -31,10 +43,11 @@ class FunctionTool:
     grants: frozenset[Grant] = frozenset()
     # May run twice for one call ID (after a crash, or a retried HTTP request).
     idempotent: bool = False
-    timeout_s: float = 30.0
+    timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
     # The reply's tool_calls summary shows the call's arguments (model output: may quote
     # the customer, so off unless the profile says so).
     show_arguments: bool = False
+    handler_kind: HandlerKind = HandlerKind.PYTHON
 
 
 @dataclass(frozen=True, slots=True)
