@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from standin.content_parts import input_part_file_ids, parse_input_part
-from standin.errors import bad_request
+from standin.errors import bad_request, invalid_type
 from standin.models import Json, new_id
 
 _MESSAGE_ROLES = frozenset({"user", "assistant", "system", "developer"})
@@ -57,6 +57,8 @@ def _parse_item(item: object, param: str) -> Json:
         return _parse_call_output(item, param)
     if item_type == "function_call":
         return _parse_call(item, param)
+    if item_type == "mcp_approval_response":
+        return _parse_approval_response(item, param)
     raise bad_request(f"Input items of type '{item_type}' are not supported.", param=param)
 
 
@@ -104,6 +106,27 @@ def _parse_call(item: dict[str, Any], param: str) -> Json:
     if not (isinstance(call_id, str) and isinstance(name, str) and isinstance(arguments, str)):
         raise bad_request("A function_call needs 'call_id', 'name', 'arguments'.", param=param)
     return function_call_item(call_id, name, arguments)
+
+
+def _parse_approval_response(item: dict[str, Any], param: str) -> Json:
+    request_id, approve, reason = (
+        item.get("approval_request_id"),
+        item.get("approve"),
+        item.get("reason"),
+    )
+    if not (isinstance(request_id, str) and isinstance(approve, bool)):
+        raise bad_request(
+            "An mcp_approval_response needs 'approval_request_id' and 'approve'.", param=param
+        )
+    if reason is not None and not isinstance(reason, str):
+        raise invalid_type(f"{param}.reason", "a string", reason)
+    return {
+        "id": item.get("id") or new_id("mcpa"),
+        "type": "mcp_approval_response",
+        "approval_request_id": request_id,
+        "approve": approve,
+        "reason": reason,
+    }
 
 
 def message_text(item: Json) -> str:

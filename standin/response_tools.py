@@ -2,18 +2,20 @@
 reply of the follow-up that answers them.
 
 A turn's first response follows the markers in its newest user text (standin.tool_script)
-and the ``requires_action`` outcome. A follow-up, whose input answers those calls with
-``function_call_output`` items, replies in text and never calls again: markers only script
-the first response of a turn.
+and the ``requires_action`` outcome: built-in tools run and report in the reply, function
+calls and MCP approval requests end the response for the client to answer. A follow-up,
+whose input answers them (``function_call_output``, ``mcp_approval_response``), replies in
+text and never calls again: markers only script the first response of a turn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from standin.conversation_items import function_call_item, output_text
 from standin.errors import bad_request
+from standin.mcp_tool import McpTurn, check_mcp_tool
 from standin.models import Json, new_id
 from standin.replies import ReplyNote, tool_said
 from standin.response_models import TurnPlan
@@ -22,7 +24,9 @@ from standin.tool_arguments import scripted_arguments
 from standin.tool_script import ScriptedCall, ToolScript, parse_tool_script
 
 # Input items that answer calls a previous response made.
-_ANSWER_TYPES = frozenset({"function_call_output"})
+_ANSWER_TYPES = frozenset({"function_call_output", "mcp_approval_response"})
+# Each built-in tool's own checks of its declaration in ``tools``.
+_DECLARATION_CHECKS: dict[str, Callable[[Json, str], None]] = {"mcp": check_mcp_tool}
 
 
 @dataclass(frozen=True)
@@ -47,14 +51,36 @@ class TurnContext:
         return [*self.history, *self.input_items]
 
 
+def check_tool_declaration(tool: Json, param: str) -> None:
+    check = _DECLARATION_CHECKS.get(tool["type"])
+    if check is not None:
+        check(tool, param)
+
+
 def plan_turn(context: TurnContext) -> TurnPlan:
     if any(item["type"] in _ANSWER_TYPES for item in context.input_items):
-        return TurnPlan(notes=tuple(_function_output_notes(context)))
+        return _follow_up(context)
     tool_script = parse_tool_script(context.marker_text)
     if context.options.get("tool_choice") == "none":
         return TurnPlan()
+    mcp = McpTurn(context.tools, context.history)
+    mcp.call(tool_script.mcp_calls)
     calls = _function_calls(context, tool_script)
-    return TurnPlan(tool_items=tuple(calls), replies=not calls)
+    return TurnPlan(
+        tool_items=(*mcp.items, *calls),
+        notes=tuple(mcp.notes),
+        replies=not (calls or mcp.awaits_approval),
+    )
+
+
+def _follow_up(context: TurnContext) -> TurnPlan:
+    """The reply to answered calls: function outputs first, then approved MCP calls run."""
+    notes = _function_output_notes(context)
+    mcp = McpTurn(context.tools, context.history)
+    for item in context.input_items:
+        if item["type"] == "mcp_approval_response":
+            mcp.answer(item)
+    return TurnPlan(tool_items=tuple(mcp.items), notes=(*notes, *mcp.notes))
 
 
 def _function_calls(context: TurnContext, tool_script: ToolScript) -> list[Json]:

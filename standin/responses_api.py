@@ -21,6 +21,7 @@ from standin.params import (
 from standin.response_engine import ResponseEngine, ResponseSpec
 from standin.response_models import Conversation, ResponseRecord
 from standin.response_options import parse_options
+from standin.response_tools import check_tool_declaration
 from standin.state import StandInState
 from standin.web_util import json_response, note_ids, poll_headers
 
@@ -118,4 +119,5 @@ def _tools(body: Json) -> list[Json]:
             raise bad_request("Invalid tool definition.", param=f"tools[{index}]")
         if tool["type"] == "function" and not isinstance(tool.get("name"), str):
             raise bad_request("Function tools need a 'name'.", param=f"tools[{index}]")
+        check_tool_declaration(tool, f"tools[{index}]")
     return tools

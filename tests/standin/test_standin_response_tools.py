@@ -6,13 +6,18 @@ import json
 from typing import Any
 
 import openai
+import pydantic
 import pytest
+from openai.types.conversations import ConversationItem
 from openai.types.responses import Response, ResponseFunctionToolCall
 
 from standin import StandIn
+from standin.mcp_tool import mcp_calls
 from tests.standin.support import wait_until
 
 MODEL = "gpt-test"
+# ConversationItem is a union, so it validates through a TypeAdapter.
+_ITEM: pydantic.TypeAdapter[ConversationItem] = pydantic.TypeAdapter(ConversationItem)
 
 
 def _message(error: openai.APIStatusError) -> str:
@@ -332,3 +337,198 @@ async def test_parallel_tool_calls_false_and_tool_choice_none_limit_the_calls(
 async def test_a_call_marker_with_bad_json_is_refused(client: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="not JSON"):
         await client.responses.create(model=MODEL, input="[[call:track {oops}]]", tools=FUNCTIONS)
+
+
+# MCP
+
+DOCS: dict[str, Any] = {
+    "type": "mcp",
+    "server_label": "docs",
+    "server_url": "https://mcp.example.com/sse",
+    "authorization": "tok-secret",
+    "headers": {"X-Team": "support"},
+}
+SEARCH = '[[mcp:docs:search {"q": "refund"}]]'
+SEARCH_OUTPUT = 'result of search({"q": "refund"})'
+
+
+def _shapes_valid(standin: StandIn, response_id: str) -> None:
+    """The raw response and its conversation's items validate against the SDK's models."""
+    raw = standin.response(response_id)
+    Response.model_validate(raw)
+    if raw["conversation"] is not None:
+        for item in standin.conversation_items(raw["conversation"]["id"]):
+            _ITEM.validate_python(item)
+
+
+def _types(response: Response) -> list[str]:
+    return [item.type for item in response.output]
+
+
+async def test_an_mcp_tool_that_needs_no_approval_runs_at_once(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    conversation = await client.conversations.create()
+    server = {**DOCS, "require_approval": "never"}
+    first = await _settle(client, standin, conversation.id, f"look {SEARCH}", [server])
+    assert _types(first) == ["mcp_list_tools", "mcp_call", "message"]
+    listing, call = first.output[0], first.output[1]
+    assert listing.type == "mcp_list_tools"
+    assert listing.id.startswith("mcpl_")
+    assert (listing.server_label, [tool.name for tool in listing.tools]) == ("docs", ["search"])
+    assert call.type == "mcp_call"
+    assert call.id.startswith("mcp_")
+    assert (call.server_label, call.name, json.loads(call.arguments)) == (
+        "docs",
+        "search",
+        {"q": "refund"},
+    )
+    assert (call.output, call.error, call.status) == (SEARCH_OUTPUT, None, "completed")
+    assert first.output_text == f"Echo: look {SEARCH} | mcp docs.search said: {SEARCH_OUTPUT}"
+    _shapes_valid(standin, first.id)
+
+    again = await _settle(client, standin, conversation.id, f"more {SEARCH}", [server])
+    assert _types(again) == ["mcp_call", "message"]
+    turns = ["message", "mcp_list_tools", "mcp_call", "message", "message", "mcp_call", "message"]
+    assert await _item_types(client, conversation.id) == turns
+    (recorded, _) = mcp_calls(standin.state.responses.values())
+    assert recorded == {
+        "response_id": first.id,
+        "server_label": "docs",
+        "server_url": "https://mcp.example.com/sse",
+        "name": "search",
+        "arguments": {"q": "refund"},
+        "approval_request_id": None,
+        "output": SEARCH_OUTPUT,
+        "error": None,
+        "authorization_sent": True,
+        "header_names": ["X-Team"],
+    }
+
+
+async def test_an_approved_mcp_call_runs_in_the_follow_up(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    conversation = await client.conversations.create()
+    asking = await _settle(client, standin, conversation.id, f"look {SEARCH}", [DOCS])
+    assert (asking.status, _types(asking)) == (
+        "completed",
+        ["mcp_list_tools", "mcp_approval_request"],
+    )
+    request = asking.output[1]
+    assert request.type == "mcp_approval_request"
+    assert request.id.startswith("mcpr_")
+    assert (request.server_label, request.name) == ("docs", "search")
+    assert json.loads(request.arguments) == {"q": "refund"}
+    assert mcp_calls(standin.state.responses.values()) == []
+
+    approval = {"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}
+    done = await _settle(client, standin, conversation.id, [approval], [DOCS])
+    assert _types(done) == ["mcp_call", "message"]
+    call = done.output[0]
+    assert call.type == "mcp_call"
+    assert (call.approval_request_id, call.output) == (request.id, SEARCH_OUTPUT)
+    assert done.output_text == f"Echo: look {SEARCH} | mcp docs.search said: {SEARCH_OUTPUT}"
+    assert await _item_types(client, conversation.id) == [
+        "message",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "mcp_approval_response",
+        "mcp_call",
+        "message",
+    ]
+    _shapes_valid(standin, done.id)
+    assert [c["approval_request_id"] for c in mcp_calls(standin.state.responses.values())] == [
+        request.id
+    ]
+
+
+async def test_a_denied_mcp_call_is_not_run(client: openai.AsyncOpenAI, standin: StandIn) -> None:
+    conversation = await client.conversations.create()
+    asking = await _settle(client, standin, conversation.id, SEARCH, [DOCS])
+    denial = {
+        "type": "mcp_approval_response",
+        "approval_request_id": asking.output[-1].id,
+        "approve": False,
+        "reason": "not today",
+    }
+    done = await _settle(client, standin, conversation.id, [denial], [DOCS])
+    assert _types(done) == ["message"]
+    assert done.output_text == f"Echo: {SEARCH} | mcp docs.search was not approved: not today"
+    assert mcp_calls(standin.state.responses.values()) == []
+
+
+async def test_mcp_scripts_the_api_would_refuse(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    conversation = await client.conversations.create()
+    with pytest.raises(openai.BadRequestError, match="server_label 'wiki'"):
+        await _settle(client, standin, conversation.id, "[[mcp:wiki:search]]", [DOCS])
+    unknown = {"type": "mcp_approval_response", "approval_request_id": "mcpr_x", "approve": True}
+    with pytest.raises(openai.BadRequestError, match="mcpr_x") as refused:
+        await _settle(client, standin, conversation.id, [unknown], [DOCS])
+    assert refused.value.param == "input"
+    assert await _item_types(client, conversation.id) == []
+
+
+async def test_a_tool_outside_allowed_tools_fails_without_asking(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    server: Any = {**DOCS, "allowed_tools": ["fetch"]}
+    response = await client.responses.create(model=MODEL, input=SEARCH, tools=[server])
+    assert _types(response) == ["mcp_list_tools", "mcp_call", "message"]
+    listing, call = response.output[0], response.output[1]
+    assert listing.type == "mcp_list_tools"
+    assert [tool.name for tool in listing.tools] == ["fetch"]
+    assert call.type == "mcp_call"
+    assert (call.output, call.status) == (None, "failed")
+    assert call.error is not None
+    assert call.error.model_dump() == {
+        "type": "mcp_protocol_error",
+        "code": -32602,
+        "message": "Unknown tool: search",
+    }
+    assert response.output_text.endswith("| mcp docs.search failed: Unknown tool: search")
+    _shapes_valid(standin, response.id)
+
+
+@pytest.mark.parametrize(
+    ("require_approval", "asks"),
+    [
+        (None, True),
+        ("always", True),
+        ("never", False),
+        ({"never": {"tool_names": ["search"]}}, False),
+        ({"never": {"tool_names": ["fetch"]}}, True),
+        ({"always": {"tool_names": ["search"]}}, True),
+        ({"always": {"tool_names": ["fetch"]}}, True),
+        ({"always": {"tool_names": ["fetch"]}, "never": {"tool_names": ["search"]}}, False),
+        ({"always": {"tool_names": ["search"]}, "never": {"tool_names": ["search"]}}, True),
+        ({"never": {"read_only": True}}, True),
+    ],
+)
+async def test_require_approval_follows_the_spec(
+    client: openai.AsyncOpenAI, require_approval: Any, asks: bool
+) -> None:
+    server: Any = {**DOCS, "require_approval": require_approval}
+    response = await client.responses.create(model=MODEL, input=SEARCH, tools=[server])
+    assert _types(response)[-1] == ("mcp_approval_request" if asks else "message")
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"server_label": None}, "tools[0].server_label"),
+        ({"server_url": None}, "tools[0]"),
+        ({"require_approval": "sometimes"}, "tools[0].require_approval"),
+        ({"require_approval": {"maybe": {}}}, "tools[0].require_approval.maybe"),
+        ({"allowed_tools": {"names": ["a"]}}, "tools[0].allowed_tools.names"),
+    ],
+)
+async def test_mcp_declarations_are_checked(
+    client: openai.AsyncOpenAI, change: dict[str, Any], param: str
+) -> None:
+    server: Any = {key: value for key, value in {**DOCS, **change}.items() if value is not None}
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model=MODEL, input="hi", tools=[server])
+    assert refused.value.param == param
