@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 _WORD = re.compile(r"[^\W_]+")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 _MIN_WORD_CHARS = 3
+DEFAULT_LIMIT = 3
 _STOPWORDS = frozenset(
     {
         "the", "and", "for", "are", "but", "not", "you", "your", "with", "this", "that",
@@ -46,7 +47,7 @@ class Hit:
 
 
 def search(
-    state: StandInState, vector_store_ids: Sequence[str], query: str, *, limit: int = 3
+    state: StandInState, vector_store_ids: Sequence[str], query: str, *, limit: int = DEFAULT_LIMIT
 ) -> list[Hit]:
     """The best ``limit`` passages of the stores' files for ``query``, best first.
 

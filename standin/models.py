@@ -8,10 +8,13 @@ API uses.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from standin.file_search import Hit
 from standin.script import Script
+from standin.tool_script import ToolScript
 
 Json = dict[str, Any]
 RunStatus = Literal[
@@ -39,8 +42,18 @@ def seconds(epoch: float | None) -> int | None:
     return None if epoch is None else int(epoch)
 
 
-def text_block(value: str) -> Json:
-    return {"type": "text", "text": {"value": value, "annotations": []}}
+def text_block(value: str, annotations: Sequence[Json] = ()) -> Json:
+    return {"type": "text", "text": {"value": value, "annotations": list(annotations)}}
+
+
+def tool_types(tools: Sequence[Json]) -> frozenset[str]:
+    return frozenset(str(tool.get("type")) for tool in tools)
+
+
+def file_search_store_ids(tool_resources: Json) -> list[str]:
+    """The vector stores ``tool_resources`` give the file_search tool."""
+    ids = tool_resources.get("file_search", {}).get("vector_store_ids", [])
+    return [str(vector_store_id) for vector_store_id in ids]
 
 
 @dataclass
@@ -55,6 +68,10 @@ class Assistant:
     metadata: dict[str, str] = field(default_factory=dict)
     temperature: float | None = None
     top_p: float | None = None
+    response_format: str | Json | None = None
+    # Runs inherit it; AssistantObject has no field to show it in.
+    reasoning_effort: str | None = None
+    tool_resources: Json = field(default_factory=dict)
 
     def to_api(self) -> Json:
         return {
@@ -69,8 +86,8 @@ class Assistant:
             "metadata": self.metadata,
             "temperature": self.temperature,
             "top_p": self.top_p,
-            "response_format": "auto",
-            "tool_resources": {},
+            "response_format": self.response_format or "auto",
+            "tool_resources": self.tool_resources,
         }
 
 
@@ -125,12 +142,58 @@ class ToolCall:
             "function": {"name": self.name, "arguments": self.arguments},
         }
 
-    def step_api(self) -> Json:
+    def step_api(self, *, with_content: bool = False) -> Json:
         return {
             "id": self.id,
             "type": "function",
             "function": {"name": self.name, "arguments": self.arguments, "output": self.output},
         }
+
+
+@dataclass
+class FileSearchCall:
+    """A file_search call: the passages found, best first."""
+
+    id: str
+    ranking_options: Json
+    hits: tuple[Hit, ...]
+
+    def step_api(self, *, with_content: bool = False) -> Json:
+        """``with_content``: the ``include`` of the passages' text, as the steps endpoints take."""
+        results = []
+        for hit in self.hits:
+            result: Json = {"file_id": hit.file_id, "file_name": hit.filename, "score": hit.score}
+            if with_content:
+                result["content"] = [{"type": "text", "text": hit.text}]
+            results.append(result)
+        return {
+            "id": self.id,
+            "type": "file_search",
+            "file_search": {"ranking_options": self.ranking_options, "results": results},
+        }
+
+
+@dataclass
+class CodeInterpreterCall:
+    """A code interpreter call: the code it ran and the logs it printed."""
+
+    id: str
+    code: str
+    logs: str
+
+    def step_api(self, *, with_content: bool = False) -> Json:
+        # with_content, as every step's call takes it, concerns file_search results only.
+        return {
+            "id": self.id,
+            "type": "code_interpreter",
+            "code_interpreter": {
+                "input": self.code,
+                "outputs": [{"type": "logs", "logs": self.logs}],
+            },
+        }
+
+
+StepToolCall = ToolCall | FileSearchCall | CodeInterpreterCall
 
 
 @dataclass
@@ -143,15 +206,16 @@ class RunStep:
     created_at: float
     status: Literal["in_progress", "cancelled", "failed", "completed", "expired"]
     message_id: str | None = None
-    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_calls: list[StepToolCall] = field(default_factory=list)
     ended_at: float | None = None
 
-    def _details(self) -> Json:
+    def _details(self, with_content: bool) -> Json:
         if self.type == "message_creation":
             return {"type": "message_creation", "message_creation": {"message_id": self.message_id}}
-        return {"type": "tool_calls", "tool_calls": [call.step_api() for call in self.tool_calls]}
+        calls = [call.step_api(with_content=with_content) for call in self.tool_calls]
+        return {"type": "tool_calls", "tool_calls": calls}
 
-    def to_api(self) -> Json:
+    def to_api(self, *, with_search_content: bool = False) -> Json:
         ended = seconds(self.ended_at)
         return {
             "id": self.id,
@@ -162,7 +226,7 @@ class RunStep:
             "assistant_id": self.assistant_id,
             "type": self.type,
             "status": self.status,
-            "step_details": self._details(),
+            "step_details": self._details(with_search_content),
             "completed_at": ended if self.status == "completed" else None,
             "cancelled_at": ended if self.status == "cancelled" else None,
             "failed_at": ended if self.status == "failed" else None,
@@ -198,6 +262,10 @@ class Run:
     tool_calls: list[ToolCall] = field(default_factory=list)
     usage: Json | None = None
     steps: list[RunStep] = field(default_factory=list)
+    # The tools the newest user text scripts, and the file search made when the run
+    # was created (None when its tools or resources give it nothing to search).
+    tool_script: ToolScript = field(default_factory=ToolScript)
+    file_search: FileSearchCall | None = None
 
     @property
     def active(self) -> bool:
@@ -253,8 +321,8 @@ class Run:
             "tool_choice": self.options.get("tool_choice") or "auto",
             "truncation_strategy": self.options.get("truncation_strategy")
             or {"type": "auto", "last_messages": None},
-            "temperature": self.options.get("temperature"),
-            "top_p": self.options.get("top_p"),
+            "temperature": self.options.get("temperature", 1.0),
+            "top_p": self.options.get("top_p", 1.0),
             "max_completion_tokens": self.options.get("max_completion_tokens"),
             "max_prompt_tokens": self.options.get("max_prompt_tokens"),
         }
@@ -267,7 +335,7 @@ class Thread:
     metadata: dict[str, str] = field(default_factory=dict)
     messages: list[Message] = field(default_factory=list)
     runs: list[Run] = field(default_factory=list)
-    # Kept and echoed as given: the stand-in has no code interpreter or vector stores.
+    # Echoed as given; file_search searches its vector stores with the assistant's.
     tool_resources: Json = field(default_factory=dict)
 
     def to_api(self) -> Json:

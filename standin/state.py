@@ -11,7 +11,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from standin.errors import ApiError, bad_request, files_not_found, not_found
-from standin.models import Assistant, Message, Run, StoredFile, Thread, VectorStore
+from standin.models import (
+    Assistant,
+    Json,
+    Message,
+    Run,
+    StoredFile,
+    Thread,
+    VectorStore,
+    file_search_store_ids,
+)
 from standin.response_models import Conversation, ResponseRecord
 
 CONVERSATION_LOCKED = (
@@ -93,6 +102,13 @@ class StandInState:
         """Refuse a request that names a vector store the API would not find."""
         for vector_store_id in vector_store_ids:
             self.vector_store(vector_store_id)
+
+    def ensure_tool_resources(self, tool_resources: Json) -> None:
+        """Refuse ``tool_resources`` naming vector stores the API would not find.
+
+        The code interpreter's ``file_ids`` go unchecked: nothing here reads them.
+        """
+        self.ensure_vector_stores(file_search_store_ids(tool_resources))
 
     def detach_file(self, file_id: str) -> None:
         """A deleted File leaves every vector store, as the API stops serving it."""
