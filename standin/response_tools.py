@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from standin.code_interpreter_tool import check_code_interpreter_tool, write_file
 from standin.conversation_items import function_call_item, output_text
 from standin.errors import bad_request
 from standin.mcp_tool import McpTurn, check_mcp_tool
@@ -26,7 +27,10 @@ from standin.tool_script import ScriptedCall, ToolScript, parse_tool_script
 # Input items that answer calls a previous response made.
 _ANSWER_TYPES = frozenset({"function_call_output", "mcp_approval_response"})
 # Each built-in tool's own checks of its declaration in ``tools``.
-_DECLARATION_CHECKS: dict[str, Callable[[Json, str], None]] = {"mcp": check_mcp_tool}
+_DECLARATION_CHECKS: dict[str, Callable[[Json, str], None]] = {
+    "mcp": check_mcp_tool,
+    "code_interpreter": check_code_interpreter_tool,
+}
 
 
 @dataclass(frozen=True)
@@ -63,14 +67,30 @@ def plan_turn(context: TurnContext) -> TurnPlan:
     tool_script = parse_tool_script(context.marker_text)
     if context.options.get("tool_choice") == "none":
         return TurnPlan()
+    built_in, notes = _built_in_tools(context, tool_script)
     mcp = McpTurn(context.tools, context.history)
     mcp.call(tool_script.mcp_calls)
     calls = _function_calls(context, tool_script)
     return TurnPlan(
-        tool_items=(*mcp.items, *calls),
-        notes=tuple(mcp.notes),
+        tool_items=(*built_in, *mcp.items, *calls),
+        notes=(*notes, *mcp.notes),
         replies=not (calls or mcp.awaits_approval),
     )
+
+
+def _built_in_tools(
+    context: TurnContext, tool_script: ToolScript
+) -> tuple[list[Json], list[ReplyNote]]:
+    """The calls of the tools OpenAI runs itself, in output order, and their notes."""
+    items: list[Json] = []
+    notes: list[ReplyNote] = []
+    if tool_script.code_file is not None:
+        call, note = write_file(
+            tool_script.code_file, context.tools, context.history, context.options
+        )
+        items.append(call)
+        notes.append(note)
+    return items, notes
 
 
 def _follow_up(context: TurnContext) -> TurnPlan:

@@ -532,3 +532,81 @@ async def test_mcp_declarations_are_checked(
     with pytest.raises(openai.BadRequestError) as refused:
         await client.responses.create(model=MODEL, input="hi", tools=[server])
     assert refused.value.param == param
+
+
+# Code interpreter
+
+CODE: Any = {"type": "code_interpreter", "container": {"type": "auto"}}
+
+
+async def test_a_code_file_marker_writes_a_cited_container_file(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    conversation = await client.conversations.create()
+    text = "chart it [[code_file:report.csv]]"
+    response = await _settle(client, standin, conversation.id, text, [CODE])
+    assert _types(response) == ["code_interpreter_call", "message"]
+    call = response.output[0]
+    assert call.type == "code_interpreter_call"
+    assert call.id.startswith("ci_")
+    assert call.container_id.startswith("cntr_")
+    assert call.code is not None
+    assert "report.csv" in call.code
+    assert (call.status, call.outputs) == ("completed", None)
+    assert response.output_text == f"Echo: {text} | code interpreter wrote report.csv"
+    message = response.output[1]
+    assert message.type == "message"
+    assert message.content[0].type == "output_text"
+    (citation,) = message.content[0].annotations
+    assert citation.type == "container_file_citation"
+    assert citation.container_id == call.container_id
+    assert citation.file_id.startswith("cfile_")
+    assert citation.filename == "report.csv"
+    assert response.output_text[citation.start_index : citation.end_index] == "report.csv"
+    _shapes_valid(standin, response.id)
+    assert await _item_types(client, conversation.id) == [
+        "message",
+        "code_interpreter_call",
+        "message",
+    ]
+
+    written = await client.containers.files.retrieve(
+        citation.file_id, container_id=call.container_id
+    )
+    assert (written.path, written.source) == ("/mnt/data/report.csv", "assistant")
+    content = await client.containers.files.content.retrieve(
+        citation.file_id, container_id=call.container_id
+    )
+    assert content.read() == b"report.csv, written by the stand-in's code interpreter\n"
+    assert written.bytes == len(content.read())
+
+    again = await _settle(client, standin, conversation.id, "[[code_file:b.txt]]", [CODE])
+    assert again.output[0].type == "code_interpreter_call"
+    assert again.output[0].container_id == call.container_id
+
+
+async def test_code_interpreter_outputs_only_when_included(client: openai.AsyncOpenAI) -> None:
+    response = await client.responses.create(
+        model=MODEL,
+        input="[[code_file:a.txt]]",
+        tools=[{"type": "code_interpreter", "container": "cntr_given"}],
+        include=["code_interpreter_call.outputs"],
+    )
+    call = response.output[0]
+    assert call.type == "code_interpreter_call"
+    assert call.container_id == "cntr_given"
+    assert call.outputs is not None
+    assert [output.model_dump() for output in call.outputs] == [
+        {"type": "logs", "logs": "wrote /mnt/data/a.txt"}
+    ]
+
+
+async def test_code_interpreter_scripts_the_api_would_refuse(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="needs a code_interpreter tool"):
+        await client.responses.create(model=MODEL, input="[[code_file:a.txt]]", tools=FUNCTIONS)
+    no_container: Any = {"type": "code_interpreter"}
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model=MODEL, input="hi", tools=[no_container])
+    assert refused.value.param == "tools[0].container"
+    with pytest.raises(openai.NotFoundError):
+        await client.containers.files.retrieve("cfile_x", container_id="cntr_x")
