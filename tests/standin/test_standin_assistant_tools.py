@@ -343,12 +343,20 @@ async def test_file_search_quotes_the_best_passage_and_cites_each_file(
     for annotation in annotations:
         assert text[annotation.start_index : annotation.end_index] == annotation.text
 
+    detailed = await client.beta.threads.runs.steps.retrieve(
+        search_step.id,
+        thread_id=run.thread_id,
+        run_id=run.id,
+        include=["step_details.tool_calls[*].file_search.results[*].content"],
+    )
+    assert detailed.step_details.type == "tool_calls"
+    (found,) = detailed.step_details.tool_calls
+    assert found.type == "file_search"
+    assert [
+        [(part.type, part.text) for part in result.content or []]
+        for result in found.file_search.results or []
+    ] == [[("text", best)], [("text", "A refund for a gift card goes back to the card.")]]
     path = f"/v1/threads/{run.thread_id}/runs/{run.id}/steps"
-    include = "include[]=step_details.tool_calls[*].file_search.results[*].content"
-    detailed = (await http.get(f"{path}/{search_step.id}?{include}")).body
-    RunStep.model_validate(detailed)
-    found = detailed["step_details"]["tool_calls"][0]["file_search"]["results"]
-    assert found[0]["content"] == [{"type": "text", "text": best}]
     assert (await http.get(f"{path}?include[]=usage")).status == 400
 
 
