@@ -23,6 +23,12 @@ from standin.response_models import TurnPlan
 from standin.script import Script
 from standin.tool_arguments import scripted_arguments
 from standin.tool_script import ScriptedCall, ToolScript, parse_tool_script
+from standin.web_search_tool import (
+    WEB_SEARCH_TYPES,
+    check_web_search_tool,
+    search_web,
+    wants_web_search,
+)
 
 # Input items that answer calls a previous response made.
 _ANSWER_TYPES = frozenset({"function_call_output", "mcp_approval_response"})
@@ -30,6 +36,7 @@ _ANSWER_TYPES = frozenset({"function_call_output", "mcp_approval_response"})
 _DECLARATION_CHECKS: dict[str, Callable[[Json, str], None]] = {
     "mcp": check_mcp_tool,
     "code_interpreter": check_code_interpreter_tool,
+    **dict.fromkeys(WEB_SEARCH_TYPES, check_web_search_tool),
 }
 
 
@@ -82,15 +89,14 @@ def _built_in_tools(
     context: TurnContext, tool_script: ToolScript
 ) -> tuple[list[Json], list[ReplyNote]]:
     """The calls of the tools OpenAI runs itself, in output order, and their notes."""
-    items: list[Json] = []
-    notes: list[ReplyNote] = []
+    used: list[tuple[Json, ReplyNote]] = []
+    if wants_web_search(context.marker_text, context.tools):
+        used.append(search_web(context.query, context.options))
     if tool_script.code_file is not None:
-        call, note = write_file(
-            tool_script.code_file, context.tools, context.history, context.options
+        used.append(
+            write_file(tool_script.code_file, context.tools, context.history, context.options)
         )
-        items.append(call)
-        notes.append(note)
-    return items, notes
+    return [call for call, _ in used], [note for _, note in used]
 
 
 def _follow_up(context: TurnContext) -> TurnPlan:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from typing import Any
 
 import openai
@@ -610,3 +611,62 @@ async def test_code_interpreter_scripts_the_api_would_refuse(client: openai.Asyn
     assert refused.value.param == "tools[0].container"
     with pytest.raises(openai.NotFoundError):
         await client.containers.files.retrieve("cfile_x", container_id="cntr_x")
+
+
+# Web search
+
+
+@pytest.mark.parametrize("tool_type", ["web_search", "web_search_preview"])
+async def test_a_web_search_marker_searches_and_cites_a_url(
+    client: openai.AsyncOpenAI, standin: StandIn, tool_type: str
+) -> None:
+    conversation = await client.conversations.create()
+    text = "news about tea [[web_search]]"
+    tool: Any = {"type": tool_type}
+    response = await _settle(client, standin, conversation.id, text, [tool])
+    assert _types(response) == ["web_search_call", "message"]
+    call = response.output[0]
+    assert call.type == "web_search_call"
+    assert (call.id[:3], call.status) == ("ws_", "completed")
+    assert call.action.type == "search"
+    assert (call.action.query, call.action.queries, call.action.sources) == (text, [text], None)
+    url = "https://example.com/search?q=" + urllib.parse.quote_plus(text)
+    assert response.output_text == f"Echo: {text} | web search found ([example.com]({url}))"
+    message = response.output[1]
+    assert message.type == "message"
+    assert message.content[0].type == "output_text"
+    (citation,) = message.content[0].annotations
+    assert citation.type == "url_citation"
+    assert (citation.url, citation.title) == (url, "Example Domain")
+    assert response.output_text[citation.start_index : citation.end_index] == (
+        f"[example.com]({url})"
+    )
+    _shapes_valid(standin, response.id)
+    assert await _item_types(client, conversation.id) == ["message", "web_search_call", "message"]
+
+
+async def test_web_search_sources_only_when_included(client: openai.AsyncOpenAI) -> None:
+    response = await client.responses.create(
+        model=MODEL,
+        input="[[web_search]]",
+        tools=[{"type": "web_search"}],
+        include=["web_search_call.action.sources"],
+    )
+    call = response.output[0]
+    assert call.type == "web_search_call"
+    assert call.action.type == "search"
+    assert call.action.sources is not None
+    assert [source.url for source in call.action.sources] == [
+        "https://example.com/search?q=%5B%5Bweb_search%5D%5D"
+    ]
+
+
+async def test_declared_web_search_without_the_marker_is_unused(
+    client: openai.AsyncOpenAI,
+) -> None:
+    response = await client.responses.create(
+        model=MODEL, input="hi", tools=[{"type": "web_search"}]
+    )
+    assert (_types(response), response.output_text) == (["message"], "Echo: hi")
+    with pytest.raises(openai.BadRequestError, match="needs a web_search tool"):
+        await client.responses.create(model=MODEL, input="[[web_search]]")
