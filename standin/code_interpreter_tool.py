@@ -95,7 +95,7 @@ def write_file(
             "end_index": end,
         }
 
-    return call, ReplyNote(f"code interpreter wrote {filename}", cited=filename, cite=cite)
+    return call, ReplyNote(f"code interpreter wrote {filename}", cited=filename, cites=(cite,))
 
 
 def container_files(responses: Iterable[ResponseRecord]) -> Iterable[ContainerFile]:

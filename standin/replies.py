@@ -50,12 +50,13 @@ def echo_piece(text: str, file_names: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class ReplyNote:
-    """What a reply says about one tool result; ``cite`` makes a citation over ``cited``
-    (a part of ``text``), or over the empty span at the note's end when ``cited`` is empty."""
+    """What a reply says about one tool result; each of ``cites`` makes a citation over
+    ``cited`` (a part of ``text``), or over the empty span at the note's end when ``cited``
+    is empty."""
 
     text: str
     cited: str = ""
-    cite: Cite | None = None
+    cites: tuple[Cite, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,8 @@ def compose_reply(opening: str, notes: Sequence[ReplyNote]) -> Reply:
         text += _NOTE_SEPARATOR
         start = len(text) + (note.text.index(note.cited) if note.cited else len(note.text))
         text += note.text
-        if note.cite is not None:
-            end = start + len(note.cited)
-            citations.append((end, note.cite(start, end)))
+        end = start + len(note.cited)
+        citations += [(end, cite(start, end)) for cite in note.cites]
     return Reply(text, tuple(citations))
 
 

@@ -89,7 +89,7 @@ class ResponseEngine:
             input_items=spec.input_items,
             batch=batch,
             echoed=[self._echo_piece(item) for item in unanswered],
-            plan=plan_turn(context),
+            plan=plan_turn(context, self._state),
             options=spec.options,
         )
         self._state.responses[record.id] = record

@@ -116,6 +116,14 @@ def includes(options: Json, what: str) -> bool:
     return what in options.get("include", ())
 
 
+def ensure_integer(
+    value: Any, param: str, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """An integer in range, or the API's 400 for it (as for ``max_output_tokens``)."""
+    checked: int = _integer(minimum, maximum)(value, param)
+    return checked
+
+
 def _served_tier(requested: str | None) -> str:
     # The response names the tier that served it: "auto" resolves to the project's default,
     # and fast mode is reported as priority.

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from standin.code_interpreter_tool import check_code_interpreter_tool, write_file
 from standin.conversation_items import function_call_item, output_text
 from standin.errors import bad_request
+from standin.file_search_tool import check_file_search_tool, declared_file_search, search_files
 from standin.mcp_tool import McpTurn, check_mcp_tool
 from standin.models import Json, new_id
 from standin.replies import ReplyNote, tool_said
 from standin.response_models import TurnPlan
 from standin.script import Script
+from standin.state import StandInState
 from standin.tool_arguments import scripted_arguments
 from standin.tool_script import ScriptedCall, ToolScript, parse_tool_script
 from standin.web_search_tool import (
@@ -36,6 +38,7 @@ _ANSWER_TYPES = frozenset({"function_call_output", "mcp_approval_response"})
 _DECLARATION_CHECKS: dict[str, Callable[[Json, str], None]] = {
     "mcp": check_mcp_tool,
     "code_interpreter": check_code_interpreter_tool,
+    "file_search": check_file_search_tool,
     **dict.fromkeys(WEB_SEARCH_TYPES, check_web_search_tool),
 }
 
@@ -68,13 +71,13 @@ def check_tool_declaration(tool: Json, param: str) -> None:
         check(tool, param)
 
 
-def plan_turn(context: TurnContext) -> TurnPlan:
+def plan_turn(context: TurnContext, state: StandInState) -> TurnPlan:
     if any(item["type"] in _ANSWER_TYPES for item in context.input_items):
         return _follow_up(context)
     tool_script = parse_tool_script(context.marker_text)
     if context.options.get("tool_choice") == "none":
         return TurnPlan()
-    built_in, notes = _built_in_tools(context, tool_script)
+    built_in, notes = _built_in_tools(context, tool_script, state)
     mcp = McpTurn(context.tools, context.history)
     mcp.call(tool_script.mcp_calls)
     calls = _function_calls(context, tool_script)
@@ -86,17 +89,20 @@ def plan_turn(context: TurnContext) -> TurnPlan:
 
 
 def _built_in_tools(
-    context: TurnContext, tool_script: ToolScript
+    context: TurnContext, tool_script: ToolScript, state: StandInState
 ) -> tuple[list[Json], list[ReplyNote]]:
     """The calls of the tools OpenAI runs itself, in output order, and their notes."""
-    used: list[tuple[Json, ReplyNote]] = []
+    used: list[tuple[Json, ReplyNote | None]] = []
+    file_search = declared_file_search(context.tools)
+    if file_search is not None:
+        used.append(search_files(state, file_search, context.query, context.options))
     if wants_web_search(context.marker_text, context.tools):
         used.append(search_web(context.query, context.options))
     if tool_script.code_file is not None:
         used.append(
             write_file(tool_script.code_file, context.tools, context.history, context.options)
         )
-    return [call for call, _ in used], [note for _, note in used]
+    return [call for call, _ in used], [note for _, note in used if note is not None]
 
 
 def _follow_up(context: TurnContext) -> TurnPlan:

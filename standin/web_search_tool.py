@@ -71,4 +71,4 @@ def search_web(query: str, options: Json) -> tuple[Json, ReplyNote]:
             "end_index": end,
         }
 
-    return call, ReplyNote(f"web search found ({link})", cited=link, cite=cite)
+    return call, ReplyNote(f"web search found ({link})", cited=link, cites=(cite,))

@@ -14,7 +14,7 @@ from openai.types.responses import Response, ResponseFunctionToolCall
 
 from standin import StandIn
 from standin.mcp_tool import mcp_calls
-from tests.standin.support import wait_until
+from tests.standin.support import upload, wait_until
 
 MODEL = "gpt-test"
 # ConversationItem is a union, so it validates through a TypeAdapter.
@@ -670,3 +670,142 @@ async def test_declared_web_search_without_the_marker_is_unused(
     assert (_types(response), response.output_text) == (["message"], "Echo: hi")
     with pytest.raises(openai.BadRequestError, match="needs a web_search tool"):
         await client.responses.create(model=MODEL, input="[[web_search]]")
+
+
+# File search
+
+REFUNDS = b"Refunds take five days.\n\nShipping is free over 50 euros."
+RETURNS = b"Returns of refunds need a receipt."
+QUESTION = "how long do refunds take"
+
+
+async def _store(client: openai.AsyncOpenAI) -> tuple[str, str, str]:
+    """A vector store holding refunds.txt and returns.txt: its ID and theirs."""
+    refunds = await upload(client, "refunds.txt", REFUNDS, purpose="assistants")
+    returns = await upload(client, "returns.txt", RETURNS, purpose="assistants")
+    store = await client.vector_stores.create(file_ids=[refunds, returns])
+    await client.vector_stores.files.update(
+        refunds, vector_store_id=store.id, attributes={"topic": "refunds"}
+    )
+    return store.id, refunds, returns
+
+
+async def test_file_search_quotes_the_best_passage_and_cites_each_file(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    store_id, refunds, returns = await _store(client)
+    conversation = await client.conversations.create()
+    tool: Any = {"type": "file_search", "vector_store_ids": [store_id]}
+    response = await _settle(client, standin, conversation.id, QUESTION, [tool])
+    assert _types(response) == ["file_search_call", "message"]
+    call = response.output[0]
+    assert call.type == "file_search_call"
+    assert call.id.startswith("fs_")
+    assert (call.queries, call.status, call.results) == ([QUESTION], "completed", None)
+    text = f'Echo: {QUESTION} | refunds.txt says: "Refunds take five days."'
+    assert response.output_text == text
+    message = response.output[1]
+    assert message.type == "message"
+    assert message.content[0].type == "output_text"
+    assert [a.model_dump() for a in message.content[0].annotations] == [
+        {
+            "type": "file_citation",
+            "file_id": refunds,
+            "filename": "refunds.txt",
+            "index": len(text),
+        },
+        {
+            "type": "file_citation",
+            "file_id": returns,
+            "filename": "returns.txt",
+            "index": len(text),
+        },
+    ]
+    _shapes_valid(standin, response.id)
+    assert await _item_types(client, conversation.id) == ["message", "file_search_call", "message"]
+
+
+async def test_file_search_results_only_when_included(client: openai.AsyncOpenAI) -> None:
+    store_id, refunds, _ = await _store(client)
+    response = await client.responses.create(
+        model=MODEL,
+        input=QUESTION,
+        tools=[{"type": "file_search", "vector_store_ids": [store_id], "max_num_results": 1}],
+        include=["file_search_call.results"],
+    )
+    call = response.output[0]
+    assert call.type == "file_search_call"
+    assert call.results is not None
+    assert [result.model_dump() for result in call.results] == [
+        {
+            "file_id": refunds,
+            "filename": "refunds.txt",
+            "score": pytest.approx(2 / 3),
+            "text": "Refunds take five days.",
+            "attributes": {"topic": "refunds"},
+        }
+    ]
+    message = response.output[1]
+    assert message.type == "message"
+    assert message.content[0].type == "output_text"
+    assert [a.type for a in message.content[0].annotations] == ["file_citation"]
+
+
+async def test_file_search_that_finds_nothing_gives_the_plain_reply(
+    client: openai.AsyncOpenAI,
+) -> None:
+    store_id, _, _ = await _store(client)
+    response = await client.responses.create(
+        model=MODEL,
+        input="hello there",
+        tools=[{"type": "file_search", "vector_store_ids": [store_id]}],
+        include=["file_search_call.results"],
+    )
+    assert _types(response) == ["file_search_call", "message"]
+    call = response.output[0]
+    assert call.type == "file_search_call"
+    assert call.results == []
+    message = response.output[1]
+    assert message.type == "message"
+    assert message.content[0].type == "output_text"
+    assert (message.content[0].text, message.content[0].annotations) == ("Echo: hello there", [])
+
+
+async def test_a_follow_up_does_not_search_again(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    store_id, _, _ = await _store(client)
+    tools: Any = [*FUNCTIONS, {"type": "file_search", "vector_store_ids": [store_id]}]
+    conversation = await client.conversations.create()
+    asking = await _settle(client, standin, conversation.id, f"{QUESTION} [[call:track]]", tools)
+    assert _types(asking) == ["file_search_call", "function_call"]
+    answer = await _settle(client, standin, conversation.id, _outputs(_calls(asking), "ok"), tools)
+    assert _types(answer) == ["message"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "param"),
+    [
+        ({"type": "file_search"}, "tools[0].vector_store_ids"),
+        ({"type": "file_search", "vector_store_ids": "vs_1"}, "tools[0].vector_store_ids"),
+        (
+            {"type": "file_search", "vector_store_ids": [], "max_num_results": 51},
+            "tools[0].max_num_results",
+        ),
+    ],
+)
+async def test_file_search_declarations_are_checked(
+    client: openai.AsyncOpenAI, tool: Any, param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model=MODEL, input="hi", tools=[tool])
+    assert refused.value.param == param
+
+
+async def test_file_search_in_an_unknown_store_is_not_found(
+    client: openai.AsyncOpenAI, standin: StandIn
+) -> None:
+    tool: Any = {"type": "file_search", "vector_store_ids": ["vs_missing"]}
+    with pytest.raises(openai.NotFoundError):
+        await client.responses.create(model=MODEL, input=QUESTION, tools=[tool])
+    assert standin.state.responses == {}
