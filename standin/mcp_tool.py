@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from standin.errors import (
     bad_request,
@@ -161,6 +162,23 @@ class McpTurn:
             if item["type"] == "mcp_approval_request" and item["id"] == request_id:
                 return item
         raise bad_request(f"No MCP approval request found with id '{request_id}'.", param="input")
+
+
+def shown_tools(tools: Sequence[Json]) -> list[Json]:
+    """The declarations as the response object shows them. For MCP servers the API keeps
+    neither the ``authorization`` token nor header values, and drops ``server_url``'s path,
+    since an authenticated URL may carry a secret there."""
+    return [_shown_mcp_tool(tool) if tool["type"] == "mcp" else tool for tool in tools]
+
+
+def _shown_mcp_tool(tool: Json) -> Json:
+    shown = {key: value for key, value in tool.items() if key != "authorization"}
+    if "headers" in shown:
+        shown["headers"] = None
+    if isinstance(shown.get("server_url"), str):
+        url = urlsplit(shown["server_url"])
+        shown["server_url"] = f"{url.scheme}://{url.netloc}"
+    return shown
 
 
 def mcp_output(tool: str, arguments: str) -> str:

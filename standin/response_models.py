@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
+from standin.mcp_tool import shown_tools
 from standin.models import Json, seconds
 from standin.replies import ReplyNote
 from standin.response_options import shown_options
@@ -90,7 +91,7 @@ class ResponseRecord:
             "model": self.model,
             "instructions": self.instructions,
             "metadata": self.metadata,
-            "tools": self.tools,
+            "tools": shown_tools(self.tools),
             "output": self.output,
             "error": self.error,
             "incomplete_details": (

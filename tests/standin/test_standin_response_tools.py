@@ -387,6 +387,9 @@ async def test_an_mcp_tool_that_needs_no_approval_runs_at_once(
     assert (call.output, call.error, call.status) == (SEARCH_OUTPUT, None, "completed")
     assert first.output_text == f"Echo: look {SEARCH} | mcp docs.search said: {SEARCH_OUTPUT}"
     _shapes_valid(standin, first.id)
+    (shown,) = standin.response(first.id)["tools"]
+    assert "authorization" not in shown
+    assert (shown["server_url"], shown["headers"]) == ("https://mcp.example.com", None)
 
     again = await _settle(client, standin, conversation.id, f"more {SEARCH}", [server])
     assert _types(again) == ["mcp_call", "message"]
