@@ -107,7 +107,8 @@ async def transform_ms(repeat: int = 2000) -> dict[str, float]:
     from openai._utils import async_maybe_transform
     from openai.types.responses.response_create_params import ResponseCreateParamsNonStreaming
 
-    from worker.relay.tools import default_tools
+    from worker.profiles.declarations import responses_tools
+    from worker.profiles.load import shorthand_profiles
 
     body: dict[str, object] = {
         "background": True,
@@ -119,7 +120,7 @@ async def transform_ms(repeat: int = 2000) -> dict[str, float]:
     }
     wire = {
         "input": [{"type": "message", "role": "user", "content": "Where is my order?"}],
-        "tools": default_tools().declarations(),
+        "tools": responses_tools(shorthand_profiles("gpt-4o-mini", "").profiles["default"]),
     }
     result = {}
     for name, params in (

@@ -19,6 +19,7 @@ from tests.harness import ReplyCollector
 from tests.support import AMQP_URL, API_KEY, admin_sql, dsn_for, tagged_topology
 from worker import crashpoints
 from worker import topology as topo
+from worker.profiles.config import profiles_of
 from worker.service import WorkerService
 from worker.settings import BackendName, Settings, Topology
 from worker.store.migrate import migrate
@@ -153,7 +154,7 @@ class RunningWorker:
 
 
 async def start_worker(settings: Settings) -> RunningWorker:
-    service = WorkerService(settings)
+    service = WorkerService(settings, profiles_of(settings))
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(stop))
     ready = asyncio.create_task(service.ready.wait())

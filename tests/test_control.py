@@ -32,7 +32,7 @@ from tests.support import (
 )
 from worker.events import validator
 from worker.ops.helpdesk import publish_control
-from worker.relay.tools import HANDOFF
+from worker.relay.tools import handoff_declaration
 from worker.settings import Topology
 
 Json = dict[str, Any]
@@ -445,7 +445,7 @@ async def assistant_with_handoff(standin: StandIn) -> str:
         warnings.simplefilter("ignore", DeprecationWarning)  # the Assistants API's sunset
         assistant = await client.beta.assistants.create(
             model="gpt-4o-mini",
-            tools=[HANDOFF.assistants_declaration()],  # type: ignore[list-item]
+            tools=[handoff_declaration()],  # type: ignore[list-item]
         )
     await client.close()
     return assistant.id

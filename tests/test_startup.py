@@ -23,6 +23,7 @@ from tests.support import AMQP_URL, admin_sql, dsn_for, worker_env
 from worker import events
 from worker.health import Health
 from worker.ops.cli import _hint
+from worker.profiles.config import profiles_of
 from worker.service import WorkerService
 from worker.settings import Settings
 from worker.startup import Endpoint, Server, StoppedWhileWaiting, wait_for
@@ -239,7 +240,9 @@ async def test_a_missing_schema_file_stops_the_worker_before_it_connects(
             openai_api_key=SecretStr("sk-unused"),
         )
         with pytest.raises(FileNotFoundError) as raised:
-            await asyncio.wait_for(WorkerService(settings).run(asyncio.Event()), timeout=5)
+            await asyncio.wait_for(
+                WorkerService(settings, profiles_of(settings)).run(asyncio.Event()), timeout=5
+            )
     finally:
         events.validator.cache_clear()
     missing = str(tmp_path / "user_message.v1.json")

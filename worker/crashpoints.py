@@ -27,6 +27,7 @@ class CrashPoint(StrEnum):
     AFTER_PUBLISH_CONFIRMED = "after_publish_confirmed"  # broker has it, outbox row not marked
     AFTER_RUN_STOPPED = "after_run_stopped"  # an interrupt cancelled the run at the API
     AFTER_CONTROL_APPLIED = "after_control_applied"  # its API effect done, not yet settled
+    AFTER_TOOL_RAN = "after_tool_ran"  # a tool's handler ran; its outcome is not recorded
 
 
 def _parse(spec: str) -> dict[str, float]:

@@ -87,6 +87,7 @@ class UserMessage:
     instructions: str | None = None
     author: Author | None = None
     occurred_at: datetime | None = None
+    profile: str | None = None
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> UserMessage:
@@ -104,6 +105,7 @@ class UserMessage:
             instructions=doc.get("instructions"),
             author=None if author is None else Author(author["id"], author.get("name")),
             occurred_at=_occurred_at(doc),
+            profile=doc.get("profile"),
         )
 
     @property
@@ -111,13 +113,15 @@ class UserMessage:
         """What a run applies to all of its messages: events coalesce only when it is equal.
 
         On Responses the metadata and author go on the response, not on each message, and an
-        event's assistant answers a run of its own; None when the event sets none of them.
+        event's assistant or profile answers a run of its own; None when the event sets none.
         """
         shared = {
             "metadata": self.metadata or None,
             "author": None if self.author is None else [self.author.id, self.author.name],
             "assistant_id": self.assistant_id,
         }
+        if self.profile is not None:  # only when set: keys stored before profiles stay equal
+            shared["profile"] = self.profile
         if not any(shared.values()):
             return None
         canonical = json.dumps(shared, sort_keys=True, separators=(",", ":"))
@@ -400,11 +404,53 @@ def _unexpected(error: ValidationError) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ReplyMessage:
-    """One assistant message of a reply, with the annotations (citations) the API attached."""
+    """One assistant message of a reply, with the annotations (citations) the API attached
+    and the IDs of the files the assistant produced for it (code interpreter outputs, images)."""
 
     id: str
     text: str
     annotations: tuple[dict[str, Any], ...] = ()
+    files: tuple[str, ...] = ()
+
+
+class ToolKind(StrEnum):
+    FUNCTION = "function"  # served by the worker (the profile's tools, handoff_to_human)
+    FILE_SEARCH = "file_search"  # run by the API itself, from here on
+    CODE_INTERPRETER = "code_interpreter"
+    WEB_SEARCH = "web_search"
+    MCP = "mcp"
+
+
+class ToolOutcome(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+    # Begun by a worker that died before it ended; not run again (not idempotent).
+    UNKNOWN = "unknown"
+    # An MCP approval request the profile's policy refused.
+    DENIED = "denied"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallSummary:
+    """One tool call of the run, for the reply's `tool_calls`: what ran, and how it went."""
+
+    kind: ToolKind
+    name: str
+    outcome: ToolOutcome
+    duration_ms: int | None = None
+    # Model output, which may quote the customer: only where the profile shows arguments.
+    arguments: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "type": self.kind.value,
+            "name": self.name,
+            "status": self.outcome.value,
+            "duration_ms": self.duration_ms,
+        }
+        if self.arguments is not None:
+            doc["arguments"] = self.arguments
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +489,7 @@ class AssistantReply:
     # The conversation's count of replies, this one included.
     sequence: int
     metadata: Mapping[str, str]
+    tool_calls: tuple[ToolCallSummary, ...] = ()
 
     @property
     def event_id(self) -> str:
@@ -459,9 +506,15 @@ class AssistantReply:
             "status": self.status,
             "text": "\n\n".join(m.text for m in self.messages),
             "messages": [
-                {"id": m.id, "text": m.text, "annotations": list(m.annotations)}
+                {
+                    "id": m.id,
+                    "text": m.text,
+                    "annotations": list(m.annotations),
+                    "files": list(m.files),
+                }
                 for m in self.messages
             ],
+            "tool_calls": [call.to_json() for call in self.tool_calls],
             "thread_id": self.thread_id,
             "run_id": self.run_id,
             "assistant_id": self.assistant_id,

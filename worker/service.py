@@ -20,6 +20,7 @@ from worker.backends.files import Files
 from worker.backends.responses import ResponsesBackend
 from worker.health import Health, HealthServer, probe_database_forever
 from worker.metrics import Metrics
+from worker.profiles.model import Profiles
 from worker.relay.activity import Activity, ActivityPublisher, ActivitySink, NoActivity
 from worker.relay.consume import Consumer
 from worker.relay.conversation import ConversationProcessor
@@ -30,7 +31,6 @@ from worker.relay.polling import PollSchedule
 from worker.relay.publish import OutboxRelay
 from worker.relay.retry import RetryPolicy, internal_backoff
 from worker.relay.runner import Runner
-from worker.relay.tools import ToolRegistry, default_tools
 from worker.settings import BackendName, Settings
 from worker.startup import Endpoint, Server, StoppedWhileWaiting, check_contract, wait_for
 from worker.store.migrate import check_schema
@@ -40,19 +40,11 @@ from worker.store.postgres import PostgresStore, create_pool
 log = structlog.get_logger("worker.service")
 
 
-def make_backends(
-    settings: Settings, client: openai.AsyncOpenAI, tools: ToolRegistry
-) -> dict[str, Backend]:
+def make_backends(settings: Settings, client: openai.AsyncOpenAI) -> dict[str, Backend]:
     """Both backends: new conversations use the configured one, older ones keep theirs."""
     return {
         BackendName.ASSISTANTS.value: AssistantsBackend(client),
-        BackendName.RESPONSES.value: ResponsesBackend(
-            client,
-            model=settings.model,
-            instructions=settings.instructions,
-            tools=tools.declarations(),
-            prompt_id=settings.prompt_id,
-        ),
+        BackendName.RESPONSES.value: ResponsesBackend(client, prompt_id=settings.prompt_id),
     }
 
 
@@ -76,9 +68,11 @@ class WorkerService:
     as a whole when any background loop dies, so Kubernetes restarts a process that is whole.
     """
 
-    def __init__(self, settings: Settings, tools: ToolRegistry | None = None) -> None:
+    def __init__(self, settings: Settings, profiles: Profiles) -> None:
+        """`profiles` are read before (profiles_of): a bad file stops the process before it
+        opens anything."""
         self.settings = settings
-        self._tools = tools or default_tools()
+        self._profiles = profiles
         self.ready = asyncio.Event()
         self.metrics = Metrics()
         self.health = Health()
@@ -117,7 +111,7 @@ class WorkerService:
         ownership = self._ownership(store, client, relay, pacer, activity)
         self.metrics.in_flight.set_function(lambda: ownership.in_flight)
         self.metrics.pacing_limit.set_function(lambda: pacer.limit)
-        intake = Intake(s, store, ownership, relay.wake, self.metrics, pacer)
+        intake = Intake(s, self._profiles, store, ownership, relay.wake, self.metrics, pacer)
         # A declared (passive) queue, not a bare handle: only those get their consumer back
         # when the robust connection recovers from a broker restart.
         queue = await consume_channel.get_queue(s.topology.inbound_queue)
@@ -190,11 +184,20 @@ class WorkerService:
         )
         schedule = PollSchedule(s.poll_initial_ms, s.poll_max_ms, s.poll_growth)
         runners = {
-            name: Runner(backend, api_retry, schedule, s.run_deadline_s, self._tools, pacer)
-            for name, backend in make_backends(s, client, self._tools).items()
+            name: Runner(backend, api_retry, schedule, s.run_deadline_s, pacer)
+            for name, backend in make_backends(s, client).items()
         }
         processor = ConversationProcessor(
-            s, store, runners, Files(client), api_retry, relay.wake, self.metrics, pacer, activity
+            s,
+            store,
+            runners,
+            self._profiles,
+            Files(client),
+            api_retry,
+            relay.wake,
+            self.metrics,
+            pacer,
+            activity,
         )
         return Ownership(
             store,

@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Mapping
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, BeforeValidator, Field, PositiveInt, SecretStr, ValidationError
@@ -114,6 +115,8 @@ class Settings(BaseSettings):
     model: str = "gpt-4o-mini"
     instructions: str = "You are a helpful helpdesk assistant."
     prompt_id: str | None = None
+    # Assistant profiles (TOML); unset: one profile from AW_MODEL and AW_INSTRUCTIONS.
+    profiles_file: Path | None = None
 
     concurrency: PositiveInt = 32
     # How late the event loop may run before work that can wait (starting conversations,

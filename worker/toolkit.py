@@ -104,9 +104,9 @@ def tool(
 ) -> Callable[[ToolHandler], ToolSpec]:
     """Declares a handler as a tool::
 
-        @tool("order_status", "Look up the customer's order.", {"type": "object", ...},
-              idempotent=True, grants={Grant.METADATA})
-        async def order_status(arguments, context): ...
+    @tool("order_status", "Look up the customer's order.", {"type": "object", ...},
+          idempotent=True, grants={Grant.METADATA})
+    async def order_status(arguments, context): ...
     """
 
     def declare(handler: ToolHandler) -> ToolSpec:

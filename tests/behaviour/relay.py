@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractChannel
 
 from worker.backends.files import Files
 from worker.metrics import Metrics
+from worker.profiles.config import profiles_of
 from worker.relay.conversation import ConversationProcessor
 from worker.relay.delivery import Delivery
 from worker.relay.intake import Intake, Settlement
@@ -29,7 +30,6 @@ from worker.relay.polling import PollSchedule
 from worker.relay.publish import OutboxRelay, PassOutcome
 from worker.relay.retry import RetryPolicy
 from worker.relay.runner import Runner
-from worker.relay.tools import default_tools
 from worker.service import make_backends
 from worker.settings import Settings
 from worker.store.ports import Store
@@ -116,13 +116,21 @@ class Relay:
         pacer = Pacer(ceiling=s.concurrency, lag_limit_s=s.loop_lag_limit_ms / 1000)
         api_retry = RetryPolicy(s.api_attempts, s.api_backoff_base_s, s.api_backoff_cap_s)
         schedule = PollSchedule(s.poll_initial_ms, s.poll_max_ms, s.poll_growth)
-        tools = default_tools()
         runners = {
-            name: Runner(backend, api_retry, schedule, s.run_deadline_s, tools, pacer)
-            for name, backend in make_backends(s, client, tools).items()
+            name: Runner(backend, api_retry, schedule, s.run_deadline_s, pacer)
+            for name, backend in make_backends(s, client).items()
         }
+        profiles = profiles_of(s)
         self.processor = ConversationProcessor(
-            s, store, runners, Files(client), api_retry, self.outbox.wake, self.metrics, pacer
+            s,
+            store,
+            runners,
+            profiles,
+            Files(client),
+            api_retry,
+            self.outbox.wake,
+            self.metrics,
+            pacer,
         )
         self.ownership = Ownership(
             store,
@@ -132,7 +140,9 @@ class Relay:
             ttl_s=s.lease_ttl_s,
             sweep_interval_s=s.sweep_interval_s,
         )
-        self.intake = Intake(s, store, self.ownership, self.outbox.wake, self.metrics, pacer)
+        self.intake = Intake(
+            s, profiles, store, self.ownership, self.outbox.wake, self.metrics, pacer
+        )
 
     async def deliver(
         self,

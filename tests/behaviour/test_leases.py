@@ -37,6 +37,7 @@ async def take(store: Store, conversation_id: str, owner: str, ttl_s: float = 5.
         incoming(conversation_id),
         backend=BackendName.RESPONSES,
         assistant_id=None,
+        profile=None,
         owner=owner,
         lease_ttl_s=ttl_s,
     )
@@ -53,6 +54,7 @@ async def test_a_second_owner_is_refused_while_the_lease_lives(store: Store) -> 
         incoming("c-owned"),
         backend=BackendName.RESPONSES,
         assistant_id=None,
+        profile=None,
         owner="second",
         lease_ttl_s=5.0,
     )

@@ -25,7 +25,17 @@ from worker.backends.base import (
 )
 from worker.backends.sdk_errors import describe, error_code, rejected, sdk_boundary
 from worker.errors import RunAlreadyEnded, ThreadBusy
-from worker.events import ReplyMessage, RunError, Usage, UserMessage
+from worker.events import (
+    ReplyMessage,
+    RunError,
+    ToolCallSummary,
+    ToolKind,
+    ToolOutcome,
+    Usage,
+    UserMessage,
+)
+from worker.profiles.declarations import assistants_options, assistants_tools
+from worker.profiles.model import Profile
 from worker.relay.attachments import FileKind
 
 _ACTIVE_RUN = re.compile(r"\b(run_[A-Za-z0-9]+)\b")
@@ -56,8 +66,8 @@ class AssistantsBackend:
         self._threads = client.beta.threads
 
     @sdk_boundary
-    async def create_thread(self, conversation_id: str) -> str:
-        thread = await self._threads.create(metadata=thread_metadata(conversation_id))
+    async def create_thread(self, conversation_id: str, metadata: Mapping[str, str]) -> str:
+        thread = await self._threads.create(metadata=thread_metadata(conversation_id, metadata))
         return thread.id
 
     @sdk_boundary
@@ -83,6 +93,7 @@ class AssistantsBackend:
                 additional_messages=messages,
                 additional_instructions=turn.instructions,
                 metadata=turn.run_metadata,
+                extra_body=_overrides(turn.profile),
             )
         except openai.BadRequestError as exc:
             raise _thread_busy(exc) or rejected(exc) from exc
@@ -125,6 +136,21 @@ class AssistantsBackend:
         return tuple([_reply_message(m) async for m in page if m.role == "assistant"])
 
     @sdk_boundary
+    async def hosted_calls(self, run: RunRef) -> tuple[ToolCallSummary, ...]:
+        page = self._threads.runs.steps.list(
+            run.run_id, thread_id=run.thread_id, order="asc", limit=100
+        )
+        calls: list[ToolCallSummary] = []
+        async for step in page:
+            if step.step_details.type != "tool_calls":
+                continue
+            outcome = ToolOutcome.ERROR if step.status == "failed" else ToolOutcome.OK
+            for call in step.step_details.tool_calls:
+                if call.type in _HOSTED:
+                    calls.append(ToolCallSummary(_HOSTED[call.type], call.type, outcome))
+        return tuple(calls)
+
+    @sdk_boundary
     async def delete_thread(self, thread_id: str) -> None:
         try:
             await self._threads.delete(thread_id)
@@ -165,6 +191,18 @@ class AssistantsBackend:
             )
         except openai.BadRequestError as exc:
             raise _thread_busy(exc) or rejected(exc) from exc
+
+
+def _overrides(profile: Profile) -> dict[str, Any] | None:
+    """The profile's model, instructions, tools and options, over the assistant object's."""
+    if not profile.overrides_assistant:
+        return None
+    return {
+        "model": profile.model,
+        "instructions": profile.instructions,
+        "tools": assistants_tools(profile),
+        **assistants_options(profile),
+    }
 
 
 def _message(message: UserMessage, turn: Turn) -> AdditionalMessage:
@@ -235,13 +273,25 @@ def _snapshot(run: Run, poll_after_ms: int | None = None) -> RunSnapshot:
     )
 
 
+_HOSTED = {"file_search": ToolKind.FILE_SEARCH, "code_interpreter": ToolKind.CODE_INTERPRETER}
+
+
 def _reply_message(message: Message) -> ReplyMessage:
     texts: list[str] = []
     annotations: list[dict[str, Any]] = []
+    produced: list[str] = []
     for part in message.content:
         if part.type == "text":
             texts.append(part.text.value)
             annotations.extend(a.model_dump(mode="json") for a in part.text.annotations)
+            # A file the code interpreter wrote is linked by a file_path annotation.
+            produced.extend(
+                a.file_path.file_id for a in part.text.annotations if a.type == "file_path"
+            )
+        elif part.type == "image_file":
+            produced.append(part.image_file.file_id)
         elif part.type == "refusal":
             texts.append(part.refusal)
-    return ReplyMessage(message.id, "\n".join(texts), tuple(annotations))
+    return ReplyMessage(
+        message.id, "\n".join(texts), tuple(annotations), tuple(dict.fromkeys(produced))
+    )

@@ -10,7 +10,16 @@ from typing import Protocol, runtime_checkable
 
 from openai.types import FilePurpose
 
-from worker.events import Attachment, Author, ReplyMessage, RunError, Usage, UserMessage
+from worker.events import (
+    Attachment,
+    Author,
+    ReplyMessage,
+    RunError,
+    ToolCallSummary,
+    Usage,
+    UserMessage,
+)
+from worker.profiles.model import Profile
 from worker.relay.attachments import FileKind, ModelFile
 
 
@@ -56,6 +65,8 @@ class Turn:
     messages: tuple[UserMessage, ...]
     assistant_id: str
     add_messages: bool
+    # What answers: model, instructions, tools and options (a batch has one profile).
+    profile: Profile
     # The thread's newest item before this turn (Responses); where to look for its effects.
     after_item_id: str | None = None
     # The files of the messages' attachments, recorded before the run, by (event, position).
@@ -159,6 +170,8 @@ class RunSnapshot:
     # Filled when the status answer already carried the reply (Responses), saving a request.
     messages: tuple[ReplyMessage, ...] | None = None
     last_item_id: str | None = None
+    # The API's own tools this answer shows it ran (Responses; Assistants: ListsRunSteps).
+    hosted_calls: tuple[ToolCallSummary, ...] = ()
 
 
 class Backend(Protocol):
@@ -174,7 +187,9 @@ class Backend(Protocol):
     # The Files API purpose under which this backend's model reads a file of each kind.
     purposes: Mapping[FileKind, FilePurpose]
 
-    async def create_thread(self, conversation_id: str) -> str: ...
+    async def create_thread(self, conversation_id: str, metadata: Mapping[str, str]) -> str:
+        """A new thread (Conversation) tagged with thread_metadata(conversation_id, metadata):
+        the conversation's profile's metadata, until the helpdesk sets its own."""
 
     async def find_run(self, thread_id: str, turn: Turn) -> str | None:
         """The run an earlier attempt of this turn already created, if the POST got through."""
@@ -228,6 +243,14 @@ class Backend(Protocol):
         Each message carries what a run's input would (text, files, and on Assistants its
         metadata). Raises ThreadBusy while a run holds the thread; no messages, no request.
         """
+
+
+@runtime_checkable
+class ListsRunSteps(Protocol):
+    """A backend whose runs report the API's own tool calls as run steps (Assistants)."""
+
+    async def hosted_calls(self, run: RunRef) -> tuple[ToolCallSummary, ...]:
+        """The file search and code interpreter calls of the run's steps, oldest first."""
 
 
 @runtime_checkable

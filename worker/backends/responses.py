@@ -18,7 +18,6 @@ from openai.types import FilePurpose
 from openai.types.conversations.conversation_item import ConversationItem
 from openai.types.conversations.message import Message
 from openai.types.responses import (
-    FunctionToolParam,
     Response,
     ResponseInputItemParam,
     ResponseInputMessageContentListParam,
@@ -37,7 +36,17 @@ from worker.backends.base import (
 )
 from worker.backends.sdk_errors import describe, error_code, rejected, sdk_boundary
 from worker.errors import RunAlreadyEnded, ThreadBusy
-from worker.events import ReplyMessage, RunError, Usage, UserMessage
+from worker.events import (
+    ReplyMessage,
+    RunError,
+    ToolCallSummary,
+    ToolKind,
+    ToolOutcome,
+    Usage,
+    UserMessage,
+)
+from worker.profiles.declarations import responses_options, responses_tools
+from worker.profiles.model import Profile
 from worker.relay.attachments import FileKind
 
 ITEMS_RUN = "items:"
@@ -58,25 +67,16 @@ class ResponsesBackend:
         FileKind.IMAGE: "user_data",
     }
 
-    def __init__(
-        self,
-        client: openai.AsyncOpenAI,
-        *,
-        model: str,
-        instructions: str,
-        tools: Sequence[FunctionToolParam],
-        prompt_id: str | None = None,
-    ) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, *, prompt_id: str | None = None) -> None:
         self._client = client
-        self._model = model
-        self._instructions = instructions
-        self._tools = list(tools)
         self._prompt_id = prompt_id
+        # Each profile's tools in wire form, built on first use (profiles never change).
+        self._tools: dict[str, list[dict[str, Any]]] = {}
 
     @sdk_boundary
-    async def create_thread(self, conversation_id: str) -> str:
+    async def create_thread(self, conversation_id: str, metadata: Mapping[str, str]) -> str:
         conversation = await self._client.conversations.create(
-            metadata=thread_metadata(conversation_id)
+            metadata=thread_metadata(conversation_id, metadata)
         )
         return conversation.id
 
@@ -184,7 +184,8 @@ class ResponsesBackend:
     async def _create(
         self, thread_id: str, turn: Turn, items: list[ResponseInputItemParam]
     ) -> RunSnapshot:
-        instructions = self._instructions
+        profile = turn.profile
+        instructions = profile.instructions
         if turn.instructions:
             instructions = f"{instructions}\n\n{turn.instructions}"
         try:
@@ -192,19 +193,29 @@ class ResponsesBackend:
                 background=True,
                 store=True,
                 conversation=thread_id,
-                model=self._model,
+                model=profile.model,
                 instructions=instructions,
                 metadata=_metadata(turn),
                 prompt={"id": self._prompt_id} if self._prompt_id else omit,
                 # Typed `input` and `tools` would first be walked against the SDK's TypedDict
                 # unions: 0.55 ms of CPU per create, a seventh of the worker's CPU per event
-                # (bench/sdk_cost.py). Both are built here already in wire form, checked by
-                # the types above, so they go in the body as they are.
-                extra_body={"input": items, "tools": self._tools},
+                # (bench/sdk_cost.py). Both are built in wire form (the input checked by the
+                # types above, the tools once per profile), so they go in the body as they are.
+                extra_body={
+                    "input": items,
+                    "tools": self._tools_of(profile),
+                    **responses_options(profile),
+                },
             )
         except openai.BadRequestError as exc:
             raise _locked(exc) or rejected(exc) from exc
         return _snapshot(response)
+
+    def _tools_of(self, profile: Profile) -> list[dict[str, Any]]:
+        tools = self._tools.get(profile.name)
+        if tools is None:
+            tools = self._tools[profile.name] = responses_tools(profile)
+        return tools
 
     async def _retrieve_items_run(self, thread_id: str, run_id: str) -> RunSnapshot:
         after = await self._items_after(thread_id, run_id.removeprefix(ITEMS_RUN))
@@ -278,7 +289,35 @@ def _reply(item: ConversationItem | ResponseOutputItem) -> ReplyMessage:
             annotations.extend(a.model_dump(mode="json") for a in part.annotations)
         elif part.type == "refusal":
             texts.append(part.refusal)
-    return ReplyMessage(item.id, "\n".join(texts), tuple(annotations))
+    # What the code interpreter wrote is cited from its container.
+    produced = [a["file_id"] for a in annotations if a.get("type") == "container_file_citation"]
+    return ReplyMessage(
+        item.id, "\n".join(texts), tuple(annotations), tuple(dict.fromkeys(produced))
+    )
+
+
+_HOSTED = {
+    "file_search_call": ToolKind.FILE_SEARCH,
+    "code_interpreter_call": ToolKind.CODE_INTERPRETER,
+    "web_search_call": ToolKind.WEB_SEARCH,
+    "mcp_call": ToolKind.MCP,
+}
+
+
+def _hosted_calls(output: Sequence[ResponseOutputItem]) -> tuple[ToolCallSummary, ...]:
+    """The API's own tool calls among a response's output items, as the reply reports them."""
+    calls = []
+    for item in output:
+        kind = _HOSTED.get(item.type)
+        if kind is None:
+            continue
+        if item.type == "mcp_call":
+            name = f"{item.server_label}.{item.name}"
+            failed = item.error is not None
+        else:
+            name, failed = kind.value, getattr(item, "status", "completed") == "failed"
+        calls.append(ToolCallSummary(kind, name, ToolOutcome.ERROR if failed else ToolOutcome.OK))
+    return tuple(calls)
 
 
 def _int_header(value: str | None) -> int | None:
@@ -317,4 +356,5 @@ def _snapshot(response: Response, poll_after_ms: int | None = None) -> RunSnapsh
         else None,
         # A settled response's output items join its conversation under the same IDs.
         last_item_id=response.output[-1].id if settled else None,
+        hosted_calls=_hosted_calls(response.output),
     )

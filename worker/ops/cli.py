@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
@@ -28,6 +29,7 @@ from worker.settings import (
 )
 
 if TYPE_CHECKING:
+    from worker.profiles.model import Profiles
     from worker.store.postgres import PostgresStore as Store
 
 app = typer.Typer(
@@ -100,14 +102,27 @@ def run() -> None:
         )
         raise typer.Exit(EXIT_BAD_SETTINGS)
 
+    profiles = _profiles_or_exit(settings)
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await WorkerService(settings).run(stop)
+        await WorkerService(settings, profiles).run(stop)
 
     _run_logged("worker", main, settings)
+
+
+def _profiles_or_exit(settings: Settings) -> Profiles:
+    from worker.profiles.config import profiles_of
+    from worker.profiles.load import ProfilesError
+
+    try:
+        return profiles_of(settings)
+    except ProfilesError as exc:
+        typer.echo(f"assistant-worker: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
 
 
 def _run_logged(
@@ -197,6 +212,27 @@ def move_conversations(
         )
 
     _run_logged("move", main, settings)
+
+
+profiles = typer.Typer(help="Assistant profiles (AW_PROFILES_FILE).", no_args_is_help=True)
+app.add_typer(profiles, name="profiles")
+
+
+@profiles.command("check")
+def check_profiles(
+    file: Annotated[
+        Path, typer.Argument(help="The profiles file (TOML), as AW_PROFILES_FILE would name it.")
+    ],
+) -> None:
+    """Validate a profiles file offline, as the worker would load it at start, and sum it up.
+
+    Handlers are imported and secrets looked up in the environment; nothing is called.
+    Exit codes: 0 valid, 2 not (one line names the profile and the key).
+    """
+    from worker.ops.profiles_cli import check_profiles_file
+
+    code = check_profiles_file(file, os.environ, sys.stdout)
+    raise typer.Exit(code)
 
 
 # Settled events are the record that makes a redelivered duplicate harmless: keep them at

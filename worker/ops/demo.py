@@ -13,6 +13,7 @@ from rich.console import Console
 
 from standin import StandIn, StandInConfig
 from worker.ops.helpdesk import publish_user_message, replies
+from worker.profiles.config import profiles_of
 from worker.service import WorkerService
 from worker.settings import Settings
 from worker.store.migrate import migrate
@@ -42,7 +43,7 @@ async def play(settings: Settings, *, standin_port: int, timeout_s: float) -> bo
     )
     console.print(f"[bold]OpenAI stand-in[/] at {base_url}; backend [bold]{settings.backend}[/]")
     stop = asyncio.Event()
-    service = WorkerService(settings)
+    service = WorkerService(settings, profiles_of(settings))
     worker = asyncio.create_task(service.run(stop))
     try:
         await _wait_ready(service, worker)

@@ -59,6 +59,13 @@ class FileSearch:
     # Files and folders, resolved against the profiles file's folder.
     knowledge: tuple[Path, ...] = ()
     max_num_results: int | None = None
+    # The vector store `assistants sync` made for the knowledge (filled in at start).
+    knowledge_store_id: str | None = None
+
+    @property
+    def store_ids(self) -> tuple[str, ...]:
+        extra = () if self.knowledge_store_id is None else (self.knowledge_store_id,)
+        return (*self.vector_store_ids, *extra)
 
 
 class Unapproved(StrEnum):
@@ -105,6 +112,10 @@ class Profile:
     # Assistants backend: the assistant object this profile maps to (else the one
     # `assistants sync` made for it).
     assistant_id: str | None = None
+    # Assistants backend: runs carry the profile's model, instructions, tools and options,
+    # overriding the assistant object's. Off for the AW_MODEL shorthand, where the assistant
+    # object (AW_ASSISTANT_ID) decides, as it always has.
+    overrides_assistant: bool = True
 
     def function(self, name: str) -> FunctionTool | None:
         return next((t for t in self.tools if t.name == name), None)

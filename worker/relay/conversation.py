@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -19,9 +20,11 @@ from worker.backends.base import (
     TRANSIENT_RUN_ERRORS,
     Backend,
     FindsTurnsByItems,
+    ListsRunSteps,
     RunRef,
     RunSnapshot,
     RunStatus,
+    ToolCall,
     Turn,
 )
 from worker.backends.files import Files
@@ -44,10 +47,14 @@ from worker.events import (
     HandoffRequest,
     ReplyMessage,
     RunError,
+    ToolCallSummary,
+    ToolKind,
+    ToolOutcome,
     UserMessage,
     vars_of,
 )
 from worker.metrics import Metrics
+from worker.profiles.model import Profile, Profiles
 from worker.relay.activity import Activity, ActivityKind, ActivitySink, NoActivity
 from worker.relay.attachments import FileKind, ModelFile, decode, kind_of
 from worker.relay.control import Steering
@@ -56,7 +63,7 @@ from worker.relay.outbound import Failure, dead_letter_outbox, handoff_outbox, r
 from worker.relay.pacing import Pacer
 from worker.relay.retry import RetryPolicy, internal_backoff
 from worker.relay.runner import FinishedRun, RunHooks, Runner
-from worker.relay.tools import ToolContext
+from worker.relay.tools import TurnTools
 from worker.settings import BackendName, Settings
 from worker.store.ports import ConversationStore
 from worker.store.records import (
@@ -70,6 +77,8 @@ from worker.store.records import (
     OpenBatch,
     RunRecord,
     StoredEvent,
+    ToolCallRecord,
+    ToolCallState,
 )
 
 log = structlog.get_logger("worker.relay.conversation")
@@ -122,6 +131,7 @@ class ConversationProcessor:
         settings: Settings,
         store: ConversationStore,
         runners: Mapping[str, Runner],
+        profiles: Profiles,
         files: Files,
         api_retry: RetryPolicy,
         on_outbox: Callable[[], None],
@@ -134,6 +144,7 @@ class ConversationProcessor:
         self._settings = settings
         self._store = store
         self._runners = runners
+        self._profiles = profiles
         self._files = files
         self._api_retry = api_retry
         self._failures = internal_backoff(settings)
@@ -301,10 +312,11 @@ class ConversationProcessor:
     async def _thread(self, lease: Lease, conversation: ConversationRow, backend: Backend) -> str:
         if conversation.thread_id is not None:
             return conversation.thread_id
+        metadata = self._profile(conversation.profile).metadata
         # An orphan thread from a crash right after this call is harmless: it holds nothing.
         async with self._pacer.slot():
             thread_id = await self._api_retry.call(
-                "create_thread", lambda: backend.create_thread(lease.conversation_id)
+                "create_thread", lambda: backend.create_thread(lease.conversation_id, metadata)
             )
             await self._store.set_thread(lease, thread_id)
         log.info("thread_created", thread_id=thread_id, backend=backend.name)
@@ -340,16 +352,29 @@ class ConversationProcessor:
         messages: tuple[UserMessage, ...],
         files: dict[tuple[str, int], ModelFile],
     ) -> Turn:
+        # A batch holds one profile (it is part of the batch key): an event's own, else the
+        # conversation's.
+        profile = self._profile(messages[-1].profile or work.conversation.profile)
         return Turn(
             batch_id=work.batch.batch_id,
             attempt=work.batch.attempt,
             conversation_id=work.lease.conversation_id,
             messages=messages,
-            assistant_id=_assistant_for(messages, work.conversation.assistant_id, self._settings),
+            assistant_id=_assistant_for(messages, work.conversation, profile, self._settings),
             add_messages=not work.batch.messages_added,
+            profile=profile,
             after_item_id=work.batch.after_item_id,
             files=files,
         )
+
+    def _profile(self, name: str | None) -> Profile:
+        """The named profile; the default for conversations from before profiles, and for one
+        whose profile has left the file since (logged: the operator removed it)."""
+        profiles = self._profiles
+        if name is None or name in profiles.profiles:
+            return profiles[name or profiles.default]
+        log.warning("profile_missing", default=profiles.default)
+        return profiles[profiles.default]
 
     async def _model_files(
         self, work: _Work, messages: tuple[UserMessage, ...]
@@ -460,12 +485,11 @@ class ConversationProcessor:
         def tools_running(run_id: str, names: tuple[str, ...]) -> None:
             self._tell(work, ActivityKind.TOOL_RUNNING, run_id, tools=names)
 
-        return RunHooks(
-            remember,
-            interrupted,
-            ToolContext(lease.conversation_id, request_handoff),
-            tools_running,
+        journal = _Journal(self._store, lease, turn.batch_id)
+        tools = TurnTools(
+            lease.conversation_id, turn.profile, turn.messages, journal, request_handoff
         )
+        return RunHooks(remember, interrupted, tools, tools_running)
 
     def _tell(
         self,
@@ -521,6 +545,7 @@ class ConversationProcessor:
             error=snapshot.error,
             sequence=work.conversation.last_reply_sequence + 1,
             metadata=turn.metadata,
+            tool_calls=await self._tool_calls(work, turn, finished),
         )
         outbox = [reply_outbox(reply, self._settings.topology)]
         handoff = _handoff(work, turn, snapshot, requested)
@@ -547,6 +572,20 @@ class ConversationProcessor:
             polls=finished.polls,
         )
         return after
+
+    async def _tool_calls(
+        self, work: _Work, turn: Turn, finished: FinishedRun
+    ) -> tuple[ToolCallSummary, ...]:
+        """What the run called: the worker's calls from their records (every round and
+        attempt of the batch), then the API's own, as the run showed them."""
+        records = await self._store.batch_tool_calls(work.batch.batch_id)
+        functions = tuple(_summary(record, turn.profile) for record in records)
+        hosted = finished.hosted_calls
+        backend = work.backend
+        if isinstance(backend, ListsRunSteps) and _may_use_hosted_tools(turn.profile):
+            run = RunRef(work.thread_id, finished.snapshot.run_id)
+            hosted = await self._api_retry.call("list_run_steps", lambda: backend.hosted_calls(run))
+        return functions + hosted
 
     async def _dead_letter(
         self, lease: Lease, batch: OpenBatch, stored: list[StoredEvent], failure: Failure
@@ -617,6 +656,35 @@ def _handoff(
     )
 
 
+_OUTCOMES = {
+    ToolCallState.OK: ToolOutcome.OK,
+    ToolCallState.ERROR: ToolOutcome.ERROR,
+    ToolCallState.STARTED: ToolOutcome.UNKNOWN,
+}
+
+
+def _summary(record: ToolCallRecord, profile: Profile) -> ToolCallSummary:
+    tool = profile.function(record.name)
+    duration_ms = None
+    if record.ended_at is not None:
+        duration_ms = max(0, round((record.ended_at - record.started_at).total_seconds() * 1000))
+    return ToolCallSummary(
+        ToolKind.FUNCTION,
+        record.name,
+        _OUTCOMES[record.state],
+        duration_ms,
+        record.arguments if tool is not None and tool.show_arguments else None,
+    )
+
+
+def _may_use_hosted_tools(profile: Profile) -> bool:
+    """Whether an Assistants run can have called file search or the code interpreter: the
+    profile declares one, or the assistant object's tools (unknown here) apply."""
+    hosted = profile.hosted
+    declared = hosted.file_search is not None or hosted.code_interpreter
+    return declared or not profile.overrides_assistant
+
+
 def _unanswered(status: RunStatus, error: RunError | None) -> bool:
     """A run that gave the customer nothing: failed, expired, or stopped at its deadline."""
     if status in (RunStatus.FAILED, RunStatus.EXPIRED):
@@ -654,10 +722,34 @@ def _record(finished: FinishedRun) -> RunRecord:
 
 
 def _assistant_for(
-    messages: tuple[UserMessage, ...], stored: str | None, settings: Settings
+    messages: tuple[UserMessage, ...],
+    conversation: ConversationRow,
+    profile: Profile,
+    settings: Settings,
 ) -> str:
-    """The newest per-event override wins, then the conversation's, then the configured default."""
+    """The newest per-event override wins; then, for an event naming another profile than the
+    conversation's, that profile's assistant; then the conversation's (chosen at first contact
+    with its profile's), then the configured default."""
     for message in reversed(messages):
         if message.assistant_id:
             return message.assistant_id
-    return stored or settings.assistant_id
+    if messages[-1].profile not in (None, conversation.profile) and profile.assistant_id:
+        return profile.assistant_id
+    return conversation.assistant_id or profile.assistant_id or settings.assistant_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Journal:
+    """The batch's tool calls, recorded through the store under the owner's lease."""
+
+    store: ConversationStore
+    lease: Lease
+    batch_id: uuid.UUID
+
+    async def begin(self, call: ToolCall) -> ToolCallRecord:
+        return await self.store.begin_tool_call(
+            self.lease, self.batch_id, call.call_id, call.name, call.arguments
+        )
+
+    async def end(self, call_id: str, state: ToolCallState, output: str) -> None:
+        await self.store.end_tool_call(self.lease, self.batch_id, call_id, state, output)

@@ -21,6 +21,8 @@ from worker.events import (
     salvage_ids,
 )
 from worker.metrics import Metrics
+from worker.profiles.model import Profiles
+from worker.profiles.routing import choose_profile, unknown_profile_error
 from worker.relay import attachments
 from worker.relay.delivery import Delivery
 from worker.relay.outbound import Failure, dead_letter_outbox, handoff_outbox, refused_handoff
@@ -53,6 +55,7 @@ class Intake:
     def __init__(
         self,
         settings: Settings,
+        profiles: Profiles,
         store: IntakeStore,
         ownership: Ownership,
         on_outbox: Callable[[], None],
@@ -61,6 +64,7 @@ class Intake:
     ) -> None:
         """`pacer` paces storing new events, a starting step like those of the conversation."""
         self._settings = settings
+        self._profiles = profiles
         self._store = store
         self._ownership = ownership
         self._on_outbox = on_outbox
@@ -98,12 +102,16 @@ class Intake:
         self, event: UserMessage | ConversationControl, delivery: Delivery
     ) -> Lease | None:
         """Stores the event; the conversation's lease if this worker took it with the event."""
+        profile = self._first_contact_profile(event)
         async with self._pacer.slot():
             stored = await self._store.intake(
                 _incoming(event, delivery),
                 backend=self._settings.backend,
-                # The assistant chosen on first contact sticks to the conversation.
-                assistant_id=_assistant_id(event) or self._settings.assistant_id,
+                # The assistant and profile chosen on first contact stick to the conversation.
+                assistant_id=_assistant_id(event)
+                or (profile and self._profiles[profile].assistant_id)
+                or self._settings.assistant_id,
+                profile=profile,
                 owner=self._ownership.owner,
                 lease_ttl_s=self._ownership.ttl_s,
             )
@@ -117,12 +125,22 @@ class Intake:
             await self._dead_letter_unsupported(delivery, event, stored.backend)
         return stored.lease
 
+    def _first_contact_profile(self, event: UserMessage | ConversationControl) -> str | None:
+        """The profile a new conversation gets (a known one keeps its own); None for control
+        events, which never create a conversation."""
+        if isinstance(event, ConversationControl):
+            return None
+        return choose_profile(self._profiles, event, conversation_profile=None)
+
     def _parse(self, delivery: Delivery) -> UserMessage | ConversationControl:
         """The event the routing key says it is, checked as far as intake can check it."""
         if self._is_control(delivery):
             return parse_control(delivery.body, delivery.message_id)
         event = parse_user_message(delivery.body, delivery.message_id)
         attachments.check(event, self._limits)
+        if event.profile is not None and event.profile not in self._profiles.profiles:
+            problem = unknown_profile_error(self._profiles, event.profile)
+            raise InvalidEvent(ReasonCode.FIELD_UNSUPPORTED, f"{problem} (at /profile)")
         return event
 
     def _is_control(self, delivery: Delivery) -> bool:

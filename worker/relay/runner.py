@@ -13,11 +13,11 @@ import structlog
 from worker.backends.base import Backend, RunRef, RunSnapshot, RunStatus, ToolSubmission, Turn
 from worker.crashpoints import CrashPoint, maybe_crash
 from worker.errors import RunAlreadyEnded, ThreadBusy
-from worker.events import RunError
+from worker.events import RunError, ToolCallSummary
 from worker.relay.pacing import Pacer
 from worker.relay.polling import PollPlan, PollSchedule, RunDurations
 from worker.relay.retry import RetryPolicy
-from worker.relay.tools import ToolContext, ToolRegistry
+from worker.relay.tools import TurnTools, serve_calls
 
 log = structlog.get_logger("worker.relay.runner")
 
@@ -42,8 +42,8 @@ class RunHooks:
     on_new_run: Callable[[str], Awaitable[None]]
     # Asked before every poll: the helpdesk wants the run stopped (it is cancelled then).
     interrupted: Callable[[], Awaitable[bool]]
-    # Handed to every tool the run calls.
-    tools: ToolContext
+    # What the run's tool calls are served with: the profile, the turn, the journal.
+    tools: TurnTools
     # The run asks for these tools now (a "typing..." hint; must not block).
     tools_running: Callable[[str, tuple[str, ...]], None]
 
@@ -54,6 +54,8 @@ class FinishedRun:
 
     snapshot: RunSnapshot
     polls: int
+    # The API's own tool calls seen on the way (every tool round's response, on Responses).
+    hosted_calls: tuple[ToolCallSummary, ...] = ()
 
 
 class Runner:
@@ -62,7 +64,7 @@ class Runner:
     A creating call looks for the effect of an earlier attempt before it creates (a lost answer
     must not become a second run). Polls follow what this backend's runs have taken so far, and
     wait their turn behind work that answers customers (the pacer). Tool calls are served from
-    the registry, and a run past its deadline is cancelled.
+    the profile (worker/relay/tools.py), and a run past its deadline is cancelled.
     """
 
     def __init__(
@@ -71,7 +73,6 @@ class Runner:
         api_retry: RetryPolicy,
         schedule: PollSchedule,
         deadline_s: float,
-        tools: ToolRegistry,
         pacer: Pacer,
     ) -> None:
         self.backend = backend
@@ -79,7 +80,6 @@ class Runner:
         self._api_retry = api_retry
         self._schedule = schedule
         self._deadline_s = deadline_s
-        self._tools = tools
         # One backend's runs share a model and so, roughly, a length.
         self._durations = RunDurations()
 
@@ -189,8 +189,10 @@ class Runner:
         plan = self._plan(started_at)
         polls = 0
         ours = started_at is not None
+        hosted: list[ToolCallSummary] = []
         while not run.status.is_terminal:
             if run.status is RunStatus.REQUIRES_ACTION:
+                hosted.extend(run.hosted_calls)
                 previous = run.run_id
                 hooks.tools_running(run.run_id, tuple(call.name for call in run.tool_calls))
                 run = await self._serve_tools(thread_id, run, turn, hooks.tools, first_try=ours)
@@ -201,9 +203,9 @@ class Runner:
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return FinishedRun(await self._cancel(thread_id, run), polls)
+                return FinishedRun(await self._cancel(thread_id, run), polls, tuple(hosted))
             if await hooks.interrupted():
-                return FinishedRun(await self._stop(thread_id, run), polls)
+                return FinishedRun(await self._stop(thread_id, run), polls, tuple(hosted))
             await asyncio.sleep(
                 min(plan.next_delay_s(time.monotonic(), run.poll_after_ms), remaining)
             )
@@ -213,7 +215,8 @@ class Runner:
             plan.looked(time.monotonic(), completed=run.status is RunStatus.COMPLETED)
             polls += 1
             maybe_crash(CrashPoint.MID_POLL)
-        return FinishedRun(await self._why_cancelled(run, hooks), polls)
+        hosted.extend(run.hosted_calls)
+        return FinishedRun(await self._why_cancelled(run, hooks), polls, tuple(hosted))
 
     async def _why_cancelled(self, run: RunSnapshot, hooks: RunHooks) -> RunSnapshot:
         """A run found cancelled without a reason was cancelled by a worker that died before
@@ -239,11 +242,11 @@ class Runner:
         thread_id: str,
         run: RunSnapshot,
         turn: Turn,
-        context: ToolContext,
+        tools: TurnTools,
         *,
         first_try: bool,
     ) -> RunSnapshot:
-        outputs = await self._tools.run_all(run.tool_calls, context)
+        outputs = await serve_calls(run.tool_calls, tools)
         submission = ToolSubmission(RunRef(thread_id, run.run_id), turn, tuple(outputs))
         started = await self._create_once(
             "submit_tool_outputs",

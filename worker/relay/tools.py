@@ -1,7 +1,12 @@
-"""Function tools the assistant may call during a run (`requires_action`).
+"""Serving the function calls of a run (`requires_action`): the profile's tools and the
+built-in `handoff_to_human`.
 
-`handoff_to_human` is built in: the model calls it to hand the conversation to a person. Its
-handler only records the request (through the turn's context); the conversation settles it
+Every call is recorded before its handler runs and again when it ends (the store's
+tool_calls), so an owner that resumes the batch after a crash answers a call that ended with
+the same output, runs again only a tool declared idempotent, and tells the model "outcome
+unknown" for any other, never invoking it twice for one call ID.
+
+`handoff_to_human` only records the request (through the turn); the conversation settles it
 with the batch, so a run resumed by another owner hands off exactly once.
 """
 
@@ -9,119 +14,167 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
-from openai.types.responses import FunctionToolParam
 
 from worker.backends.base import ToolCall, ToolOutput
-from worker.events import HandoffRequest
+from worker.crashpoints import CrashPoint, maybe_crash
+from worker.events import HandoffRequest, UserMessage
+from worker.profiles.model import FunctionTool, Profile
+from worker.relay.http_tools import ToolFailed
+from worker.store.records import ToolCallRecord, ToolCallState
+from worker.toolkit import Grant, ToolAuthor, ToolContext, TurnEvent
 
 HANDOFF_TOOL = "handoff_to_human"
 # What the agent reads; the model's words beyond this are cut.
 _REASON_MAX, _SUMMARY_MAX = 1024, 4096
-
-
-@dataclass(frozen=True, slots=True)
-class ToolContext:
-    """What a handler may know of the turn it serves, and do for it."""
-
-    conversation_id: str
-    # Hands the conversation to a human once the run ends (recorded with the batch first).
-    request_handoff: Callable[[HandoffRequest], Awaitable[None]]
-
-
-ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[str]]
-
-
-@dataclass(frozen=True, slots=True)
-class Tool:
-    """A function the model may call: its declaration and the handler that serves it."""
-
-    name: str
-    description: str
-    parameters: dict[str, object]
-    handler: ToolHandler
-
-    def assistants_declaration(self) -> dict[str, object]:
-        """The same function as an assistant object declares it (Assistants backend)."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.parameters,
-            },
-        }
-
-    def declaration(self) -> FunctionToolParam:
-        return {
-            "type": "function",
-            "name": self.name,
-            "description": self.description,
-            "parameters": self.parameters,
-            "strict": False,
-        }
-
+# A handler's output goes to the model as it is; beyond this it is refused, not cut, so the
+# model never reads half a JSON document.
+OUTPUT_MAX_CHARS = 64 * 1024
 
 log = structlog.get_logger("worker.relay.tools")
 
 
-class ToolRegistry:
-    """Dispatches tool calls to handlers. A call that cannot be served gets an error output,
-    so the run can go on and the model can tell the customer, instead of the run hanging."""
+class ToolJournal(Protocol):
+    """The store's record of the batch's calls (begin before invoking, end after)."""
 
-    def __init__(self, tools: Iterable[Tool], timeout_s: float = 30.0) -> None:
-        self._tools = {tool.name: tool for tool in tools}
-        self._timeout_s = timeout_s
+    async def begin(self, call: ToolCall) -> ToolCallRecord: ...
 
-    def declarations(self) -> list[FunctionToolParam]:
-        """For APIs that take the tools with every request (Responses)."""
-        return [tool.declaration() for tool in self._tools.values()]
-
-    async def run_all(self, calls: tuple[ToolCall, ...], context: ToolContext) -> list[ToolOutput]:
-        return list(await asyncio.gather(*(self.run(call, context) for call in calls)))
-
-    async def run(self, call: ToolCall, context: ToolContext) -> ToolOutput:
-        tool = self._tools.get(call.name)
-        if tool is None:
-            return _error(call, f"unknown tool {call.name!r}")
-        try:
-            arguments = json.loads(call.arguments or "{}")
-        except json.JSONDecodeError as exc:
-            return _error(call, f"arguments are not JSON: {exc}")
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                return ToolOutput(call.call_id, await tool.handler(arguments, context))
-        except Exception as exc:  # noqa: BLE001 - a failing tool must not fail the run
-            log.warning("tool_failed", tool=call.name, error=repr(exc))
-            return _error(call, f"tool {call.name!r} failed: {type(exc).__name__}")
+    async def end(self, call_id: str, state: ToolCallState, output: str) -> None: ...
 
 
-def _error(call: ToolCall, message: str) -> ToolOutput:
-    return ToolOutput(call.call_id, json.dumps({"error": message}))
+@dataclass(frozen=True, slots=True)
+class TurnTools:
+    """What the tools of one run serve: its conversation, profile and messages, where their
+    calls are recorded, and how the model hands off."""
 
+    conversation_id: str
+    profile: Profile
+    messages: tuple[UserMessage, ...]
+    journal: ToolJournal
+    # Hands the conversation to a human once the run ends (recorded with the batch first).
+    request_handoff: Callable[[HandoffRequest], Awaitable[None]]
 
-async def current_time(_arguments: dict[str, Any], _context: ToolContext) -> str:
-    return json.dumps({"utc": datetime.now(UTC).isoformat()})
+    def tool(self, name: str) -> FunctionTool | None:
+        """The profile's function of that name, or the built-in handoff."""
+        if name == HANDOFF_TOOL:
+            return FunctionTool(
+                HANDOFF_TOOL,
+                HANDOFF_DESCRIPTION,
+                HANDOFF_PARAMETERS,
+                self._handoff,
+                # Recording the request twice records it once (it is kept with the batch).
+                idempotent=True,
+            )
+        return self.profile.function(name)
 
-
-async def handoff_to_human(arguments: dict[str, Any], context: ToolContext) -> str:
-    """Records the request; the handoff event goes out when the run's reply is recorded."""
-    await context.request_handoff(
-        HandoffRequest(
-            reason=_text(arguments.get("reason"), _REASON_MAX) or "not given",
-            summary=_text(arguments.get("summary"), _SUMMARY_MAX),
+    async def _handoff(self, arguments: dict[str, Any], _context: ToolContext) -> str:
+        """Records the request; the handoff event goes out when the run's reply is recorded."""
+        await self.request_handoff(
+            HandoffRequest(
+                reason=_text(arguments.get("reason"), _REASON_MAX) or "not given",
+                summary=_text(arguments.get("summary"), _SUMMARY_MAX),
+            )
         )
-    )
+        return json.dumps(
+            {
+                "handed_off": True,
+                "note": "A human agent will take over this conversation. Tell the customer "
+                "so, briefly, and do not try to resolve the request yourself.",
+            }
+        )
+
+    def context(self, tool: FunctionTool, call: ToolCall) -> ToolContext:
+        """The handler's view of the turn: what its grants allow, nothing else."""
+        last = self.messages[-1]
+        grants = tool.grants
+        return ToolContext(
+            conversation_id=self.conversation_id,
+            profile=self.profile.name,
+            call_id=call.call_id,
+            tool=tool.name,
+            events=tuple(TurnEvent(m.event_id, m.text, m.occurred_at) for m in self.messages)
+            if Grant.EVENTS in grants
+            else None,
+            author=ToolAuthor(last.author.id, last.author.name)
+            if Grant.AUTHOR in grants and last.author is not None
+            else None,
+            metadata=dict(last.metadata) if Grant.METADATA in grants else None,
+        )
+
+
+async def serve_calls(calls: tuple[ToolCall, ...], turn: TurnTools) -> list[ToolOutput]:
+    """The outputs of a round of calls, served together: a call that fails gets an error
+    output, so the run can go on and the model can tell the customer, instead of hanging."""
+    return list(await asyncio.gather(*(serve_call(call, turn) for call in calls)))
+
+
+async def serve_call(call: ToolCall, turn: TurnTools) -> ToolOutput:
+    record = await turn.journal.begin(call)
+    if not record.began and record.state is not ToolCallState.STARTED:
+        # It ended under an earlier owner: the same output again, without running it.
+        return ToolOutput(call.call_id, record.output or "")
+    tool = turn.tool(call.name)
+    if tool is None:
+        state, output = ToolCallState.ERROR, _error(f"unknown tool {call.name!r}")
+    elif not record.began and not tool.idempotent:
+        state, output = ToolCallState.ERROR, _unknown_outcome(tool)
+        log.warning("tool_outcome_unknown", tool=tool.name, call_id=call.call_id)
+    else:
+        state, output = await _invoke(tool, call, turn)
+        maybe_crash(CrashPoint.AFTER_TOOL_RAN)
+    await turn.journal.end(call.call_id, state, output)
+    return ToolOutput(call.call_id, output)
+
+
+async def _invoke(tool: FunctionTool, call: ToolCall, turn: TurnTools) -> tuple[ToolCallState, str]:
+    try:
+        arguments = json.loads(call.arguments or "{}")
+    except json.JSONDecodeError as exc:
+        return ToolCallState.ERROR, _error(f"arguments are not JSON: {exc.msg}")
+    if not isinstance(arguments, dict):
+        return ToolCallState.ERROR, _error("arguments are not a JSON object")
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(tool.timeout_s):
+            output = _as_text(await tool.handler(arguments, turn.context(tool, call)))
+    except TimeoutError:
+        log.warning("tool_timed_out", tool=tool.name, timeout_s=tool.timeout_s)
+        return ToolCallState.ERROR, _error(f"tool {tool.name!r} timed out")
+    except ToolFailed as exc:  # its text names statuses and kinds of failure, never content
+        log.warning("tool_failed", tool=tool.name, reason=exc.reason)
+        return ToolCallState.ERROR, _error(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a failing tool must not fail the run
+        # The exception's text is the handler's: it may quote the customer.
+        log.warning("tool_failed", tool=tool.name, error_class=type(exc).__name__)
+        return ToolCallState.ERROR, _error(f"tool {tool.name!r} failed: {type(exc).__name__}")
+    log.info("tool_called", tool=tool.name, duration_ms=round((time.monotonic() - started) * 1000))
+    if len(output) > OUTPUT_MAX_CHARS:
+        return ToolCallState.ERROR, _error(
+            f"tool {tool.name!r} answered {len(output)} characters, at most {OUTPUT_MAX_CHARS}"
+        )
+    return ToolCallState.OK, output
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _error(message: str) -> str:
+    return json.dumps({"error": message})
+
+
+def _unknown_outcome(tool: FunctionTool) -> str:
     return json.dumps(
         {
-            "handed_off": True,
-            "note": "A human agent will take over this conversation. Tell the customer so, "
-            "briefly, and do not try to resolve the request yourself.",
+            "error": "outcome_unknown",
+            "message": f"The call of {tool.name!r} was interrupted and its outcome is unknown; "
+            "it is not idempotent, so it was not run again. Do not assume it took effect; "
+            "tell the customer it may need checking.",
         }
     )
 
@@ -130,36 +183,32 @@ def _text(value: object, limit: int) -> str:
     return value[:limit] if isinstance(value, str) else ""
 
 
-HANDOFF = Tool(
-    HANDOFF_TOOL,
+HANDOFF_DESCRIPTION = (
     "Hand the conversation to a human agent: when the customer asks for a person, when the "
     "request needs someone with authority (refunds, complaints, legal), or when you cannot "
-    "help. A human agent answers from then on.",
-    {
-        "type": "object",
-        "properties": {
-            "reason": {"type": "string", "description": "Why a human should take over."},
-            "summary": {
-                "type": "string",
-                "description": "What the agent needs to know: the request and what was tried.",
-            },
-        },
-        "required": ["reason", "summary"],
-        "additionalProperties": False,
-    },
-    handoff_to_human,
+    "help. A human agent answers from then on."
 )
+HANDOFF_PARAMETERS: dict[str, object] = {
+    "type": "object",
+    "properties": {
+        "reason": {"type": "string", "description": "Why a human should take over."},
+        "summary": {
+            "type": "string",
+            "description": "What the agent needs to know: the request and what was tried.",
+        },
+    },
+    "required": ["reason", "summary"],
+    "additionalProperties": False,
+}
 
 
-def default_tools() -> ToolRegistry:
-    return ToolRegistry(
-        [
-            Tool(
-                "current_time",
-                "The current date and time in UTC.",
-                {"type": "object", "properties": {}, "additionalProperties": False},
-                current_time,
-            ),
-            HANDOFF,
-        ]
-    )
+def handoff_declaration() -> dict[str, object]:
+    """`handoff_to_human` as an assistant object declares it (Assistants backend)."""
+    return {
+        "type": "function",
+        "function": {
+            "name": HANDOFF_TOOL,
+            "description": HANDOFF_DESCRIPTION,
+            "parameters": HANDOFF_PARAMETERS,
+        },
+    }

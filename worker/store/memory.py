@@ -42,6 +42,8 @@ from worker.store.records import (
     PendingWindow,
     RunRecord,
     StoredEvent,
+    ToolCallRecord,
+    ToolCallState,
     UploadedFile,
     prune_in_chunks,
     reply_sequence,
@@ -80,6 +82,7 @@ class _Conversation:
     last_item_id: str | None = None
     mode: ConversationMode = ConversationMode.ASSISTANT
     last_reply_sequence: int = 0
+    profile: str | None = None
 
     def row(self) -> ConversationRow:
         return ConversationRow(
@@ -89,6 +92,7 @@ class _Conversation:
             self.last_item_id,
             self.mode,
             self.last_reply_sequence,
+            self.profile,
         )
 
     def lease_free(self, now: datetime) -> bool:
@@ -186,6 +190,32 @@ class _Attachment:
 
 
 @dataclass(slots=True)
+class _ToolCall:
+    """A row of `tool_calls`."""
+
+    conversation_id: str
+    call_id: str
+    name: str
+    arguments: str
+    started_at: datetime
+    state: ToolCallState = ToolCallState.STARTED
+    output: str | None = None
+    ended_at: datetime | None = None
+
+    def record(self, *, began: bool) -> ToolCallRecord:
+        return ToolCallRecord(
+            self.call_id,
+            self.name,
+            self.arguments,
+            self.state,
+            self.output,
+            self.started_at,
+            self.ended_at,
+            began,
+        )
+
+
+@dataclass(slots=True)
 class _Outbox:
     """A row of `outbox`."""
 
@@ -217,6 +247,7 @@ class MemoryStore:
         self._batches: dict[uuid.UUID, _Batch] = {}
         self._runs: dict[str, _Run] = {}
         self._attachments: dict[tuple[str, int], _Attachment] = {}
+        self._tool_calls: dict[tuple[uuid.UUID, str], _ToolCall] = {}
         self._outbox: dict[int, _Outbox] = {}
         self._dedupe_keys: set[str] = set()
         # Outbox rows an unfinished claim holds (FOR UPDATE SKIP LOCKED).
@@ -232,15 +263,18 @@ class MemoryStore:
         *,
         backend: BackendName,
         assistant_id: str | None,
+        profile: str | None,
         owner: str,
         lease_ttl_s: float,
     ) -> Intaken:
         if event.control is not None and event.conversation_id not in self._conversations:
             # lock_known_conversation: a control event never creates the conversation.
             return Intaken(IntakeResult.IGNORED, None, backend)
-        # lock_conversation: created on first contact, with the assistant that contact chose.
+        # lock_conversation: created on first contact, with the assistant and profile that
+        # contact chose.
         conversation = self._conversations.setdefault(
-            event.conversation_id, _Conversation(BackendName(backend), assistant_id)
+            event.conversation_id,
+            _Conversation(BackendName(backend), assistant_id, profile=profile),
         )
         actual = conversation.backend
         if event.needs_backend not in (None, actual):
@@ -422,6 +456,31 @@ class MemoryStore:
         self._fence(lease)
         self._batches[batch_id].handoff = request
 
+    async def begin_tool_call(
+        self, lease: Lease, batch_id: uuid.UUID, call_id: str, name: str, arguments: str
+    ) -> ToolCallRecord:
+        self._fence(lease)
+        key = (batch_id, call_id)
+        existing = self._tool_calls.get(key)
+        if existing is not None:  # begin_tool_call: ON CONFLICT DO NOTHING
+            return existing.record(began=False)
+        call = _ToolCall(lease.conversation_id, call_id, name, arguments, self._now())
+        self._tool_calls[key] = call
+        return call.record(began=True)
+
+    async def end_tool_call(
+        self, lease: Lease, batch_id: uuid.UUID, call_id: str, state: ToolCallState, output: str
+    ) -> None:
+        self._fence(lease)
+        call = self._tool_calls.get((batch_id, call_id))
+        if call is not None and call.state is ToolCallState.STARTED:
+            call.state, call.output, call.ended_at = state, output, self._now()
+
+    async def batch_tool_calls(self, batch_id: uuid.UUID) -> list[ToolCallRecord]:
+        calls = [c for (b, _), c in self._tool_calls.items() if b == batch_id]
+        calls.sort(key=lambda c: (c.started_at, c.call_id))
+        return [c.record(began=False) for c in calls]
+
     async def batch_files(self, event_ids: Sequence[str]) -> dict[tuple[str, int], ModelFile]:
         wanted = set(event_ids)
         return {key: a.file for key, a in self._attachments.items() if key[0] in wanted}
@@ -506,6 +565,9 @@ class MemoryStore:
         for batch in self._batches.values():
             if batch.conversation_id == conversation_id:
                 batch.handoff = None
+        calls = [k for k, c in self._tool_calls.items() if c.conversation_id == conversation_id]
+        for call in calls:
+            del self._tool_calls[call]
         for outbox_id, row in list(self._outbox.items()):
             if row.message.conversation_id == conversation_id:
                 self._dedupe_keys.discard(self._outbox.pop(outbox_id).message.dedupe_key)
@@ -646,6 +708,9 @@ class MemoryStore:
             del self._runs[key]
         elif table == "batches":
             del self._batches[key]
+            # tool_calls reference batches ON DELETE CASCADE.
+            for call in [k for k in self._tool_calls if k[0] == key]:
+                del self._tool_calls[call]
         elif table == "events":
             del self._events[key]
             # attachments reference inbound_events ON DELETE CASCADE.

@@ -28,6 +28,8 @@ from worker.store.records import (
     OutboxMessage,
     PendingWindow,
     RunRecord,
+    ToolCallRecord,
+    ToolCallState,
     UploadedFile,
 )
 
@@ -48,13 +50,14 @@ class IntakeStore(OutboxWriter, Protocol):
         *,
         backend: BackendName,
         assistant_id: str | None,
+        profile: str | None,
         owner: str,
         lease_ttl_s: float,
     ) -> Intaken:
         """Stores the event, says whether it still needs an answer, and if it does takes the
         conversation's lease for `owner` unless somebody holds it. A new conversation starts
-        on `backend` with `assistant_id`; an event that needs another backend than the
-        conversation's is not stored (REFUSED)."""
+        on `backend` with `assistant_id` and `profile`; an event that needs another backend
+        than the conversation's is not stored (REFUSED)."""
         ...
 
 
@@ -100,6 +103,23 @@ class ConversationStore(Protocol):
         self, lease: Lease, batch_id: uuid.UUID, request: HandoffRequest
     ) -> None:
         """The model asked for a human in the batch's run; settling the batch hands it off."""
+        ...
+
+    async def begin_tool_call(
+        self, lease: Lease, batch_id: uuid.UUID, call_id: str, name: str, arguments: str
+    ) -> ToolCallRecord:
+        """Records a call before its handler runs; the record says whether this begins it
+        (`began`) or an earlier owner did, and if so how far that one got."""
+        ...
+
+    async def end_tool_call(
+        self, lease: Lease, batch_id: uuid.UUID, call_id: str, state: ToolCallState, output: str
+    ) -> None:
+        """Records the call's outcome; the first ending stands."""
+        ...
+
+    async def batch_tool_calls(self, batch_id: uuid.UUID) -> list[ToolCallRecord]:
+        """The batch's calls, in the order they began."""
         ...
 
     async def batch_files(self, event_ids: Sequence[str]) -> dict[tuple[str, int], ModelFile]:

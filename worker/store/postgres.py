@@ -41,6 +41,8 @@ from worker.store.records import (
     PendingWindow,
     RunRecord,
     StoredEvent,
+    ToolCallRecord,
+    ToolCallState,
     UploadedFile,
     prune_in_chunks,
     reply_sequence,
@@ -154,13 +156,14 @@ class PostgresStore:
         *,
         backend: BackendName,
         assistant_id: str | None,
+        profile: str | None,
         owner: str,
         lease_ttl_s: float,
     ) -> Intaken:
         async with self._pool.acquire() as conn, conn.transaction():
             if event.control is None:
                 found = await conn.fetchval(
-                    q("lock_conversation"), event.conversation_id, backend, assistant_id
+                    q("lock_conversation"), event.conversation_id, backend, assistant_id, profile
                 )
             else:
                 found = await conn.fetchval(q("lock_known_conversation"), event.conversation_id)
@@ -254,6 +257,29 @@ class PostgresStore:
     ) -> None:
         async with self._fenced(lease) as (conn, _):
             await conn.execute(q("record_handoff"), batch_id, request.to_json())
+
+    @_translated
+    async def begin_tool_call(
+        self, lease: Lease, batch_id: uuid.UUID, call_id: str, name: str, arguments: str
+    ) -> ToolCallRecord:
+        async with self._fenced(lease) as (conn, _):
+            row = await conn.fetchrow(
+                q("begin_tool_call"), batch_id, call_id, lease.conversation_id, name, arguments
+            )
+        assert row is not None  # inserted, or there already
+        return ToolCallRecord.from_row(row)
+
+    @_translated
+    async def end_tool_call(
+        self, lease: Lease, batch_id: uuid.UUID, call_id: str, state: ToolCallState, output: str
+    ) -> None:
+        async with self._fenced(lease) as (conn, _):
+            await conn.execute(q("end_tool_call"), batch_id, call_id, state.value, output)
+
+    @_translated
+    async def batch_tool_calls(self, batch_id: uuid.UUID) -> list[ToolCallRecord]:
+        rows = await self._pool.fetch(q("batch_tool_calls"), batch_id)
+        return [ToolCallRecord.from_row(r) for r in rows]
 
     @_translated
     async def batch_files(self, event_ids: Sequence[str]) -> dict[tuple[str, int], ModelFile]:

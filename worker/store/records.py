@@ -102,6 +102,8 @@ class ConversationRow:
     mode: ConversationMode = ConversationMode.ASSISTANT
     # The newest reply's sequence; the next reply takes the one after.
     last_reply_sequence: int = 0
+    # The profile chosen on first contact; None for conversations from before profiles.
+    profile: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> ConversationRow:
@@ -112,6 +114,7 @@ class ConversationRow:
             row["last_item_id"],
             ConversationMode(row["mode"]),
             row["last_reply_sequence"],
+            row["profile"],
         )
 
 
@@ -220,6 +223,40 @@ class RunRecord:
     polls: int
     usage: dict[str, Any] | None
     error: dict[str, Any] | None
+
+
+class ToolCallState(StrEnum):
+    STARTED = "started"  # recorded before the handler ran; not ended (yet, or ever)
+    OK = "ok"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRecord:
+    """A function tool call of a batch, as recorded around its handler."""
+
+    call_id: str
+    name: str
+    arguments: str
+    state: ToolCallState
+    output: str | None
+    started_at: datetime
+    ended_at: datetime | None
+    # Recorded by this begin_tool_call: nobody has run the handler for it before.
+    began: bool = False
+
+    @classmethod
+    def from_row(cls, row: Row) -> ToolCallRecord:
+        return cls(
+            row["call_id"],
+            row["name"],
+            row["arguments"],
+            ToolCallState(row["state"]),
+            row["output"],
+            row["started_at"],
+            row["ended_at"],
+            row["began"],
+        )
 
 
 @dataclass(frozen=True, slots=True)

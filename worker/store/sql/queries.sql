@@ -2,12 +2,12 @@
 -- Parameters are listed in each header comment.
 
 -- name: lock_conversation
--- Creates the conversation on first contact (with the assistant that contact chose) and
--- row-locks it until the transaction ends, so intake and lease release serialise per
--- conversation. Returns the backend the conversation is on.
--- $1 conversation_id, $2 backend, $3 assistant_id
-INSERT INTO conversations (conversation_id, backend, assistant_id)
-VALUES ($1, $2, $3)
+-- Creates the conversation on first contact (with the assistant and profile that contact
+-- chose) and row-locks it until the transaction ends, so intake and lease release serialise
+-- per conversation. Returns the backend the conversation is on.
+-- $1 conversation_id, $2 backend, $3 assistant_id, $4 profile
+INSERT INTO conversations (conversation_id, backend, assistant_id, profile)
+VALUES ($1, $2, $3, $4)
 ON CONFLICT (conversation_id) DO UPDATE SET updated_at = now()
 RETURNING backend;
 
@@ -56,7 +56,7 @@ RETURNING lease_token;
 -- name: fence
 -- Locks the conversation row if the caller still holds the lease.
 -- $1 conversation_id, $2 lease_token
-SELECT backend, thread_id, assistant_id, last_item_id, mode, last_reply_sequence
+SELECT backend, thread_id, assistant_id, last_item_id, mode, last_reply_sequence, profile
 FROM conversations
 WHERE conversation_id = $1 AND lease_token = $2
 FOR UPDATE;
@@ -272,8 +272,36 @@ WITH events AS (
     DELETE FROM attachments WHERE event_id IN (SELECT event_id FROM events)
 ), handoffs AS (
     UPDATE batches SET handoff = NULL WHERE conversation_id = $1 AND handoff IS NOT NULL
+), tools AS (
+    DELETE FROM tool_calls WHERE conversation_id = $1
 )
 DELETE FROM outbox WHERE conversation_id = $1;
+
+-- name: begin_tool_call
+-- Recorded before the handler runs. Returns the call's row: a row in state 'started' that
+-- was not inserted now is a call a dead worker began, whose outcome is unknown.
+-- $1 batch_id, $2 call_id, $3 conversation_id, $4 name, $5 arguments
+WITH inserted AS (
+    INSERT INTO tool_calls (batch_id, call_id, conversation_id, name, arguments)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (batch_id, call_id) DO NOTHING
+    RETURNING call_id, name, arguments, state, output, started_at, ended_at, true AS began
+)
+SELECT * FROM inserted
+UNION ALL
+SELECT call_id, name, arguments, state, output, started_at, ended_at, false AS began
+FROM tool_calls WHERE batch_id = $1 AND call_id = $2 AND NOT EXISTS (SELECT 1 FROM inserted);
+
+-- name: end_tool_call
+-- The first ending stands: a call is never ended twice with different outcomes.
+-- $1 batch_id, $2 call_id, $3 state, $4 output
+UPDATE tool_calls SET state = $3, output = $4, ended_at = now()
+WHERE batch_id = $1 AND call_id = $2 AND state = 'started';
+
+-- name: batch_tool_calls
+-- $1 batch_id
+SELECT call_id, name, arguments, state, output, started_at, ended_at, false AS began
+FROM tool_calls WHERE batch_id = $1 ORDER BY started_at, call_id;
 
 -- name: sweepable_conversations
 -- Conversations with work whose owner is gone (lease expired or never taken), found from the

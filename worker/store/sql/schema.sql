@@ -26,7 +26,9 @@ CREATE TABLE conversations (
     -- Who answers: the assistant, or a human agent who took the conversation over.
     mode             conversation_mode NOT NULL DEFAULT 'assistant',
     -- The sequence of the newest reply written for the conversation (replies count up from 1).
-    last_reply_sequence integer NOT NULL DEFAULT 0
+    last_reply_sequence integer NOT NULL DEFAULT 0,
+    -- The profile chosen on first contact (NULL: the default, for conversations from before).
+    profile          text
 );
 CREATE INDEX conversations_leased_idx ON conversations (lease_token)
     WHERE lease_token IS NOT NULL;
@@ -126,3 +128,34 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_unpublished_idx ON outbox (outbox_id) WHERE published_at IS NULL;
 CREATE INDEX outbox_conversation_idx ON outbox (conversation_id)
     WHERE conversation_id IS NOT NULL;
+
+CREATE TYPE tool_call_state AS ENUM ('started', 'ok', 'error');
+
+-- Every function tool call, recorded before its handler runs and again when it has ended, so
+-- a worker that resumes the batch tells "never called" from "outcome unknown".
+CREATE TABLE tool_calls (
+    batch_id        uuid NOT NULL REFERENCES batches ON DELETE CASCADE,
+    call_id         text NOT NULL,
+    conversation_id text NOT NULL,
+    name            text NOT NULL,
+    -- The model's arguments and the handler's output: content, forgotten by erase.
+    arguments       text NOT NULL,
+    state           tool_call_state NOT NULL DEFAULT 'started',
+    output          text,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    ended_at        timestamptz,
+    PRIMARY KEY (batch_id, call_id)
+);
+CREATE INDEX tool_calls_by_conversation ON tool_calls (conversation_id);
+
+-- What `assistant-worker assistants sync` made at the API for each profile.
+CREATE TABLE synced_objects (
+    profile     text NOT NULL,
+    -- assistant, vector_store, or knowledge_file (key: the document's path in the folder)
+    kind        text NOT NULL,
+    key         text NOT NULL,
+    object_id   text NOT NULL,
+    content_sha256 text,
+    synced_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (profile, kind, key)
+);
