@@ -1,8 +1,10 @@
 """Response lifecycle: queued -> in_progress -> outcome, on the same clock as runs.
 
-A settled response appends its input and output items to its conversation;
-failed and cancelled ones leave the conversation as it was, so a retry with the
-same input does not duplicate it.
+What a response will output is planned when it is created (standin.response_tools),
+so a tool script it cannot carry out is a 400 then; settling emits the plan. A
+settled response appends its input and output items to its conversation; failed
+and cancelled ones leave the conversation as it was, so a retry with the same
+input does not duplicate it.
 """
 
 from __future__ import annotations
