@@ -5,7 +5,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from standin.config import LiveConfig
-from standin.containers_api import ContainersApi
 from standin.conversation_items import items_file_ids, parse_input
 from standin.errors import bad_request
 from standin.pagination import PageQuery, list_body, paginate
@@ -39,9 +38,6 @@ class ResponsesApi:
             web.get("/v1/responses/{response_id}", self.retrieve),
             web.post("/v1/responses/{response_id}/cancel", self.cancel),
             web.get("/v1/responses/{response_id}/input_items", self.input_items),
-            # Served here until the app registers ContainersApi itself: its files exist
-            # only as responses' code interpreter calls wrote them.
-            *ContainersApi(self._state).routes(),
         ]
 
     async def create(self, request: web.Request) -> web.Response:

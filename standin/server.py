@@ -13,11 +13,13 @@ from aiohttp import web
 from standin.assistants_api import AssistantsApi
 from standin.clock import Clock
 from standin.config import LiveConfig, StandInConfig
+from standin.containers_api import ContainersApi
 from standin.control_api import ControlApi
 from standin.conversations_api import ConversationsApi
 from standin.faults import FaultInjector, FaultRule
 from standin.files_api import FilesApi
 from standin.journal import Journal
+from standin.mcp_tool import mcp_calls
 from standin.middleware import v1_middleware
 from standin.response_engine import ResponseEngine
 from standin.response_models import Conversation, ResponseRecord
@@ -80,6 +82,8 @@ class StandIn:
             FilesApi(self.state),
             VectorStoresApi(self.state),
             ResponsesApi(self.state, responses, self._config),
+            # Its files exist only as responses' code interpreter calls wrote them.
+            ContainersApi(self.state),
             ConversationsApi(self.state, responses),
             ControlApi(self),
         )
@@ -153,6 +157,11 @@ class StandIn:
 
     def response(self, response_id: str) -> dict[str, Any]:
         return copy.deepcopy(self._response(response_id).to_api())
+
+    def mcp_calls(self) -> list[dict[str, Any]]:
+        """Every MCP call settled responses made, oldest first: where it went, its arguments
+        and output, and whether a token or headers were sent (never their values)."""
+        return mcp_calls(self.state.responses.values())
 
     def response_input_items(self, response_id: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self._response(response_id).input_items)

@@ -20,6 +20,7 @@ from worker.backends.files import Files
 from worker.backends.responses import ResponsesBackend
 from worker.health import Health, HealthServer, probe_database_forever
 from worker.metrics import Metrics
+from worker.profiles.config import close_tools
 from worker.profiles.model import Profiles
 from worker.relay.activity import Activity, ActivityPublisher, ActivitySink, NoActivity
 from worker.relay.consume import Consumer
@@ -232,6 +233,7 @@ class WorkerService:
             stack.push_async_callback(connection.close)
             self.health.broker_connected = connection.connected.is_set
             client = await stack.enter_async_context(make_client(s))
+            stack.push_async_callback(close_tools, self._profiles)
             store = PostgresStore(pool, batch_max_events=s.batch_max_events)
             yield store, PostgresStore(relay_pool), connection, client
 

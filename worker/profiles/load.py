@@ -358,6 +358,10 @@ def _function_tool(name: str, table: dict[str, Any], place: _Place) -> FunctionT
         if key not in merged:
             raise place.at(key).fail(_UNDECLARED[kind])
     _check_parameters(merged["parameters"], place.at("parameters"))
+    timeout_s = float(merged.get("timeout_s", DEFAULT_TOOL_TIMEOUT_S))
+    if isinstance(handler, HttpTool):
+        # timeout_s bounds each try; the call as a whole may take every try and the waits.
+        timeout_s = handler.budget_s
     return FunctionTool(
         name=name,
         description=merged["description"],
@@ -365,7 +369,7 @@ def _function_tool(name: str, table: dict[str, Any], place: _Place) -> FunctionT
         handler=handler,
         grants=frozenset(Grant(g) for g in merged.get("grants", ())),
         idempotent=merged.get("idempotent", False),
-        timeout_s=float(merged.get("timeout_s", DEFAULT_TOOL_TIMEOUT_S)),
+        timeout_s=timeout_s,
         show_arguments=merged.get("show_arguments", False),
         handler_kind=kind,
     )
