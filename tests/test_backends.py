@@ -80,7 +80,7 @@ async def test_cancelling_a_run_that_ended_on_its_own_leaves_it_be(
         backend: Backend = (
             AssistantsBackend(client) if name == "assistants" else ResponsesBackend(client)
         )
-        thread_id = await backend.create_thread("c-cancel", {})
+        thread_id = await backend.create_thread("c-cancel", PROFILE)
         turn = Turn(
             batch_id=uuid.uuid4(),
             attempt=1,
@@ -175,7 +175,7 @@ async def test_deleting_a_thread_twice_is_no_error(
     standin: StandIn, client: openai.AsyncOpenAI, name: str
 ) -> None:
     backend = _backend(client, name)
-    thread_id = await backend.create_thread("c-control", {})
+    thread_id = await backend.create_thread("c-control", PROFILE)
 
     await backend.delete_thread(thread_id)
     await backend.delete_thread(thread_id)  # already gone: counts as deleted
@@ -191,7 +191,7 @@ async def test_update_metadata_sets_the_pairs_beside_the_worker_tag(
     standin: StandIn, client: openai.AsyncOpenAI, name: str
 ) -> None:
     backend = _backend(client, name)
-    thread_id = await backend.create_thread("c-control", {})
+    thread_id = await backend.create_thread("c-control", PROFILE)
 
     await backend.update_metadata(thread_id, "c-control", {"ticket": "T-9", "queue": "billing"})
     first = _stored_metadata(standin, thread_id)
@@ -211,7 +211,7 @@ async def test_the_tag_is_the_conversation_id_cut_to_512_characters(
 ) -> None:
     backend = _backend(client, name)
     long_id = "c" * 600
-    thread_id = await backend.create_thread(long_id, {})
+    thread_id = await backend.create_thread(long_id, PROFILE)
 
     await backend.update_metadata(thread_id, long_id, {})
 
@@ -223,7 +223,7 @@ async def test_recorded_messages_join_the_thread_without_a_run(
     standin: StandIn, client: openai.AsyncOpenAI, name: str
 ) -> None:
     backend = _backend(client, name)
-    thread_id = await backend.create_thread("c-control", {})
+    thread_id = await backend.create_thread("c-control", PROFILE)
     turn = await _turn(backend, thread_id, _TWO)
     assert await backend.find_recorded(thread_id, turn) == frozenset()
 
@@ -239,7 +239,7 @@ async def test_recording_no_messages_makes_no_request(
     standin: StandIn, client: openai.AsyncOpenAI, name: str
 ) -> None:
     backend = _backend(client, name)
-    thread_id = await backend.create_thread("c-control", {})
+    thread_id = await backend.create_thread("c-control", PROFILE)
     turn = await _turn(backend, thread_id, _TWO)
     standin.clear_journal()
 
@@ -252,7 +252,7 @@ async def test_assistants_find_a_partial_record_and_complete_it(
     standin: StandIn, client: openai.AsyncOpenAI
 ) -> None:
     backend = _backend(client, "assistants")
-    thread_id = await backend.create_thread("c-control", {})
+    thread_id = await backend.create_thread("c-control", PROFILE)
     turn = await _turn(backend, thread_id, _TWO)
     # An earlier attempt died between its two creates.
     await backend.record_messages(thread_id, turn, turn.messages[:1])
@@ -271,7 +271,7 @@ async def test_responses_find_a_turn_recorded_whole_or_not_at_all(
     client: openai.AsyncOpenAI,
 ) -> None:
     backend = _backend(client, "responses")
-    thread_id = await backend.create_thread("c-control", {})
+    thread_id = await backend.create_thread("c-control", PROFILE)
     turn = await _turn(backend, thread_id, _TWO)
     # Only the first text is there (added by someone else): not this turn's record.
     await client.conversations.items.create(
@@ -291,8 +291,8 @@ async def test_a_message_is_recorded_as_a_run_would_add_it(
         ("e-1", 0): await _upload(client, backend, "screen.png", FileKind.IMAGE),
         ("e-1", 1): await _upload(client, backend, "invoice.pdf", FileKind.DOCUMENT),
     }
-    recorded_on = await backend.create_thread("c-control", {})
-    answered_on = await backend.create_thread("c-control", {})
+    recorded_on = await backend.create_thread("c-control", PROFILE)
+    answered_on = await backend.create_thread("c-control", PROFILE)
     turn = await _turn(backend, recorded_on, (message,), files)
 
     await backend.record_messages(recorded_on, turn, turn.messages)
@@ -322,7 +322,7 @@ async def test_recording_while_a_run_holds_the_thread_is_thread_busy(
     standin: StandIn, client: openai.AsyncOpenAI, name: str
 ) -> None:
     backend = _backend(client, name)
-    thread_id = await backend.create_thread("c-control", {})
+    thread_id = await backend.create_thread("c-control", PROFILE)
     hanging = await _turn(
         backend, thread_id, (UserMessage("e-0", "c-control", "[[outcome:hang]]"),)
     )

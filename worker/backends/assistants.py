@@ -66,8 +66,16 @@ class AssistantsBackend:
         self._threads = client.beta.threads
 
     @sdk_boundary
-    async def create_thread(self, conversation_id: str, metadata: Mapping[str, str]) -> str:
-        thread = await self._threads.create(metadata=thread_metadata(conversation_id, metadata))
+    async def create_thread(self, conversation_id: str, profile: Profile) -> str:
+        search = profile.hosted.file_search
+        # A run's tools can be overridden, but not its resources: the stores go on the thread
+        # (the API searches the assistant's and the thread's, one store each).
+        resources: Any = omit
+        if search is not None and search.store_ids:
+            resources = {"file_search": {"vector_store_ids": list(search.store_ids)}}
+        thread = await self._threads.create(
+            metadata=thread_metadata(conversation_id, profile.metadata), tool_resources=resources
+        )
         return thread.id
 
     @sdk_boundary

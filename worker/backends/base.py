@@ -137,6 +137,23 @@ class ToolOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """The model wants to call a remote MCP tool that needs approval (Responses)."""
+
+    request_id: str
+    server_label: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalAnswer:
+    """The worker's answer to an ApprovalRequest, by the profile's policy."""
+
+    request_id: str
+    approve: bool
+
+
+@dataclass(frozen=True, slots=True)
 class RunRef:
     """Where a run is: its thread (or Conversation) and its ID in there."""
 
@@ -155,6 +172,7 @@ class ToolSubmission:
     run: RunRef
     turn: Turn
     outputs: tuple[ToolOutput, ...]
+    approvals: tuple[ApprovalAnswer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +183,8 @@ class RunSnapshot:
     status: RunStatus
     poll_after_ms: int | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    # MCP calls waiting for approval (Responses): requires_action too.
+    approvals: tuple[ApprovalRequest, ...] = ()
     error: RunError | None = None
     usage: Usage | None = None
     # Filled when the status answer already carried the reply (Responses), saving a request.
@@ -187,9 +207,10 @@ class Backend(Protocol):
     # The Files API purpose under which this backend's model reads a file of each kind.
     purposes: Mapping[FileKind, FilePurpose]
 
-    async def create_thread(self, conversation_id: str, metadata: Mapping[str, str]) -> str:
-        """A new thread (Conversation) tagged with thread_metadata(conversation_id, metadata):
-        the conversation's profile's metadata, until the helpdesk sets its own."""
+    async def create_thread(self, conversation_id: str, profile: Profile) -> str:
+        """A new thread (Conversation) for the conversation, tagged with
+        thread_metadata(conversation_id, profile.metadata): the profile's metadata until the
+        helpdesk sets its own. On Assistants it also carries the profile's vector stores."""
 
     async def find_run(self, thread_id: str, turn: Turn) -> str | None:
         """The run an earlier attempt of this turn already created, if the POST got through."""

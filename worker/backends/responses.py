@@ -25,6 +25,7 @@ from openai.types.responses import (
 from openai.types.responses.response_output_item import ResponseOutputItem
 
 from worker.backends.base import (
+    ApprovalRequest,
     RunRef,
     RunSnapshot,
     RunStatus,
@@ -74,9 +75,9 @@ class ResponsesBackend:
         self._tools: dict[str, list[dict[str, Any]]] = {}
 
     @sdk_boundary
-    async def create_thread(self, conversation_id: str, metadata: Mapping[str, str]) -> str:
+    async def create_thread(self, conversation_id: str, profile: Profile) -> str:
         conversation = await self._client.conversations.create(
-            metadata=thread_metadata(conversation_id, metadata)
+            metadata=thread_metadata(conversation_id, profile.metadata)
         )
         return conversation.id
 
@@ -105,19 +106,30 @@ class ResponsesBackend:
     @sdk_boundary
     async def find_tool_outputs_run(self, submission: ToolSubmission) -> str | None:
         call_ids = {o.call_id for o in submission.outputs}
+        request_ids = {a.request_id for a in submission.approvals}
         after = submission.turn.after_item_id
         for item in await self._items_after(submission.run.thread_id, after):
             if item.type == "function_call_output" and item.call_id in call_ids:
+                return ITEMS_RUN + item.id
+            if item.type == "mcp_approval_response" and item.approval_request_id in request_ids:
                 return ITEMS_RUN + item.id
         return None
 
     @sdk_boundary
     async def submit_tool_outputs(self, submission: ToolSubmission) -> RunSnapshot:
-        # The outputs go in as the input of a follow-up response.
+        # The outputs and approvals go in as the input of a follow-up response.
         items: list[ResponseInputItemParam] = [
             {"type": "function_call_output", "call_id": o.call_id, "output": o.output}
             for o in submission.outputs
         ]
+        items.extend(
+            {
+                "type": "mcp_approval_response",
+                "approval_request_id": a.request_id,
+                "approve": a.approve,
+            }
+            for a in submission.approvals
+        )
         return await self._create(submission.run.thread_id, submission.turn, items)
 
     @sdk_boundary
@@ -224,8 +236,16 @@ class ResponsesBackend:
         )
         answered = {i.call_id for i in after if i.type == "function_call_output"}
         pending = tuple(c for c in calls if c.call_id not in answered)
-        if pending:
-            return RunSnapshot(run_id, RunStatus.REQUIRES_ACTION, tool_calls=pending)
+        decided = {i.approval_request_id for i in after if i.type == "mcp_approval_response"}
+        asked = tuple(
+            ApprovalRequest(i.id, i.server_label, i.name)
+            for i in after
+            if i.type == "mcp_approval_request" and i.id not in decided
+        )
+        if pending or asked:
+            return RunSnapshot(
+                run_id, RunStatus.REQUIRES_ACTION, tool_calls=pending, approvals=asked
+            )
         if any(i.type == "message" and i.role == "assistant" for i in after):
             return RunSnapshot(run_id, RunStatus.COMPLETED)
         return RunSnapshot(run_id, RunStatus.IN_PROGRESS)
@@ -331,7 +351,12 @@ def _snapshot(response: Response, poll_after_ms: int | None = None) -> RunSnapsh
         for o in response.output
         if o.type == "function_call"
     )
-    if status is RunStatus.COMPLETED and calls:
+    approvals = tuple(
+        ApprovalRequest(o.id, o.server_label, o.name)
+        for o in response.output
+        if o.type == "mcp_approval_request"
+    )
+    if status is RunStatus.COMPLETED and (calls or approvals):
         status = RunStatus.REQUIRES_ACTION
     error = None
     if response.error is not None:
@@ -349,6 +374,7 @@ def _snapshot(response: Response, poll_after_ms: int | None = None) -> RunSnapsh
         status=status,
         poll_after_ms=poll_after_ms,
         tool_calls=calls if status is RunStatus.REQUIRES_ACTION else (),
+        approvals=approvals if status is RunStatus.REQUIRES_ACTION else (),
         error=error,
         usage=usage,
         messages=tuple(_reply(o) for o in response.output if o.type == "message")

@@ -312,11 +312,11 @@ class ConversationProcessor:
     async def _thread(self, lease: Lease, conversation: ConversationRow, backend: Backend) -> str:
         if conversation.thread_id is not None:
             return conversation.thread_id
-        metadata = self._profile(conversation.profile).metadata
+        profile = self._profile(conversation.profile)
         # An orphan thread from a crash right after this call is harmless: it holds nothing.
         async with self._pacer.slot():
             thread_id = await self._api_retry.call(
-                "create_thread", lambda: backend.create_thread(lease.conversation_id, metadata)
+                "create_thread", lambda: backend.create_thread(lease.conversation_id, profile)
             )
             await self._store.set_thread(lease, thread_id)
         log.info("thread_created", thread_id=thread_id, backend=backend.name)

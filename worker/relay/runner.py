@@ -14,6 +14,7 @@ from worker.backends.base import Backend, RunRef, RunSnapshot, RunStatus, ToolSu
 from worker.crashpoints import CrashPoint, maybe_crash
 from worker.errors import RunAlreadyEnded, ThreadBusy
 from worker.events import RunError, ToolCallSummary
+from worker.relay.approvals import answer_approvals
 from worker.relay.pacing import Pacer
 from worker.relay.polling import PollPlan, PollSchedule, RunDurations
 from worker.relay.retry import RetryPolicy
@@ -195,7 +196,10 @@ class Runner:
                 hosted.extend(run.hosted_calls)
                 previous = run.run_id
                 hooks.tools_running(run.run_id, tuple(call.name for call in run.tool_calls))
-                run = await self._serve_tools(thread_id, run, turn, hooks.tools, first_try=ours)
+                run, denied = await self._serve_tools(
+                    thread_id, run, turn, hooks.tools, first_try=ours
+                )
+                hosted.extend(denied)
                 if run.run_id != previous:
                     await hooks.on_new_run(run.run_id)
                 plan = self._plan(time.monotonic())
@@ -245,9 +249,12 @@ class Runner:
         tools: TurnTools,
         *,
         first_try: bool,
-    ) -> RunSnapshot:
+    ) -> tuple[RunSnapshot, tuple[ToolCallSummary, ...]]:
+        """Serves the run's function calls and answers its approval requests; the run that
+        goes on, and the calls the profile's policy denied."""
         outputs = await serve_calls(run.tool_calls, tools)
-        submission = ToolSubmission(RunRef(thread_id, run.run_id), turn, tuple(outputs))
+        approvals, denied = await answer_approvals(run.approvals, tools)
+        submission = ToolSubmission(RunRef(thread_id, run.run_id), turn, tuple(outputs), approvals)
         started = await self._create_once(
             "submit_tool_outputs",
             thread_id,
@@ -255,7 +262,7 @@ class Runner:
             create=lambda: self.backend.submit_tool_outputs(submission),
             first_try=first_try,
         )
-        return started.run
+        return started.run, denied
 
     async def _cancel(self, thread_id: str, run: RunSnapshot) -> RunSnapshot:
         log.warning("run_deadline_exceeded", run_id=run.run_id, deadline_s=self._deadline_s)
