@@ -210,6 +210,27 @@ def test_the_installed_package_validates_events(installed: Installed) -> None:
     assert refused == "schema_invalid"
 
 
+def test_the_installed_package_checks_profiles_and_ships_its_tools(installed: Installed) -> None:
+    # The package's own entry point (current_time) resolves from the wheel's metadata, and the
+    # profiles schema is found inside the installed package.
+    profiles = installed.workdir / "profiles.toml"
+    profiles.write_text(
+        '[profiles.care]\nmodel = "gpt-4o-mini"\ninstructions = "Help."\n'
+        '[profiles.care.tools.current_time]\nentry_point = "current_time"\n'
+    )
+    done = subprocess.run(
+        [str(installed.bin("assistant-worker")), "profiles", "check", str(profiles)],
+        cwd=installed.workdir,
+        env=installed.env(dict(os.environ)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "current_time (entry_point)" in done.stdout
+    assert done.stdout.rstrip().endswith("valid")
+
+
 @pytest.fixture
 async def empty_database_url() -> AsyncIterator[str]:
     """A database name nobody created: `migrate` must create it and apply every migration."""
