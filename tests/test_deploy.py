@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings
 
 from worker.metrics import Metrics
 from worker.ops.cli import app as cli_app
+from worker.profiles.load import load_profiles
 from worker.settings import Settings, Topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -891,3 +892,20 @@ def test_the_dashboard_and_the_readme_use_real_metrics() -> None:
     assert used, "no metric is named"
     unknown = used - exported_metric_names()
     assert not unknown, f"not exported by worker/metrics.py: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_profiles_file_is_mounted_where_the_setting_says_and_is_valid(
+    target: str, tmp_path: Path
+) -> None:
+    named = Path(worker_env(target)["AW_PROFILES_FILE"])
+    mounts = {m["name"]: m for m in worker_container(target)["volumeMounts"]}
+    volumes = worker_deployment(target)["spec"]["template"]["spec"]["volumes"]
+    [volume] = [v for v in volumes if v["name"] == "profiles"]
+    assert mounts["profiles"]["mountPath"] == str(named.parent)
+    assert mounts["profiles"]["readOnly"] is True
+    maps = {m["metadata"]["name"]: m.get("data") or {} for m in of_kind(target, "ConfigMap")}
+    content = maps[volume["configMap"]["name"]][named.name]
+    # As the worker will read it, from the mounted copy.
+    (tmp_path / named.name).write_text(content)
+    load_profiles(tmp_path / named.name, {})
