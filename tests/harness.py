@@ -344,11 +344,19 @@ def _second_runs(standin: StandIn) -> tuple[list[tuple[str, str]], int]:
     runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in standin.run_records():  # oldest first
         meta = record.get("metadata") or {}
-        if meta.get("aw_batch_id"):
+        if meta.get("aw_batch_id") and not _answers_tools(standin, record):
             runs[(str(meta["aw_batch_id"]), str(meta.get("aw_attempt")))].append(record)
     went_on = [key for key, rs in runs.items() if any(r["status"] != "cancelled" for r in rs[1:])]
     cancelled = sum(1 for rs in runs.values() for r in rs[1:] if r["status"] == "cancelled")
     return went_on, cancelled
+
+
+def _answers_tools(standin: StandIn, record: dict[str, Any]) -> bool:
+    """A Responses tool round's follow-up: the same attempt's tags, but the next step of one
+    run, not a second run."""
+    response = standin.state.responses.get(str(record["id"]))
+    answers = ("function_call_output", "mcp_approval_response")
+    return response is not None and any(i.get("type") in answers for i in response.input_items)
 
 
 def _overlapping_runs(standin: StandIn) -> list[str]:

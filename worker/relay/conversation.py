@@ -659,20 +659,19 @@ def _handoff(
 _OUTCOMES = {
     ToolCallState.OK: ToolOutcome.OK,
     ToolCallState.ERROR: ToolOutcome.ERROR,
+    ToolCallState.UNKNOWN: ToolOutcome.UNKNOWN,
+    # Not ended: the run ended without taking its output (cancelled, say).
     ToolCallState.STARTED: ToolOutcome.UNKNOWN,
 }
 
 
 def _summary(record: ToolCallRecord, profile: Profile) -> ToolCallSummary:
     tool = profile.function(record.name)
-    duration_ms = None
-    if record.ended_at is not None:
-        duration_ms = max(0, round((record.ended_at - record.started_at).total_seconds() * 1000))
     return ToolCallSummary(
         ToolKind.FUNCTION,
         record.name,
         _OUTCOMES[record.state],
-        duration_ms,
+        record.duration_ms,
         record.arguments if tool is not None and tool.show_arguments else None,
     )
 
@@ -751,5 +750,9 @@ class _Journal:
             self.lease, self.batch_id, call.call_id, call.name, call.arguments
         )
 
-    async def end(self, call_id: str, state: ToolCallState, output: str) -> None:
-        await self.store.end_tool_call(self.lease, self.batch_id, call_id, state, output)
+    async def end(
+        self, call_id: str, state: ToolCallState, output: str, duration_ms: int | None
+    ) -> None:
+        await self.store.end_tool_call(
+            self.lease, self.batch_id, call_id, state, output, duration_ms
+        )

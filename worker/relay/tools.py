@@ -44,7 +44,9 @@ class ToolJournal(Protocol):
 
     async def begin(self, call: ToolCall) -> ToolCallRecord: ...
 
-    async def end(self, call_id: str, state: ToolCallState, output: str) -> None: ...
+    async def end(
+        self, call_id: str, state: ToolCallState, output: str, duration_ms: int | None
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +121,18 @@ async def serve_call(call: ToolCall, turn: TurnTools) -> ToolOutput:
         # It ended under an earlier owner: the same output again, without running it.
         return ToolOutput(call.call_id, record.output or "")
     tool = turn.tool(call.name)
+    duration_ms: int | None = None
     if tool is None:
         state, output = ToolCallState.ERROR, _error(f"unknown tool {call.name!r}")
     elif not record.began and not tool.idempotent:
-        state, output = ToolCallState.ERROR, _unknown_outcome(tool)
+        state, output = ToolCallState.UNKNOWN, _unknown_outcome(tool)
         log.warning("tool_outcome_unknown", tool=tool.name, call_id=call.call_id)
     else:
+        started = time.monotonic()
         state, output = await _invoke(tool, call, turn)
+        duration_ms = round((time.monotonic() - started) * 1000)
         maybe_crash(CrashPoint.AFTER_TOOL_RAN)
-    await turn.journal.end(call.call_id, state, output)
+    await turn.journal.end(call.call_id, state, output, duration_ms)
     return ToolOutput(call.call_id, output)
 
 
@@ -138,7 +143,6 @@ async def _invoke(tool: FunctionTool, call: ToolCall, turn: TurnTools) -> tuple[
         return ToolCallState.ERROR, _error(f"arguments are not JSON: {exc.msg}")
     if not isinstance(arguments, dict):
         return ToolCallState.ERROR, _error("arguments are not a JSON object")
-    started = time.monotonic()
     try:
         async with asyncio.timeout(tool.timeout_s):
             output = _as_text(await tool.handler(arguments, turn.context(tool, call)))
@@ -152,7 +156,7 @@ async def _invoke(tool: FunctionTool, call: ToolCall, turn: TurnTools) -> tuple[
         # The exception's text is the handler's: it may quote the customer.
         log.warning("tool_failed", tool=tool.name, error_class=type(exc).__name__)
         return ToolCallState.ERROR, _error(f"tool {tool.name!r} failed: {type(exc).__name__}")
-    log.info("tool_called", tool=tool.name, duration_ms=round((time.monotonic() - started) * 1000))
+    log.info("tool_called", tool=tool.name)
     if len(output) > OUTPUT_MAX_CHARS:
         return ToolCallState.ERROR, _error(
             f"tool {tool.name!r} answered {len(output)} characters, at most {OUTPUT_MAX_CHARS}"

@@ -200,7 +200,7 @@ class _ToolCall:
     started_at: datetime
     state: ToolCallState = ToolCallState.STARTED
     output: str | None = None
-    ended_at: datetime | None = None
+    duration_ms: int | None = None
 
     def record(self, *, began: bool) -> ToolCallRecord:
         return ToolCallRecord(
@@ -209,8 +209,7 @@ class _ToolCall:
             self.arguments,
             self.state,
             self.output,
-            self.started_at,
-            self.ended_at,
+            self.duration_ms,
             began,
         )
 
@@ -469,12 +468,18 @@ class MemoryStore:
         return call.record(began=True)
 
     async def end_tool_call(
-        self, lease: Lease, batch_id: uuid.UUID, call_id: str, state: ToolCallState, output: str
+        self,
+        lease: Lease,
+        batch_id: uuid.UUID,
+        call_id: str,
+        state: ToolCallState,
+        output: str,
+        duration_ms: int | None,
     ) -> None:
         self._fence(lease)
         call = self._tool_calls.get((batch_id, call_id))
         if call is not None and call.state is ToolCallState.STARTED:
-            call.state, call.output, call.ended_at = state, output, self._now()
+            call.state, call.output, call.duration_ms = state, output, duration_ms
 
     async def batch_tool_calls(self, batch_id: uuid.UUID) -> list[ToolCallRecord]:
         calls = [c for (b, _), c in self._tool_calls.items() if b == batch_id]

@@ -113,9 +113,16 @@ class ConversationStore(Protocol):
         ...
 
     async def end_tool_call(
-        self, lease: Lease, batch_id: uuid.UUID, call_id: str, state: ToolCallState, output: str
+        self,
+        lease: Lease,
+        batch_id: uuid.UUID,
+        call_id: str,
+        state: ToolCallState,
+        output: str,
+        duration_ms: int | None,
     ) -> None:
-        """Records the call's outcome; the first ending stands."""
+        """Records the call's outcome and how long its handler took (None: not known); the
+        first ending stands."""
         ...
 
     async def batch_tool_calls(self, batch_id: uuid.UUID) -> list[ToolCallRecord]:

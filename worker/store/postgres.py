@@ -271,10 +271,18 @@ class PostgresStore:
 
     @_translated
     async def end_tool_call(
-        self, lease: Lease, batch_id: uuid.UUID, call_id: str, state: ToolCallState, output: str
+        self,
+        lease: Lease,
+        batch_id: uuid.UUID,
+        call_id: str,
+        state: ToolCallState,
+        output: str,
+        duration_ms: int | None,
     ) -> None:
         async with self._fenced(lease) as (conn, _):
-            await conn.execute(q("end_tool_call"), batch_id, call_id, state.value, output)
+            await conn.execute(
+                q("end_tool_call"), batch_id, call_id, state.value, output, duration_ms
+            )
 
     @_translated
     async def batch_tool_calls(self, batch_id: uuid.UUID) -> list[ToolCallRecord]:

@@ -229,6 +229,8 @@ class ToolCallState(StrEnum):
     STARTED = "started"  # recorded before the handler ran; not ended (yet, or ever)
     OK = "ok"
     ERROR = "error"
+    # Begun by a worker that died before recording how it ended; not run again.
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +242,8 @@ class ToolCallRecord:
     arguments: str
     state: ToolCallState
     output: str | None
-    started_at: datetime
-    ended_at: datetime | None
+    # How long the handler took; None while it runs, or where nobody knows.
+    duration_ms: int | None
     # Recorded by this begin_tool_call: nobody has run the handler for it before.
     began: bool = False
 
@@ -253,8 +255,7 @@ class ToolCallRecord:
             row["arguments"],
             ToolCallState(row["state"]),
             row["output"],
-            row["started_at"],
-            row["ended_at"],
+            row["duration_ms"],
             row["began"],
         )
 

@@ -285,22 +285,22 @@ WITH inserted AS (
     INSERT INTO tool_calls (batch_id, call_id, conversation_id, name, arguments)
     VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (batch_id, call_id) DO NOTHING
-    RETURNING call_id, name, arguments, state, output, started_at, ended_at, true AS began
+    RETURNING call_id, name, arguments, state, output, duration_ms, true AS began
 )
 SELECT * FROM inserted
 UNION ALL
-SELECT call_id, name, arguments, state, output, started_at, ended_at, false AS began
+SELECT call_id, name, arguments, state, output, duration_ms, false AS began
 FROM tool_calls WHERE batch_id = $1 AND call_id = $2 AND NOT EXISTS (SELECT 1 FROM inserted);
 
 -- name: end_tool_call
 -- The first ending stands: a call is never ended twice with different outcomes.
--- $1 batch_id, $2 call_id, $3 state, $4 output
-UPDATE tool_calls SET state = $3, output = $4, ended_at = now()
+-- $1 batch_id, $2 call_id, $3 state, $4 output, $5 duration_ms or NULL
+UPDATE tool_calls SET state = $3, output = $4, ended_at = now(), duration_ms = $5
 WHERE batch_id = $1 AND call_id = $2 AND state = 'started';
 
 -- name: batch_tool_calls
 -- $1 batch_id
-SELECT call_id, name, arguments, state, output, started_at, ended_at, false AS began
+SELECT call_id, name, arguments, state, output, duration_ms, false AS began
 FROM tool_calls WHERE batch_id = $1 ORDER BY started_at, call_id;
 
 -- name: sweepable_conversations
@@ -407,3 +407,25 @@ DELETE FROM inbound_events WHERE event_id IN (
 -- $1 cutoff, $2 at most this many rows
 DELETE FROM outbox WHERE outbox_id IN (
     SELECT outbox_id FROM outbox WHERE published_at < $1 LIMIT $2);
+
+-- assistants sync
+
+-- name: synced_objects
+-- What `assistants sync` made at the API and recorded, for every profile.
+SELECT profile, kind, key, object_id, content_sha256 FROM synced_objects;
+
+-- name: record_synced_object
+-- $1 profile, $2 kind, $3 key, $4 object_id, $5 content_sha256 (knowledge files) or NULL
+INSERT INTO synced_objects (profile, kind, key, object_id, content_sha256)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (profile, kind, key) DO UPDATE
+SET object_id = EXCLUDED.object_id, content_sha256 = EXCLUDED.content_sha256, synced_at = now();
+
+-- name: forget_synced_object
+-- $1 profile, $2 kind, $3 key
+DELETE FROM synced_objects WHERE profile = $1 AND kind = $2 AND key = $3;
+
+-- name: try_sync_lock
+-- One sync at a time: two at once would each create what the other has not recorded yet.
+-- A session lock: it ends with the sync's connection.
+SELECT pg_try_advisory_lock(hashtext('assistant-worker assistants sync'));

@@ -129,7 +129,7 @@ CREATE INDEX outbox_unpublished_idx ON outbox (outbox_id) WHERE published_at IS 
 CREATE INDEX outbox_conversation_idx ON outbox (conversation_id)
     WHERE conversation_id IS NOT NULL;
 
-CREATE TYPE tool_call_state AS ENUM ('started', 'ok', 'error');
+CREATE TYPE tool_call_state AS ENUM ('started', 'ok', 'error', 'unknown');
 
 -- Every function tool call, recorded before its handler runs and again when it has ended, so
 -- a worker that resumes the batch tells "never called" from "outcome unknown".
@@ -144,6 +144,8 @@ CREATE TABLE tool_calls (
     output          text,
     started_at      timestamptz NOT NULL DEFAULT now(),
     ended_at        timestamptz,
+    -- How long the handler took, as the worker measured it (NULL when it is not known).
+    duration_ms     integer,
     PRIMARY KEY (batch_id, call_id)
 );
 CREATE INDEX tool_calls_by_conversation ON tool_calls (conversation_id);

@@ -4,7 +4,7 @@
 -- is not idempotent twice; what `assistants sync` made at the API is recorded, by profile.
 ALTER TABLE conversations ADD COLUMN profile text;
 
-CREATE TYPE tool_call_state AS ENUM ('started', 'ok', 'error');
+CREATE TYPE tool_call_state AS ENUM ('started', 'ok', 'error', 'unknown');
 
 CREATE TABLE tool_calls (
     batch_id        uuid NOT NULL REFERENCES batches ON DELETE CASCADE,
@@ -17,6 +17,8 @@ CREATE TABLE tool_calls (
     output          text,
     started_at      timestamptz NOT NULL DEFAULT now(),
     ended_at        timestamptz,
+    -- How long the handler took, as the worker measured it (NULL when it is not known).
+    duration_ms     integer,
     PRIMARY KEY (batch_id, call_id)
 );
 CREATE INDEX tool_calls_by_conversation ON tool_calls (conversation_id);
