@@ -358,5 +358,46 @@ def demo(
     sys.exit(0 if ok else 1)
 
 
+assistants = typer.Typer(
+    help="The API objects the profiles stand for (knowledge stores, assistants).",
+    no_args_is_help=True,
+)
+app.add_typer(assistants, name="assistants")
+
+
+@assistants.command("sync")
+def sync_assistants(
+    profiles_file: Annotated[
+        Path | None, typer.Option(help="The profiles file (default: AW_PROFILES_FILE).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print what would change.")
+    ] = False,
+    backend: Annotated[
+        BackendName | None,
+        typer.Option(help="Make assistant objects for `assistants` (default: AW_BACKEND)."),
+    ] = None,
+) -> None:
+    """Upload each profile's knowledge into a vector store of its own and, for the Assistants
+    backend, create or update an assistant for each profile that names none; record their IDs,
+    which the worker then uses. Run it after every change to the profiles or their knowledge.
+
+    Idempotent: a second run changes nothing. Only what sync made (tagged `aw_profile`,
+    `aw_managed`) is ever changed or deleted. Exit codes: 0 in sync, 1 something could not be
+    synced (a line says what), 2 no profiles file, an invalid one, or no API key.
+    """
+    from worker.ops.sync_cli import sync_command
+
+    settings = _settings()
+    exit_code: list[int] = []
+
+    async def main() -> None:
+        code = await sync_command(settings, profiles_file, dry_run=dry_run, backend=backend)
+        exit_code.append(code)
+
+    _run_logged("sync", main, settings)
+    raise typer.Exit(exit_code[0])
+
+
 if __name__ == "__main__":
     app()
