@@ -666,7 +666,7 @@ async def test_the_shorthand_is_one_default_profile_with_the_current_time_tool()
 
 def test_check_prints_a_row_a_profile_and_exits_0() -> None:
     out = io.StringIO()
-    assert check_profiles_file(GOOD, ENV, out) == EXIT_VALID
+    assert check_profiles_file(GOOD, ENV, out, io.StringIO()) == EXIT_VALID
     lines = out.getvalue().splitlines()
     support = next(line for line in lines if "support (default)" in line)
     for cell in ("gpt-4o-mini", "order_status (python)", "file_search (1 vector store)", "3 files"):
@@ -685,9 +685,10 @@ def test_check_prints_a_row_a_profile_and_exits_0() -> None:
 
 def test_check_prints_the_one_line_and_exits_2_for_a_bad_file(tmp_path: Path) -> None:
     path = _edited(tmp_path, "temperature = 0.3", "tempreature = 0.3")
-    out = io.StringIO()
-    assert check_profiles_file(path, ENV, out) == EXIT_INVALID == 2
-    assert out.getvalue() == (
+    out, err = io.StringIO(), io.StringIO()
+    assert check_profiles_file(path, ENV, out, err) == EXIT_INVALID == 2
+    assert out.getvalue() == ""
+    assert err.getvalue() == (
         f"profiles file {path}: profile 'support', key tempreature: unknown key "
         "(did you mean 'temperature'?)\n"
     )

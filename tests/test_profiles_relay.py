@@ -217,5 +217,5 @@ async def test_a_profiles_file_with_a_misspelt_key_refuses_to_start_in_one_line(
 
     code, out, err = await _cli(path, "profiles", "check", str(path))
     assert code == 2
-    assert err == ""
-    assert out.splitlines() == [line.removeprefix("assistant-worker: ")]
+    assert out == ""
+    assert err.splitlines() == [line.removeprefix("assistant-worker: ")]

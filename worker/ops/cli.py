@@ -231,7 +231,7 @@ def check_profiles(
     """
     from worker.ops.profiles_cli import check_profiles_file
 
-    code = check_profiles_file(file, os.environ, sys.stdout)
+    code = check_profiles_file(file, os.environ, sys.stdout, sys.stderr)
     raise typer.Exit(code)
 
 

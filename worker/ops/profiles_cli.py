@@ -21,14 +21,16 @@ from worker.profiles.model import HostedTools, Profile, Profiles, Route
 EXIT_VALID, EXIT_INVALID = 0, 2
 
 
-def check_profiles_file(path: Path, environ: Mapping[str, str], out: TextIO) -> int:
-    """Loads the profiles file and prints a table of its profiles to `out`, or the one line
-    saying what is wrong with it; returns the exit code. Calls no network service: handlers
-    are imported and secrets read from `environ`, nothing more."""
+def check_profiles_file(
+    path: Path, environ: Mapping[str, str], out: TextIO, err: TextIO
+) -> int:
+    """Loads the profiles file and prints a table of its profiles to `out`, or to `err` the
+    one line saying what is wrong with it; returns the exit code. Calls no network service:
+    handlers are imported and secrets read from `environ`, nothing more."""
     try:
         profiles = load_profiles(path, environ)
     except ProfilesError as exc:
-        out.write(f"{exc}\n")
+        err.write(f"{exc}\n")
         return EXIT_INVALID
     # Off a terminal (pipes, files) lines are not folded at 80 columns, and there are no colours.
     console = Console(file=out, width=None if out.isatty() else 240, highlight=False)
