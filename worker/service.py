@@ -22,6 +22,7 @@ from worker.health import Health, HealthServer, probe_database_forever
 from worker.metrics import Metrics
 from worker.profiles.config import close_tools
 from worker.profiles.model import Profiles
+from worker.profiles.synced import with_synced_ids
 from worker.relay.activity import Activity, ActivityPublisher, ActivitySink, NoActivity
 from worker.relay.consume import Consumer
 from worker.relay.conversation import ConversationProcessor
@@ -228,6 +229,11 @@ class WorkerService:
             stack.push_async_callback(pool.close)
             stack.push_async_callback(relay_pool.close)
             self.health.database_ok = True
+            # What `assistants sync` made for the profiles (their knowledge's vector stores,
+            # their assistants), read once the database is there.
+            self._profiles = await with_synced_ids(
+                self._profiles, s.database_url.get_secret_value()
+            )
             rabbitmq = Endpoint.of(Server.RABBITMQ, s.amqp_url.get_secret_value())
             connection = await wait_for(rabbitmq, self._connect_broker, stop, self.health)
             stack.push_async_callback(connection.close)

@@ -129,8 +129,13 @@ def _run_logged(
     what: str, main: Callable[[], Coroutine[Any, Any, None]], settings: Settings
 ) -> None:
     """Runs `main`; a failure is logged (secrets scrubbed) instead of a raw traceback."""
+    from worker.profiles.load import ProfilesError
+
     try:
         asyncio.run(main())
+    except ProfilesError as exc:  # what sync recorded does not fit the profiles
+        typer.echo(f"assistant-worker: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
     except Exception as exc:  # noqa: BLE001 - the process ends here either way
         hint = _hint(exc, settings)
         structlog.get_logger("worker.ops.cli").error(f"{what}_failed", error=repr(exc), hint=hint)
