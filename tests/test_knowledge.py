@@ -89,6 +89,6 @@ async def test_a_worker_refuses_to_start_with_knowledge_never_synced(
     settings: Settings, profiles_file: Path
 ) -> None:
     with pytest.raises(
-        ProfilesError, match="profile 'care', key file_search.knowledge: not synced"
+        ProfilesError, match=r"profile 'care', key file_search\.knowledge: not synced"
     ):
         await start_worker(settings.model_copy(update={"profiles_file": profiles_file}))
