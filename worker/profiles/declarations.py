@@ -6,9 +6,10 @@ Assistants runs take them as an override of the assistant object's).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from worker.profiles.model import FunctionTool, McpServer, Profile
+from worker.profiles.model import FunctionTool, Generation, McpServer, Profile
 from worker.relay.tools import HANDOFF_DESCRIPTION, HANDOFF_PARAMETERS, HANDOFF_TOOL
 
 
@@ -56,27 +57,24 @@ def assistants_tools(profile: Profile) -> list[dict[str, Any]]:
 
 def responses_options(profile: Profile) -> dict[str, Any]:
     """Generation options for responses.create; unset ones are left to the API."""
-    g = profile.generation
-    options: dict[str, Any] = {}
-    if g.temperature is not None:
-        options["temperature"] = g.temperature
-    if g.max_output_tokens is not None:
-        options["max_output_tokens"] = g.max_output_tokens
-    if g.reasoning_effort is not None:
-        options["reasoning"] = {"effort": g.reasoning_effort}
-    return options
+    return _options(profile.generation, "max_output_tokens", lambda e: {"reasoning": {"effort": e}})
 
 
 def assistants_options(profile: Profile) -> dict[str, Any]:
     """The same for runs.create, in the Assistants API's words."""
-    g = profile.generation
+    return _options(profile.generation, "max_completion_tokens", lambda e: {"reasoning_effort": e})
+
+
+def _options(
+    g: Generation, max_tokens: str, reasoning: Callable[[str], dict[str, Any]]
+) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if g.temperature is not None:
         options["temperature"] = g.temperature
     if g.max_output_tokens is not None:
-        options["max_completion_tokens"] = g.max_output_tokens
+        options[max_tokens] = g.max_output_tokens
     if g.reasoning_effort is not None:
-        options["reasoning_effort"] = g.reasoning_effort
+        options.update(reasoning(g.reasoning_effort))
     return options
 
 
