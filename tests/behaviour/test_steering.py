@@ -142,7 +142,8 @@ async def test_erase_leaves_none_of_the_conversations_content_in_the_store(
 ) -> None:
     c = "c-erase"
     canary = {
-        where: f"canary-{where}-{uuid.uuid4().hex[:12]}" for where in ("text", "file", "metadata")
+        where: f"canary-{where}-{uuid.uuid4().hex[:12]}"
+        for where in ("text", "file", "metadata", "arguments")
     }
     content = f"the file says {uuid.uuid4().hex}".encode()
     note = {
@@ -151,8 +152,13 @@ async def test_erase_leaves_none_of_the_conversations_content_in_the_store(
     }
     # The file's bytes reach the store only inside the event, as its base64.
     traces = [*canary.values(), note["content_base64"]]
+    # The model's call carries a canary in its arguments, kept with the batch's tool calls.
+    call = f'[[call:current_time {{"note": "{canary["arguments"]}"}}]]'
     secret = event(
-        c, f"my secret {canary['text']}", attachments=[note], metadata={"note": canary["metadata"]}
+        c,
+        f"my secret {canary['text']} {call}",
+        attachments=[note],
+        metadata={"note": canary["metadata"]},
     )
     await relay.deliver(secret)
     before = await store_text(relay.store, store_dsn)
