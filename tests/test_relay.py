@@ -322,17 +322,23 @@ def standin_messages(standin: StandIn, thread_id: str) -> list[tuple[str, str]]:
 
 
 async def test_a_create_whose_answer_was_lost_is_adopted_not_repeated(
-    worker: RunningWorker,
+    settings: Settings,
     channel: AbstractChannel,
     topology: Topology,
     standin: StandIn,
     backend: str,
 ) -> None:
     create = RUN_CREATE[backend]
-    # The server does the work, then the connection drops before the answer is sent.
+    # The server does the work, then the connection drops before the answer is sent. The
+    # retry waits longer than the run takes (110 ms), so it looks after the run has ended even
+    # on a loaded machine; a run that ends while the retry is on its way is the next test's.
     standin.add_faults([{"kind": "drop_after", "method": "POST", "path": create, "times": 1}])
-    event = await publish(channel, topology, conversation_id="c-lost", text="did it work?")
-    [reply] = await replies_for(channel, topology, {event["event_id"]}, timeout_s=20)
+    worker = await start_worker(settings.model_copy(update={"api_backoff_base_s": 0.6}))
+    try:
+        event = await publish(channel, topology, conversation_id="c-lost", text="did it work?")
+        [reply] = await replies_for(channel, topology, {event["event_id"]}, timeout_s=20)
+    finally:
+        await worker.shutdown()
 
     assert reply["status"] == "completed"
     assert reply["text"] == "Echo: did it work?"
