@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import aio_pika
 import asyncpg
 import pytest
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from pydantic import SecretStr
 
@@ -33,6 +35,17 @@ TEMPLATE_DB = f"aw_test_template_{os.getpid()}"
 def pytest_configure(config: pytest.Config) -> None:
     # The behaviour suite's runs on Postgres; `make test-fast` deselects them.
     config.addinivalue_line("markers", "postgres: runs against a fresh Postgres database")
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A command run in-process (typer's CliRunner) points logging at its own output, which
+    is closed when it returns: later tests in the process must not log into it."""
+    config = structlog.get_config()
+    handlers = logging.getLogger().handlers[:]
+    yield
+    structlog.configure(**config)
+    logging.getLogger().handlers[:] = handlers
 
 
 @pytest.fixture(scope="session")
