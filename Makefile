@@ -7,7 +7,9 @@ BACKEND ?= responses
 DURATION ?= 300
 WORKERS ?= 2
 # pytest-xdist processes for `make test`; the disruptive tests (server restarts) run after, alone.
-TEST_WORKERS ?= 2
+# Three on this 2-core machine: most tests wait on runs and servers, not the CPU (1,011 tests in
+# 5:15 with 3, against 6:54 with 2).
+TEST_WORKERS ?= 3
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-fast lint format check migrate standin chaos bench clean
