@@ -21,9 +21,7 @@ from worker.profiles.model import HostedTools, Profile, Profiles, Route
 EXIT_VALID, EXIT_INVALID = 0, 2
 
 
-def check_profiles_file(
-    path: Path, environ: Mapping[str, str], out: TextIO, err: TextIO
-) -> int:
+def check_profiles_file(path: Path, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     """Loads the profiles file and prints a table of its profiles to `out`, or to `err` the
     one line saying what is wrong with it; returns the exit code. Calls no network service:
     handlers are imported and secrets read from `environ`, nothing more."""
