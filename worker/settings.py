@@ -164,6 +164,22 @@ class Settings(BaseSettings):
     declare_topology: bool = True
     # assistant_activity.v1 on the outbound exchange under this routing key; unset: off.
     activity_routing_key: str | None = None
+
+    # Webhooks (Responses backend): the workers learn that a background response ended from
+    # the receiver (`assistant-worker webhooks`) through Postgres, instead of polling it; a
+    # slow sweep and the deadline remain for deliveries that never come.
+    webhooks: bool = False
+    webhook_sweep_s: Annotated[float, Field(gt=0)] = 30.0
+    # The receiver: OpenAI's signing secret (whsec_...), and the one before it while it is
+    # being rotated; the largest body it reads; where it listens.
+    openai_webhook_secret: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("AW_WEBHOOK_SECRET", "OPENAI_WEBHOOK_SECRET"),
+    )
+    webhook_secret_previous: SecretStr = SecretStr("")
+    webhook_max_body_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 64 * 1024
+    webhook_host: str = "0.0.0.0"  # noqa: S104 - OpenAI posts from outside the pod
+    webhook_port: Annotated[int, Field(ge=0, le=65535)] = 8081
     topology: Topology = Field(default_factory=Topology)
 
     @property
@@ -173,7 +189,16 @@ class Settings(BaseSettings):
 
 API_KEY_VARIABLES = ("AW_OPENAI_API_KEY", "OPENAI_API_KEY")
 # Values never quoted back: keys, and URLs, which may carry a password.
-_NEVER_QUOTED = frozenset({"amqp_url", "database_url", "openai_api_key", "openai_base_url"})
+_NEVER_QUOTED = frozenset(
+    {
+        "amqp_url",
+        "database_url",
+        "openai_api_key",
+        "openai_base_url",
+        "openai_webhook_secret",
+        "webhook_secret_previous",
+    }
+)
 # Read by the crash-point and fault-injection hooks and by the tests and tools, not settings.
 NOT_SETTINGS = frozenset({"AW_CRASH_POINTS", "AW_FAULT_POINTS", "AW_CHAOS_LOG_LEVEL"})
 _NOT_SETTINGS_PREFIX = "AW_TEST_"

@@ -429,3 +429,31 @@ DELETE FROM synced_objects WHERE profile = $1 AND kind = $2 AND key = $3;
 -- One sync at a time: two at once would each create what the other has not recorded yet.
 -- A session lock: it ends with the sync's connection.
 SELECT pg_try_advisory_lock(hashtext('assistant-worker assistants sync'));
+
+-- webhooks
+
+-- name: record_webhook
+-- A delivery, once: a new webhook-id records the response's ending (the first stands) and
+-- says so (true), a duplicate changes nothing (false). The caller NOTIFYs in the same
+-- transaction when it is new.
+-- $1 webhook_id, $2 event_type, $3 response_id
+WITH delivery AS (
+    INSERT INTO webhook_deliveries (webhook_id, event_type) VALUES ($1, $2)
+    ON CONFLICT (webhook_id) DO NOTHING
+    RETURNING webhook_id
+), ended AS (
+    INSERT INTO ended_responses (response_id, event_type)
+    SELECT $3, $2 WHERE EXISTS (SELECT 1 FROM delivery)
+    ON CONFLICT (response_id) DO NOTHING
+)
+SELECT EXISTS (SELECT 1 FROM delivery) AS new;
+
+-- name: notify_response_ended
+-- Delivered at commit to every worker that LISTENs on aw_response_ended.
+-- $1 response_id
+SELECT pg_notify('aw_response_ended', $1);
+
+-- name: response_ended
+-- How a response ended, if a webhook said so.
+-- $1 response_id
+SELECT event_type FROM ended_responses WHERE response_id = $1;

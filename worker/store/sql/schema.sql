@@ -161,3 +161,17 @@ CREATE TABLE synced_objects (
     synced_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (profile, kind, key)
 );
+
+-- Webhook deliveries, each recorded once (the receiver dedupes on webhook-id).
+CREATE TABLE webhook_deliveries (
+    webhook_id  text PRIMARY KEY,
+    event_type  text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Responses whose ending a webhook announced; the run's owner reads them (NOTIFY wakes it).
+CREATE TABLE ended_responses (
+    response_id text PRIMARY KEY,
+    event_type  text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
