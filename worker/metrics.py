@@ -88,6 +88,12 @@ class Metrics:
             "loop keeps up, less while this process is short of CPU.",
             registry=r,
         )
+        self.webhook_wait_oldest = Gauge(
+            f"{_PREFIX}_webhook_wait_oldest_seconds",
+            "How long the run that has waited longest for its webhook has been waiting (0 when "
+            "none waits, or webhooks are off); the sweep (AW_WEBHOOK_SWEEP_S) bounds a lost one.",
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             f"{_PREFIX}_outbox_backlog",
             "Replies and dead letters recorded, not yet published.",

@@ -26,6 +26,7 @@ from worker.profiles.synced import with_synced_ids
 from worker.relay.activity import Activity, ActivityPublisher, ActivitySink, NoActivity
 from worker.relay.consume import Consumer
 from worker.relay.conversation import ConversationProcessor
+from worker.relay.endings import WebhookEndings
 from worker.relay.intake import Intake
 from worker.relay.ownership import Ownership
 from worker.relay.pacing import Pacer
@@ -75,6 +76,8 @@ class WorkerService:
         opens anything."""
         self.settings = settings
         self._profiles = profiles
+        # Webhooks on: where runs hear of their endings (made with the pools).
+        self._endings: WebhookEndings | None = None
         self.ready = asyncio.Event()
         self.metrics = Metrics()
         self.health = Health()
@@ -125,6 +128,7 @@ class WorkerService:
             ownership.sweep_forever(),
             probe_database_forever(store, self.health, self.metrics, interval_s=2.0),
             *([activity.run_forever()] if isinstance(activity, ActivityPublisher) else []),
+            *([self._endings.listen_forever()] if self._endings is not None else []),
         ) as crashed:
             self.health.database_ok = True
             await consumer.start()
@@ -186,7 +190,14 @@ class WorkerService:
         )
         schedule = PollSchedule(s.poll_initial_ms, s.poll_max_ms, s.poll_growth)
         runners = {
-            name: Runner(backend, api_retry, schedule, s.run_deadline_s, pacer)
+            name: Runner(
+                backend,
+                api_retry,
+                schedule,
+                s.run_deadline_s,
+                pacer,
+                self._endings if name == BackendName.RESPONSES else None,
+            )
             for name, backend in make_backends(s, client).items()
         }
         processor = ConversationProcessor(
@@ -241,6 +252,13 @@ class WorkerService:
             client = await stack.enter_async_context(make_client(s))
             stack.push_async_callback(close_tools, self._profiles)
             store = PostgresStore(pool, batch_max_events=s.batch_max_events)
+            if s.webhooks:
+                self._endings = WebhookEndings(
+                    lambda: asyncpg.connect(s.database_url.get_secret_value()),
+                    store.response_ended,
+                    s.webhook_sweep_s,
+                )
+                self.metrics.webhook_wait_oldest.set_function(self._endings.oldest_wait_s)
             yield store, PostgresStore(relay_pool), connection, client
 
     async def _open_pools(self) -> tuple[asyncpg.Pool, asyncpg.Pool]:

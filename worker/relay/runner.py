@@ -7,10 +7,12 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import structlog
 
 from worker.backends.base import Backend, RunRef, RunSnapshot, RunStatus, ToolSubmission, Turn
+from worker.backends.responses import ITEMS_RUN
 from worker.crashpoints import CrashPoint, maybe_crash
 from worker.errors import RunAlreadyEnded, ThreadBusy
 from worker.events import RunError, ToolCallSummary
@@ -25,6 +27,17 @@ log = structlog.get_logger("worker.relay.runner")
 _STOPPED = RunError("cancelled", "the helpdesk stopped the run (conversation_control.v1)")
 
 _RUNNING = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
+
+
+class Endings(Protocol):
+    """Where a run's owner hears that a response ended (worker/relay/endings.py)."""
+
+    # Looked at anyway this long after the last look: the webhook may never come.
+    sweep_s: float
+
+    async def wait(self, response_id: str, timeout_s: float) -> bool: ...
+
+    def done(self, response_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +88,16 @@ class Runner:
         schedule: PollSchedule,
         deadline_s: float,
         pacer: Pacer,
+        endings: Endings | None = None,
     ) -> None:
+        """With `endings` (webhooks, Responses) a run is looked at when its webhook says it
+        ended, or at the slow sweep; without, polled on the schedule."""
         self.backend = backend
         self._pacer = pacer
         self._api_retry = api_retry
         self._schedule = schedule
         self._deadline_s = deadline_s
+        self._endings = endings
         # One backend's runs share a model and so, roughly, a length.
         self._durations = RunDurations()
 
@@ -186,41 +203,90 @@ class Runner:
         resumed or adopted from an earlier attempt, whose age is unknown and whose tool
         outputs may have been sent already.
         """
+        waited: set[str] = set()
+        try:
+            return await self._drive(thread_id, run, turn, hooks, started_at, waited)
+        finally:
+            if self._endings is not None:
+                for run_id in waited:
+                    self._endings.done(run_id)
+
+    async def _drive(
+        self,
+        thread_id: str,
+        run: RunSnapshot,
+        turn: Turn,
+        hooks: RunHooks,
+        started_at: float | None,
+        waited: set[str],
+    ) -> FinishedRun:
         deadline = time.monotonic() + self._deadline_s
         plan = self._plan(started_at)
         polls = 0
         ours = started_at is not None
         hosted: list[ToolCallSummary] = []
+        looked_at = time.monotonic()
         while not run.status.is_terminal:
             if run.status is RunStatus.REQUIRES_ACTION:
                 hosted.extend(run.hosted_calls)
-                previous = run.run_id
-                hooks.tools_running(run.run_id, tuple(call.name for call in run.tool_calls))
-                run, denied = await self._serve_tools(
-                    thread_id, run, turn, hooks.tools, first_try=ours
-                )
-                hosted.extend(denied)
-                if run.run_id != previous:
-                    await hooks.on_new_run(run.run_id)
-                plan = self._plan(time.monotonic())
-                ours = True
+                run = await self._tool_round(thread_id, run, turn, hooks, hosted, first_try=ours)
+                plan, looked_at, ours = self._plan(time.monotonic()), time.monotonic(), True
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return FinishedRun(await self._cancel(thread_id, run), polls, tuple(hosted))
             if await hooks.interrupted():
                 return FinishedRun(await self._stop(thread_id, run), polls, tuple(hosted))
-            await asyncio.sleep(
-                min(plan.next_delay_s(time.monotonic(), run.poll_after_ms), remaining)
-            )
+            waited.add(run.run_id)
+            if not await self._wait(run, plan, remaining, looked_at):
+                continue  # no ending yet and no sweep due: check the interrupts again
             # A poll can wait for the loop to catch up; the reply of a finished run cannot.
             async with self._pacer.slot():
                 run = await self._retrieve(thread_id, run.run_id)
-            plan.looked(time.monotonic(), completed=run.status is RunStatus.COMPLETED)
+            looked_at = time.monotonic()
+            plan.looked(looked_at, completed=run.status is RunStatus.COMPLETED)
             polls += 1
             maybe_crash(CrashPoint.MID_POLL)
         hosted.extend(run.hosted_calls)
         return FinishedRun(await self._why_cancelled(run, hooks), polls, tuple(hosted))
+
+    async def _tool_round(
+        self,
+        thread_id: str,
+        run: RunSnapshot,
+        turn: Turn,
+        hooks: RunHooks,
+        hosted: list[ToolCallSummary],
+        *,
+        first_try: bool,
+    ) -> RunSnapshot:
+        """Serves a requires_action; the run that goes on (a new one on Responses, whose ID is
+        stored before it is looked at)."""
+        hooks.tools_running(run.run_id, tuple(call.name for call in run.tool_calls))
+        served, denied = await self._serve_tools(
+            thread_id, run, turn, hooks.tools, first_try=first_try
+        )
+        hosted.extend(denied)
+        if served.run_id != run.run_id:
+            await hooks.on_new_run(served.run_id)
+        return served
+
+    async def _wait(
+        self, run: RunSnapshot, plan: PollPlan, remaining: float, looked_at: float
+    ) -> bool:
+        """Waits until the run is worth a look: True to look now. Polling: after the plan's
+        delay. With webhooks: once its ending is recorded, or at the sweep; False after a
+        short wait with neither, so interrupts are still heard within the poll cap."""
+        endings = self._endings
+        if endings is None or run.run_id.startswith(ITEMS_RUN):  # an items run has no ID
+            delay = plan.next_delay_s(time.monotonic(), run.poll_after_ms)
+            await asyncio.sleep(min(delay, remaining))
+            return True
+        sweep_at = looked_at + endings.sweep_s
+        window = min(self._schedule.max_ms / 1000, remaining, sweep_at - time.monotonic())
+        if await endings.wait(run.run_id, max(window, 0.0)):
+            return True
+        return time.monotonic() >= sweep_at
 
     async def _why_cancelled(self, run: RunSnapshot, hooks: RunHooks) -> RunSnapshot:
         """A run found cancelled without a reason was cancelled by a worker that died before

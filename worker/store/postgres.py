@@ -290,6 +290,11 @@ class PostgresStore:
         return [ToolCallRecord.from_row(r) for r in rows]
 
     @_translated
+    async def response_ended(self, response_id: str) -> bool:
+        """Whether a webhook recorded that the background response ended (ended_responses)."""
+        return await self._pool.fetchval(q("response_ended"), response_id) is not None
+
+    @_translated
     async def batch_files(self, event_ids: Sequence[str]) -> dict[tuple[str, int], ModelFile]:
         rows = await self._pool.fetch(q("batch_attachments"), list(event_ids))
         found = [AttachmentFile.from_row(r) for r in rows]
