@@ -404,5 +404,38 @@ def sync_assistants(
     raise typer.Exit(exit_code[0])
 
 
+@app.command()
+def webhooks() -> None:
+    """Receive OpenAI's webhooks (a background response ended) at POST /webhooks/openai until
+    SIGTERM or SIGINT, record each once in Postgres and wake the worker that owns the run.
+
+    Needs AW_WEBHOOK_SECRET (or OPENAI_WEBHOOK_SECRET), and AW_WEBHOOK_SECRET_PREVIOUS while
+    the secret is being rotated; listens on AW_WEBHOOK_HOST:AW_WEBHOOK_PORT, with `/livez`,
+    `/readyz` and `/metrics` on the same port. Exit codes: 0 stopped by a signal, 1 a failure
+    (logged, with a hint), 2 no secret, an invalid one, or another invalid setting.
+    """
+    from worker.webhooks.receiver import WebhookService
+    from worker.webhooks.verify import verifier_of
+
+    settings = _settings()
+    try:
+        verifier = verifier_of(settings)
+    except InvalidSettings as exc:
+        typer.echo(f"assistant-worker webhooks: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await WebhookService(settings, verifier).run(stop)
+        finally:
+            verifier.close()
+
+    _run_logged("webhooks", main, settings)
+
+
 if __name__ == "__main__":
     app()
