@@ -48,7 +48,11 @@ def _settings(**defaults: Any) -> Settings:
     settings = _load_or_exit()
     unset = {k: v for k, v in defaults.items() if f"AW_{k.upper()}" not in os.environ}
     settings = settings.model_copy(update=unset)
-    secrets = [settings.openai_api_key.get_secret_value()]
+    secrets = [
+        settings.openai_api_key.get_secret_value(),
+        settings.openai_webhook_secret.get_secret_value(),
+        settings.webhook_secret_previous.get_secret_value(),
+    ]
     for dsn in (settings.amqp_url, settings.database_url):
         secrets.append(dsn.get_secret_value())
         password = _password(dsn.get_secret_value())
