@@ -1,9 +1,14 @@
-"""Fault injection rules for ``/v1`` requests.
+"""Fault injection rules for ``/v1`` requests and for the webhooks the stand-in sends.
 
 Rules are tried in order and the first one that fires wins. A rule fires on
 every match, on its first ``times`` matches, or with probability ``rate`` drawn
 from a seeded generator so a faulty benchmark run can be replayed exactly.
 ``after`` lets that many matches through untouched first (fault the second POST).
+
+Request rules match on ``method`` and ``path`` (a regular expression). Webhook rules
+(``webhook_*``) match each event once, when it is queued, on ``event_type`` (e.g.
+``response.completed``; any when absent) and ``response_id`` (any when absent).
+``FAULT_KINDS`` says what each kind does; ``GET /_standin/faults/kinds`` lists it.
 """
 
 from __future__ import annotations
@@ -11,28 +16,41 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from standin.errors import ApiError, default_error_type
 
-FaultKind = Literal["status", "slow", "drop", "drop_after"]
-_KINDS: tuple[FaultKind, ...] = ("status", "slow", "drop", "drop_after")
-_FIELDS = frozenset(
-    {
-        "kind",
-        "method",
-        "path",
-        "status",
-        "retry_after_s",
-        "delay_s",
-        "times",
-        "after",
-        "rate",
-        "message",
-    }
+FaultKind = Literal[
+    "status",
+    "slow",
+    "drop",
+    "drop_after",
+    "webhook_delay",
+    "webhook_drop",
+    "webhook_duplicate",
+    "webhook_reorder",
+    "webhook_missign",
+]
+FAULT_KINDS: dict[FaultKind, str] = {
+    "status": "answer with the HTTP error `status` (429 adds Retry-After from `retry_after_s`)",
+    "slow": "wait `delay_s` before handling the request",
+    "drop": "close the connection before handling the request",
+    "drop_after": "handle the request, then close the connection instead of answering",
+    "webhook_delay": "wait `delay_s` before the event's first delivery",
+    "webhook_drop": "never send the event, not even a retry: lost for good",
+    "webhook_duplicate": "once delivered (2xx), send the event again with the same webhook-id",
+    "webhook_reorder": "hold the event back until a later event has been sent, then send it",
+    "webhook_missign": "sign the first delivery with a wrong key; retries are signed rightly",
+}
+_KINDS: tuple[FaultKind, ...] = tuple(FAULT_KINDS)
+WEBHOOK_EVENT_TYPES = frozenset(
+    {"response.completed", "response.failed", "response.cancelled", "response.incomplete"}
 )
+_REQUEST_FIELDS = frozenset({"method", "path", "status", "retry_after_s", "message"})
+_WEBHOOK_FIELDS = frozenset({"event_type", "response_id"})
+_FIELDS = _REQUEST_FIELDS | _WEBHOOK_FIELDS | {"kind", "delay_s", "times", "after", "rate"}
 
 
 @dataclass
@@ -49,14 +67,19 @@ class FaultRule:
     after: int = 0
     rate: float | None = None
     message: str | None = None
+    # Webhook rules only: the event type and response they apply to (None: any).
+    event_type: str | None = None
+    response_id: str | None = None
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> FaultRule:
         unknown = set(raw) - _FIELDS
         if unknown:
             raise ValueError(f"unknown fault rule fields: {sorted(unknown)}")
+        kind = _kind(raw.get("kind"))
+        _check_fields_fit(kind, raw)
         rule = cls(
-            kind=_kind(raw.get("kind")),
+            kind=kind,
             method=_opt_str(raw, "method"),
             path=_pattern(raw.get("path")),
             status=_opt_int(raw, "status") or 500,
@@ -66,9 +89,15 @@ class FaultRule:
             after=_opt_int(raw, "after") or 0,
             rate=_number(raw, "rate"),
             message=_opt_str(raw, "message"),
+            event_type=_opt_str(raw, "event_type"),
+            response_id=_opt_str(raw, "response_id"),
         )
         rule._validate()
         return rule
+
+    @property
+    def for_webhooks(self) -> bool:
+        return _is_webhook_kind(self.kind)
 
     def _validate(self) -> None:
         if not 400 <= self.status <= 599:
@@ -79,13 +108,24 @@ class FaultRule:
             raise ValueError("after must be >= 0")
         if self.rate is not None and not 0 <= self.rate <= 1:
             raise ValueError("rate must be between 0 and 1")
-        if self.kind == "slow" and self.delay_s <= 0:
-            raise ValueError("a slow rule needs delay_s > 0")
+        if self.kind in ("slow", "webhook_delay") and self.delay_s <= 0:
+            raise ValueError(f"a {self.kind} rule needs delay_s > 0")
+        if self.event_type is not None and self.event_type not in WEBHOOK_EVENT_TYPES:
+            raise ValueError(f"event_type must be one of {sorted(WEBHOOK_EVENT_TYPES)}")
 
     def matches(self, method: str, path: str) -> bool:
+        if self.for_webhooks:
+            return False
         if self.method is not None and self.method.upper() != method.upper():
             return False
         return self.path is None or self.path.search(path) is not None
+
+    def matches_event(self, event_type: str, response_id: str) -> bool:
+        if not self.for_webhooks:
+            return False
+        if self.event_type is not None and self.event_type != event_type:
+            return False
+        return self.response_id is None or self.response_id == response_id
 
     def error(self) -> ApiError:
         if self.status == 429:
@@ -118,6 +158,8 @@ class FaultRule:
             "after": self.after,
             "rate": self.rate,
             "message": self.message,
+            "event_type": self.event_type,
+            "response_id": self.response_id,
         }
 
 
@@ -141,8 +183,16 @@ class FaultInjector:
         self._random = random.Random(seed)
 
     def pick(self, method: str, path: str) -> FaultRule | None:
+        """The request rule that fires for this request, if any."""
+        return self._first_firing(lambda rule: rule.matches(method, path))
+
+    def pick_for_event(self, event_type: str, response_id: str) -> FaultRule | None:
+        """The webhook rule that fires for this event, if any."""
+        return self._first_firing(lambda rule: rule.matches_event(event_type, response_id))
+
+    def _first_firing(self, matches: Callable[[FaultRule], bool]) -> FaultRule | None:
         for rule in self._rules:
-            if not rule.matches(method, path):
+            if not matches(rule):
                 continue
             if rule.after:
                 rule.after -= 1
@@ -162,6 +212,19 @@ def _kind(value: object) -> FaultKind:
         if value == kind:
             return kind
     raise ValueError(f"kind must be one of {list(_KINDS)}, got {value!r}")
+
+
+def _check_fields_fit(kind: FaultKind, raw: Mapping[str, Any]) -> None:
+    """A request field on a webhook rule (or the reverse) would be silently ignored."""
+    for_webhooks = _is_webhook_kind(kind)
+    misplaced = set(raw) & (_REQUEST_FIELDS if for_webhooks else _WEBHOOK_FIELDS)
+    if misplaced:
+        rules = "request" if for_webhooks else "webhook_*"
+        raise ValueError(f"fields {sorted(misplaced)} apply only to {rules} rules")
+
+
+def _is_webhook_kind(kind: FaultKind) -> bool:
+    return kind.startswith("webhook_")
 
 
 def _opt_str(raw: Mapping[str, Any], key: str) -> str | None:
