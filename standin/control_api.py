@@ -1,4 +1,10 @@
-"""``/_standin/*``: control and inspection endpoints, never subject to faults."""
+"""``/_standin/*``: control and inspection endpoints, never subject to faults.
+
+``GET /_standin/faults/kinds`` lists the fault kinds ``POST /_standin/faults`` takes, each
+with what it does: request kinds (``status``, ``slow``, ``drop``, ``drop_after``) and webhook
+kinds (``webhook_delay``, ``webhook_drop``, ``webhook_duplicate``, ``webhook_reorder``,
+``webhook_missign``). ``GET /_standin/webhooks`` shows every webhook try.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from aiohttp import web
 
 from standin.config import StandInConfig
 from standin.errors import bad_request
-from standin.faults import FaultRule
+from standin.faults import FAULT_KINDS, FaultRule
 from standin.params import read_json
 from standin.web_util import json_response
 
@@ -38,6 +44,8 @@ class Controls(Protocol):
 
     def run_records(self) -> list[dict[str, Any]]: ...
 
+    def webhook_attempts(self) -> list[dict[str, Any]]: ...
+
 
 class ControlApi:
     def __init__(self, controls: Controls) -> None:
@@ -47,11 +55,13 @@ class ControlApi:
         return [
             web.get("/_standin/health", self.health),
             web.get("/_standin/faults", self.list_faults),
+            web.get("/_standin/faults/kinds", self.fault_kinds),
             web.post("/_standin/faults", self.add_faults),
             web.delete("/_standin/faults", self.clear_faults),
             web.get("/_standin/journal", self.journal),
             web.delete("/_standin/journal", self.clear_journal),
             web.get("/_standin/runs", self.runs),
+            web.get("/_standin/webhooks", self.webhooks),
             web.get("/_standin/config", self.config),
             web.post("/_standin/config", self.update_config),
             web.post("/_standin/reset", self.reset),
@@ -62,6 +72,9 @@ class ControlApi:
 
     async def list_faults(self, _request: web.Request) -> web.Response:
         return json_response({"rules": [rule.to_json() for rule in self._controls.fault_rules]})
+
+    async def fault_kinds(self, _request: web.Request) -> web.Response:
+        return json_response({"kinds": FAULT_KINDS})
 
     async def add_faults(self, request: web.Request) -> web.Response:
         body = await read_json(request)
@@ -87,6 +100,9 @@ class ControlApi:
 
     async def runs(self, _request: web.Request) -> web.Response:
         return json_response({"runs": self._controls.run_records()})
+
+    async def webhooks(self, _request: web.Request) -> web.Response:
+        return json_response({"attempts": self._controls.webhook_attempts()})
 
     async def config(self, _request: web.Request) -> web.Response:
         return json_response(self._controls.config.to_dict())

@@ -54,10 +54,18 @@ class ResponseSpec:
 
 
 class ResponseEngine:
-    def __init__(self, state: StandInState, clock: Clock, config: LiveConfig) -> None:
+    def __init__(
+        self,
+        state: StandInState,
+        clock: Clock,
+        config: LiveConfig,
+        on_settled: Callable[[ResponseRecord], None],
+    ) -> None:
         self._state = state
         self._clock = clock
         self._config = config
+        # Told of every response that ends (the webhook sender listens here).
+        self._on_settled = on_settled
 
     def create(self, spec: ResponseSpec, conversation: Conversation | None) -> ResponseRecord:
         """Start a response, or change nothing if the request is refused."""
@@ -179,6 +187,7 @@ class ResponseEngine:
             "total_tokens": input_tokens + output_tokens,
         }
         record.settled.set()
+        self._on_settled(record)
 
 
 def _within_token_limit(

@@ -28,6 +28,7 @@ from standin.run_engine import RunEngine
 from standin.runs_api import RunsApi
 from standin.state import StandInState
 from standin.vector_stores_api import VectorStoresApi
+from standin.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ class StandIn:
       ``GET /v1/vector_stores/{id}`` shows them; ``vector_store_files(vector_store_id)``
       gives a store's attached files, oldest first, as its files list shows them;
     - ``run_records()``, ``journal``: runs and responses for timing analysis, and
-      one entry per ``/v1`` request.
+      one entry per ``/v1`` request;
+    - ``webhook_attempts()``: every webhook try, oldest first (standin.webhooks), and
+      ``webhooks_idle()`` to wait until none is pending; ``webhook_secret`` is the key
+      they are signed with.
 
     ``state`` stays available for anything these do not cover.
     """
@@ -70,8 +74,11 @@ class StandIn:
         self._clock = Clock()
         self._faults = FaultInjector(self._config.current.seed)
         self._journal = Journal()
+        self._webhooks = WebhookSender(self._config, self._faults)
         runs = RunEngine(self.state, self._clock, self._config)
-        responses = ResponseEngine(self.state, self._clock, self._config)
+        responses = ResponseEngine(
+            self.state, self._clock, self._config, on_settled=self._webhooks.notify
+        )
         self.app = web.Application(
             middlewares=[v1_middleware(self._faults, self._journal)],
             client_max_size=_MAX_UPLOAD_BYTES,
@@ -105,6 +112,11 @@ class StandIn:
         return self._faults.rules
 
     @property
+    def webhook_secret(self) -> str:
+        """The ``whsec_`` key webhooks are signed with, for the receiver under test."""
+        return self._config.current.webhook_secret
+
+    @property
     def base_url(self) -> str:
         if self._base_url is None:
             raise RuntimeError("the stand-in is not running")
@@ -127,18 +139,29 @@ class StandIn:
         return config
 
     def reset(self) -> None:
-        """Forget everything: state, pending timers, faults and the journal."""
+        """Forget everything: state, pending timers and webhooks, faults and the journal."""
         self._clock.cancel_all()
         self._release_waiters()
         self.state.clear()
         self._faults.clear()
         self._faults.reseed(self._config.current.seed)
         self._journal.clear()
+        self._webhooks.reset()
 
     def _release_waiters(self) -> None:
         """Answer non-background creates whose response will never settle now."""
         for response in self.state.responses.values():
             response.settled.set()
+
+    def webhook_attempts(self) -> list[dict[str, Any]]:
+        """Every webhook try, oldest first: ``{event_id, webhook_id, type, response_id,
+        attempt, status, fault, at}``; ``status`` is None when no answer came back."""
+        return self._webhooks.attempts()
+
+    async def webhooks_idle(self, timeout_s: float = 5.0) -> None:
+        """Wait until no webhook is queued or awaiting a retry (``TimeoutError`` after
+        ``timeout_s``); events held back by ``webhook_reorder`` do not count."""
+        await self._webhooks.idle(timeout_s)
 
     def run_records(self) -> list[dict[str, Any]]:
         """Every run and response ever created, oldest first."""
@@ -204,6 +227,7 @@ class StandIn:
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         self._runner = runner
+        self._webhooks.start()
         bound_port = runner.addresses[0][1]
         url_host = f"[{host}]" if ":" in host else host
         self._base_url = f"http://{url_host}:{bound_port}/v1"
@@ -214,6 +238,7 @@ class StandIn:
         self._release_waiters()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self._webhooks.stop()
         self._runner = None
         self._base_url = None
 
