@@ -1,0 +1,194 @@
+"""Webhooks instead of polling, end to end: the stand-in posts signed deliveries when a
+background response ends, the real receiver records them in Postgres and NOTIFYs, and the
+owner of the run (whichever worker it is) reads the reply with one retrieve. Dropped
+deliveries are picked up by the sweep; an ending recorded before the run's ID was stored is
+read from the table."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aio_pika.abc import AbstractChannel
+from pydantic import SecretStr
+
+from standin import StandIn
+from tests.conftest import RunningWorker, start_worker
+from tests.support import publish, replies_for
+from worker.settings import Settings, Topology
+from worker.store.postgres import PostgresStore
+from worker.webhooks.receiver import WEBHOOK_PATH, WebhookService
+from worker.webhooks.verify import verifier_of
+
+Json = dict[str, Any]
+# Long enough that only a webhook (or the table) explains a quick answer.
+SLOW_SWEEP_S = 30.0
+
+
+@pytest.fixture
+def webhook_settings(settings: Settings, standin: StandIn) -> Settings:
+    return settings.model_copy(
+        update={
+            "webhooks": True,
+            "webhook_sweep_s": SLOW_SWEEP_S,
+            "openai_webhook_secret": SecretStr(standin.webhook_secret),
+            "webhook_host": "127.0.0.1",
+            "webhook_port": 0,
+        }
+    )
+
+
+@pytest.fixture
+async def receiver(webhook_settings: Settings, standin: StandIn) -> AsyncIterator[WebhookService]:
+    service = WebhookService(webhook_settings, verifier_of(webhook_settings))
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    await asyncio.wait_for(service.ready.wait(), timeout=10)
+    standin.update_config(
+        {
+            "webhook_url": f"http://127.0.0.1:{service.port}{WEBHOOK_PATH}",
+            "webhook_retry_base_ms": 20,
+        }
+    )
+    yield service
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+
+
+def _accepted(receiver: WebhookService) -> float:
+    registry = receiver.metrics.registry
+    value = registry.get_sample_value(
+        "assistant_worker_webhook_deliveries_total", {"outcome": "accepted"}
+    )
+    return value or 0.0
+
+
+def _runs_finished(worker: RunningWorker) -> float:
+    registry = worker.service.metrics.registry
+    labels = {"backend": "responses", "status": "completed"}
+    return registry.get_sample_value("assistant_worker_runs_finished_total", labels) or 0.0
+
+
+def _api_calls(standin: StandIn, response_id: str) -> list[str]:
+    return [f"{e['method']} {e['path']}" for e in standin.journal if response_id in e["path"]]
+
+
+async def _ask(channel: AbstractChannel, topology: Topology, conversation: str, text: str) -> Json:
+    event = await publish(channel, topology, conversation_id=conversation, text=text)
+    [reply] = await replies_for(channel, topology, {event["event_id"]}, timeout_s=20)
+    return reply
+
+
+async def test_a_run_ends_by_its_webhook_with_one_retrieve(
+    receiver: WebhookService,
+    webhook_settings: Settings,
+    standin: StandIn,
+    channel: AbstractChannel,
+    topology: Topology,
+) -> None:
+    worker = await start_worker(webhook_settings)
+    try:
+        started = time.monotonic()
+        reply = await _ask(channel, topology, "c-hook", "hello [[delay_ms:600]]")
+        took_s = time.monotonic() - started
+    finally:
+        await worker.shutdown()
+
+    assert reply["status"] == "completed"
+    assert reply["text"] == "Echo: hello [[delay_ms:600]]"
+    # The create's answer carries the ID; one retrieve reads the ended response: no polls.
+    assert _api_calls(standin, reply["run_id"]) == [f"GET /v1/responses/{reply['run_id']}"]
+    assert [a["type"] for a in standin.webhook_attempts()] == ["response.completed"]
+    assert _accepted(receiver) == 1
+    assert took_s < SLOW_SWEEP_S
+
+
+async def test_a_dropped_webhook_is_picked_up_by_the_sweep(
+    receiver: WebhookService,
+    webhook_settings: Settings,
+    standin: StandIn,
+    channel: AbstractChannel,
+    topology: Topology,
+) -> None:
+    standin.add_faults([{"kind": "webhook_drop", "times": 1}])
+    worker = await start_worker(webhook_settings.model_copy(update={"webhook_sweep_s": 1.0}))
+    try:
+        reply = await _ask(channel, topology, "c-dropped", "anyone there?")
+    finally:
+        await worker.shutdown()
+
+    assert reply["status"] == "completed"
+    assert [a["fault"] for a in standin.webhook_attempts()] == ["webhook_drop"]
+    retrieves = _api_calls(standin, reply["run_id"])
+    assert 1 <= len(retrieves) <= 2  # the sweep's look (and one more if the run was not done)
+    assert _accepted(receiver) == 0
+
+
+async def test_an_ending_recorded_before_the_run_id_is_stored_is_not_missed(
+    receiver: WebhookService,
+    webhook_settings: Settings,
+    standin: StandIn,
+    channel: AbstractChannel,
+    topology: Topology,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The worker is slow to store the run's ID: the response ends and its webhook is recorded
+    # (and NOTIFYed, to nobody waiting) before the owner starts waiting for it.
+    record_run_started = PostgresStore.record_run_started
+
+    async def slowly(self: PostgresStore, *args: Any) -> None:
+        await standin.webhooks_idle(timeout_s=5)
+        await record_run_started(self, *args)
+
+    monkeypatch.setattr(PostgresStore, "record_run_started", slowly)
+    worker = await start_worker(webhook_settings)
+    try:
+        started = time.monotonic()
+        reply = await _ask(channel, topology, "c-early", "quick one")
+        took_s = time.monotonic() - started
+    finally:
+        await worker.shutdown()
+
+    assert reply["status"] == "completed"
+    assert _accepted(receiver) == 1
+    assert _api_calls(standin, reply["run_id"]) == [f"GET /v1/responses/{reply['run_id']}"]
+    assert took_s < SLOW_SWEEP_S
+
+
+async def test_the_ending_reaches_whichever_replica_owns_the_run(
+    receiver: WebhookService,
+    webhook_settings: Settings,
+    standin: StandIn,
+    channel: AbstractChannel,
+    topology: Topology,
+) -> None:
+    workers: list[RunningWorker] = []
+    for name in ("replica-a", "replica-b"):
+        workers.append(
+            await start_worker(webhook_settings.model_copy(update={"worker_name": name}))
+        )
+    try:
+        started = time.monotonic()
+        events = [
+            await publish(
+                channel, topology, conversation_id=f"c-replica-{n}", text=f"hi {n} [[delay_ms:300]]"
+            )
+            for n in range(8)
+        ]
+        ids = {e["event_id"] for e in events}
+        replies = await replies_for(channel, topology, ids, timeout_s=20)
+        took_s = time.monotonic() - started
+    finally:
+        for worker in workers:
+            await worker.shutdown()
+
+    assert {r["status"] for r in replies} == {"completed"}
+    # Both owned some: one receiver's NOTIFY reached each.
+    assert [_runs_finished(w) > 0 for w in workers] == [True, True]
+    for reply in replies:
+        assert _api_calls(standin, reply["run_id"]) == [f"GET /v1/responses/{reply['run_id']}"]
+    assert _accepted(receiver) == 8
+    assert took_s < SLOW_SWEEP_S
