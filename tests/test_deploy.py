@@ -594,7 +594,9 @@ def test_worker_selectors_pick_only_worker_pods(target: str) -> None:
         s["spec"]["selector"] for s in of_kind(target, "Service") if component(s) == "worker"
     ]
     selectors += [
-        p["spec"]["selector"]["matchLabels"] for p in of_kind(target, "PodDisruptionBudget")
+        p["spec"]["selector"]["matchLabels"]
+        for p in of_kind(target, "PodDisruptionBudget")
+        if component(p) == "worker"
     ]
     selectors.append(worker_deployment(target)["spec"]["selector"]["matchLabels"])
     for selector in selectors:
@@ -650,7 +652,8 @@ def test_images_are_pinned(target: str) -> None:
 @pytest.mark.parametrize("target", TARGETS)
 def test_the_network_policy_allows_only_what_the_worker_needs(target: str) -> None:
     for policy in of_kind(target, "NetworkPolicy"):
-        check_network_policy(target, policy["spec"])
+        if component(policy) != "webhooks":  # its own test: test_the_receiver_reaches_only_...
+            check_network_policy(target, policy["spec"])
 
 
 def check_network_policy(target: str, spec: Obj) -> None:
@@ -909,3 +912,265 @@ def test_the_profiles_file_is_mounted_where_the_setting_says_and_is_valid(
     # As the worker will read it, from the mounted copy.
     (tmp_path / named.name).write_text(content)
     load_profiles(tmp_path / named.name, {})
+
+
+# --- the webhooks receiver (components/webhooks) -----------------------------------------
+
+WEBHOOKS = "webhooks"  # the receiver's command, and its objects' component label
+WEBHOOKS_COMPONENT = KUSTOMIZE / "components" / "webhooks"
+INGRESS_EXAMPLE = WEBHOOKS_COMPONENT / "ingress.example.yaml"
+RECEIVER_SOURCE = ROOT / "worker" / "webhooks" / "receiver.py"
+# Registered with OpenAI as https://<ingress host>/webhooks/openai.
+WEBHOOK_PATH = "/webhooks/openai"
+# Required: the database and the signing secret; the previous secret only during a rotation.
+RECEIVER_SECRETS = {"AW_DATABASE_URL", "OPENAI_WEBHOOK_SECRET"}
+ROTATION_SECRET = "AW_WEBHOOK_SECRET_PREVIOUS"
+
+
+def _with_webhooks() -> list[str]:
+    """The overlays that list components/webhooks."""
+    found = []
+    for name in OVERLAYS:
+        kustomization = yaml.safe_load((TARGETS[name] / "kustomization.yaml").read_text())
+        listed = {(TARGETS[name] / path).resolve() for path in kustomization.get("components", [])}
+        if WEBHOOKS_COMPONENT.resolve() in listed:
+            found.append(name)
+    return found
+
+
+WITH_WEBHOOKS = _with_webhooks()
+
+
+def webhooks_objects(target: str, kind: str) -> list[Obj]:
+    return [o for o in of_kind(target, kind) if component(o) == WEBHOOKS]
+
+
+def webhooks_object(target: str, kind: str) -> Obj:
+    found = webhooks_objects(target, kind)
+    assert len(found) == 1, f"{target}: expected one webhooks {kind}, found {len(found)}"
+    return found[0]
+
+
+def webhooks_pod(target: str) -> Obj:
+    return dict(webhooks_object(target, "Deployment")["spec"]["template"]["spec"])
+
+
+def webhooks_container(target: str) -> Obj:
+    containers = webhooks_pod(target)["containers"]
+    assert len(containers) == 1, f"{target}: the receiver's pod should run one container"
+    return dict(containers[0])
+
+
+def webhooks_env(target: str) -> dict[str, str]:
+    """The receiver's inline values (it reads no ConfigMap: see the secrets test)."""
+    return {
+        e["name"]: e["value"] for e in webhooks_container(target).get("env", []) if "value" in e
+    }
+
+
+def webhooks_setting(target: str, field: str) -> str:
+    default = Settings.model_fields[field].default
+    return webhooks_env(target).get(f"AW_{field.upper()}", str(default))
+
+
+def webhooks_port(target: str) -> int:
+    return int(webhooks_setting(target, "webhook_port"))
+
+
+def _string_constants(tree: ast.Module) -> dict[str, str]:
+    return {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+
+
+def _routed_path(node: ast.AST, constants: dict[str, str]) -> str | None:
+    """The path of `web.get("/livez", ...)` or `web.post(WEBHOOK_PATH, ...)`, else None."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args):
+        return None
+    if node.func.attr not in {"get", "post", "head", "route"}:
+        return None
+    first = node.args[0]
+    if isinstance(first, ast.Constant) and isinstance(first.value, str):
+        return first.value
+    return constants.get(first.id) if isinstance(first, ast.Name) else None
+
+
+def routed_paths(source: Path) -> set[str]:
+    tree = ast.parse(source.read_text())
+    constants = _string_constants(tree)
+    found = (_routed_path(node, constants) for node in ast.walk(tree))
+    return {path for path in found if path is not None and path.startswith("/")}
+
+
+def test_production_deploys_the_receiver() -> None:
+    # Also keeps the per-target tests below from passing on nothing.
+    assert "production" in WITH_WEBHOOKS
+
+
+def test_the_receiver_serves_the_paths_used_here() -> None:
+    assert RECEIVER_SOURCE.is_file(), "the manifests deploy a receiver the code does not have"
+    used = {WEBHOOK_PATH, LIVENESS_PATH, READINESS_PATH, METRICS_PATH}
+    assert used <= routed_paths(RECEIVER_SOURCE)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_webhook_mode_is_on_exactly_where_a_receiver_is_deployed(target: str) -> None:
+    # Workers in webhook mode with no receiver learn of a finished response only from the slow
+    # sweep (AW_WEBHOOK_SWEEP_S); a receiver beside polling workers records what nobody reads.
+    deployed = bool(webhooks_objects(target, "Deployment"))
+    assert deployed == (target in WITH_WEBHOOKS)
+    assert (effective(target, "webhooks").lower() == "true") == deployed, target
+
+
+@pytest.mark.parametrize("target", WITH_WEBHOOKS)
+def test_the_receiver_runs_webhooks_from_the_worker_image(target: str) -> None:
+    deployment = webhooks_object(target, "Deployment")
+    container = webhooks_container(target)
+    assert container["args"] == [WEBHOOKS]
+    assert container["image"] == worker_container(target)["image"]
+    assert deployment["spec"].get("replicas", 1) >= 2, "one must answer while another moves"
+
+
+@pytest.mark.parametrize("target", WITH_WEBHOOKS)
+def test_the_receivers_probes_and_metrics_use_its_port(target: str) -> None:
+    container = webhooks_container(target)
+    port = webhooks_port(target)
+    assert port in {p["containerPort"] for p in container["ports"]}
+    expected = {
+        "startupProbe": LIVENESS_PATH,
+        "livenessProbe": LIVENESS_PATH,
+        "readinessProbe": READINESS_PATH,
+    }
+    for probe, path in expected.items():
+        assert probe in container, f"{target}: the receiver has no {probe}"
+        http = container[probe]["httpGet"]
+        assert http["path"] == path, f"{target}: {probe} asks {http['path']}, not {path}"
+        assert container_port(container, http["port"]) == port, probe
+    template = webhooks_object(target, "Deployment")["spec"]["template"]
+    annotations = template["metadata"].get("annotations") or {}
+    if "prometheus.io/port" in annotations:
+        assert int(annotations["prometheus.io/port"]) == port
+        assert annotations.get("prometheus.io/path") == METRICS_PATH
+
+
+@pytest.mark.parametrize("target", WITH_WEBHOOKS)
+def test_the_receivers_service_reaches_its_port(target: str) -> None:
+    service = webhooks_object(target, "Service")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP", "the Ingress is the way in"
+    assert selects(service["spec"]["selector"], pod_labels(webhooks_object(target, "Deployment")))
+    container = webhooks_container(target)
+    for port in service["spec"]["ports"]:
+        target_port = port.get("targetPort", port["port"])
+        assert container_port(container, target_port) == webhooks_port(target), port
+
+
+@pytest.mark.parametrize("target", WITH_WEBHOOKS)
+def test_the_receiver_reaches_only_postgres_and_admits_only_its_port(target: str) -> None:
+    receiver = pod_labels(webhooks_object(target, "Deployment"))
+    # NetworkPolicies add up: any other one selecting these pods would widen what they reach.
+    selecting = [
+        p
+        for p in of_kind(target, "NetworkPolicy")
+        if selects(p["spec"]["podSelector"].get("matchLabels") or {}, receiver)
+    ]
+    assert selecting == [webhooks_object(target, "NetworkPolicy")], (
+        f"{target}: the receiver's pods must be selected by its own NetworkPolicy only"
+    )
+    spec = selecting[0]["spec"]
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    ingress = {(p["port"], p.get("protocol", "TCP")) for r in spec["ingress"] for p in r["ports"]}
+    assert ingress == {(webhooks_port(target), "TCP")}
+    egress = {(p["port"], p.get("protocol", "TCP")) for r in spec["egress"] for p in r["ports"]}
+    assert egress == {(53, "UDP"), (53, "TCP"), (5432, "TCP")}
+
+
+@pytest.mark.parametrize("target", WITH_WEBHOOKS)
+def test_the_receivers_selectors_pick_only_its_pods(target: str) -> None:
+    deployment = webhooks_object(target, "Deployment")
+    receiver = pod_labels(deployment)
+    others = [
+        pod_labels(o)
+        for o in render(target)
+        if o["kind"] in ("Deployment", "Job", "CronJob") and component(o) != WEBHOOKS
+    ]
+    selectors = [
+        deployment["spec"]["selector"]["matchLabels"],
+        webhooks_object(target, "Service")["spec"]["selector"],
+        webhooks_object(target, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        webhooks_object(target, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+    ]
+    for selector in selectors:
+        assert selects(selector, receiver), f"{target}: {selector} misses the receiver's pods"
+        assert not any(selects(selector, other) for other in others), (
+            f"{target}: {selector} also picks other pods (the worker's?)"
+        )
+
+
+@pytest.mark.parametrize("target", WITH_WEBHOOKS)
+def test_a_drain_leaves_a_receiver_answering(target: str) -> None:
+    replicas = webhooks_object(target, "Deployment")["spec"].get("replicas", 1)
+    budget = webhooks_object(target, "PodDisruptionBudget")["spec"]
+    may_go = budget.get("maxUnavailable", replicas - budget.get("minAvailable", 0))
+    assert 1 <= may_go < replicas, f"{target}: a drain must proceed and keep a receiver"
+
+
+@pytest.mark.parametrize("target", WITH_WEBHOOKS)
+def test_the_receiver_gets_only_its_secrets_from_the_secret(target: str) -> None:
+    container = webhooks_container(target)
+    assert not container.get("envFrom"), (
+        "the whole Secret would give the pod that faces the internet the OpenAI API key and the "
+        "RabbitMQ password"
+    )
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container.get("env", [])
+        if "secretKeyRef" in (e.get("valueFrom") or {})
+    }
+    worker_secrets = {
+        s["secretRef"]["name"] for s in worker_container(target)["envFrom"] if "secretRef" in s
+    }
+    assert {ref["name"] for ref in refs.values()} == worker_secrets
+    # Each key is named as its variable, as envFrom would name it for the worker.
+    assert all(ref["key"] == name for name, ref in refs.items())
+    required = {name for name, ref in refs.items() if not ref.get("optional", False)}
+    assert required == RECEIVER_SECRETS
+    assert set(refs) == RECEIVER_SECRETS | {ROTATION_SECRET}
+    example = yaml.safe_load((KUSTOMIZE / "base" / "secret.example.yaml").read_text())
+    assert set(refs) <= set(example["stringData"]), "the example Secret must document them"
+
+
+@pytest.mark.parametrize("target", WITH_WEBHOOKS)
+def test_the_receiver_waits_for_its_endpoint_removal_and_then_stops_quickly(target: str) -> None:
+    pause = webhooks_container(target)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    shutdown = float(webhooks_setting(target, "shutdown_grace_s"))
+    termination = webhooks_pod(target).get("terminationGracePeriodSeconds", 30)
+    assert pause >= 1, "the Service and the ingress controller take a moment to drop the pod"
+    assert termination > pause + shutdown, (
+        f"{target}: terminationGracePeriodSeconds {termination} cuts the {pause} s pause plus "
+        f"the {shutdown:g} s drain (AW_SHUTDOWN_GRACE_S) short"
+    )
+    assert termination <= 30, "a receiver answers in milliseconds; a long grace slows rollouts"
+
+
+def test_the_ingress_example_is_valid_routes_only_deliveries_and_is_not_deployed() -> None:
+    kustomization = yaml.safe_load((WEBHOOKS_COMPONENT / "kustomization.yaml").read_text())
+    assert INGRESS_EXAMPLE.name not in kustomization["resources"]
+    ingress = yaml.safe_load(INGRESS_EXAMPLE.read_text())
+    assert schema_errors(ingress) == []
+    assert ingress["spec"].get("tls"), "OpenAI delivers to https URLs only"
+    paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    # Not "/": the probes and /metrics share the receiver's port.
+    assert [p["path"] for p in paths] == [WEBHOOK_PATH]
+    backend = paths[0]["backend"]["service"]
+    service = yaml.safe_load((WEBHOOKS_COMPONENT / "service.yaml").read_text())
+    assert backend["name"] == service["metadata"]["name"]
+    ports = {p["name"] for p in service["spec"]["ports"]} | {
+        p["port"] for p in service["spec"]["ports"]
+    }
+    assert backend["port"].get("name", backend["port"].get("number")) in ports
