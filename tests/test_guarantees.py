@@ -29,6 +29,7 @@ from tests.harness import (
     publish_load,
 )
 from tests.support import publish, worker_env
+from tests.webhook_receiver import running_receiver, with_webhooks
 from worker.settings import Settings, Topology
 
 
@@ -81,6 +82,63 @@ async def test_kill_nine_anywhere_loses_nothing_and_doubles_nothing(
     assert report.answered == len(sent)
     assert sup.kills >= 4, "the workers were hardly killed; the test proves little"
     print(f"kills={sup.kills} restarts={sup.restarts} report={report}")
+
+
+# Every way a delivery can go wrong, at once: the sweep and the table must make up for each.
+WEBHOOK_FAULTS = [
+    {"kind": "webhook_drop", "rate": 0.15},
+    {"kind": "webhook_duplicate", "rate": 0.15},
+    {"kind": "webhook_delay", "rate": 0.15, "delay_s": 0.8},
+    {"kind": "webhook_reorder", "rate": 0.1},
+    {"kind": "webhook_missign", "rate": 0.1},
+]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("backend", ["responses"])
+async def test_kill_nine_with_webhooks_dropped_duplicated_delayed_reordered_and_forged(
+    settings: Settings,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
+    collector: ReplyCollector,
+    tmp_path: Path,
+) -> None:
+    hooked = with_webhooks(settings, standin, sweep_s=2.0)
+    standin.add_faults(WEBHOOK_FAULTS)
+    async with running_receiver(hooked, standin):
+        env = chaos_env(worker_env(hooked, AW_WEBHOOKS="true", AW_WEBHOOK_SWEEP_S="2"))
+        sup = Supervisor(env, 2, tmp_path, crash_points=ALL_CRASH_POINTS)
+        await sup.start()
+        try:
+            calm = asyncio.Event()
+            shooter = asyncio.create_task(_kill_now_and_then(sup, 2.0, calm))
+            sent = await publish_load(
+                channel, topology, events=150, conversations=20, rate_per_s=40
+            )
+            await asyncio.sleep(3)
+            calm.set()
+            sup.crash_points = None
+            await shooter
+            await collector.wait_for_all(sent, timeout_s=90, workers=sup)
+        finally:
+            await sup.stop()
+
+    report = check(sent, collector, standin)
+    assert report.violations == {}
+    assert report.answered == len(sent)
+    assert sup.kills >= 3, "the workers were hardly killed; the test proves little"
+    faults = Counter(a["fault"] for a in standin.webhook_attempts() if a["fault"])
+    # Each kind of fault happened, so each was made up for.
+    assert set(faults) >= {"webhook_drop", "webhook_duplicate", "webhook_delay"}
+    # The workers waited for webhooks rather than polling: few looks per response.
+    looks = sum(1 for e in standin.journal if e["method"] == "GET" and "/responses/" in e["path"])
+    responses = len(standin.state.responses)
+    assert looks < 2.5 * responses, f"{looks} looks at {responses} responses: polling?"
+    print(
+        f"kills={sup.kills} restarts={sup.restarts} faults={dict(faults)} "
+        f"looks={looks} responses={responses} report={report}"
+    )
 
 
 @pytest.mark.timeout(180)

@@ -6,22 +6,20 @@ read from the table."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractChannel
-from pydantic import SecretStr
 
 from standin import StandIn
 from tests.conftest import RunningWorker, start_worker
 from tests.support import publish, replies_for
+from tests.webhook_receiver import running_receiver, with_webhooks
 from worker.settings import Settings, Topology
 from worker.store.postgres import PostgresStore
-from worker.webhooks.receiver import WEBHOOK_PATH, WebhookService
-from worker.webhooks.verify import verifier_of
+from worker.webhooks.receiver import WebhookService
 
 Json = dict[str, Any]
 # Long enough that only a webhook (or the table) explains a quick answer.
@@ -30,32 +28,13 @@ SLOW_SWEEP_S = 30.0
 
 @pytest.fixture
 def webhook_settings(settings: Settings, standin: StandIn) -> Settings:
-    return settings.model_copy(
-        update={
-            "webhooks": True,
-            "webhook_sweep_s": SLOW_SWEEP_S,
-            "openai_webhook_secret": SecretStr(standin.webhook_secret),
-            "webhook_host": "127.0.0.1",
-            "webhook_port": 0,
-        }
-    )
+    return with_webhooks(settings, standin, SLOW_SWEEP_S)
 
 
 @pytest.fixture
 async def receiver(webhook_settings: Settings, standin: StandIn) -> AsyncIterator[WebhookService]:
-    service = WebhookService(webhook_settings, verifier_of(webhook_settings))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(stop))
-    await asyncio.wait_for(service.ready.wait(), timeout=10)
-    standin.update_config(
-        {
-            "webhook_url": f"http://127.0.0.1:{service.port}{WEBHOOK_PATH}",
-            "webhook_retry_base_ms": 20,
-        }
-    )
-    yield service
-    stop.set()
-    await asyncio.wait_for(task, timeout=10)
+    async with running_receiver(webhook_settings, standin) as service:
+        yield service
 
 
 def _accepted(receiver: WebhookService) -> float:
