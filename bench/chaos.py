@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,12 @@ from tests.harness import (
     wait_settled,
 )
 from tests.support import AMQP_URL, API_KEY, tagged_topology, worker_env
+from tests.webhook_receiver import WEBHOOK_FAULTS, running_receiver, with_webhooks
 from worker.settings import BackendName, Settings, Topology
 
 CONTROL_ACTIONS = ("takeover", "release", "cancel", "close")
+# With --webhooks: a run whose delivery was dropped is looked at this long after its last look.
+WEBHOOK_SWEEP_S = 5.0
 
 
 def _arguments() -> argparse.Namespace:
@@ -67,7 +71,15 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--keep-logs", type=Path, help="keep the worker logs in this directory (else removed)"
     )
-    return parser.parse_args()
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="responses: runs end by webhook (the receiver in-process), deliveries faulted",
+    )
+    args = parser.parse_args()
+    if args.webhooks and args.backend != "responses":
+        parser.error("--webhooks needs --backend responses (only background responses send them)")
+    return args
 
 
 @dataclass
@@ -117,11 +129,25 @@ async def main(args: argparse.Namespace) -> int:
                 topology=topology,
             )
             channel = await connection.channel(publisher_confirms=True)
-            outcome = await _run(Rig(args, settings, channel, standin, console), tag)
+            rig = Rig(args, settings, channel, standin, console)
+            async with _receiver(rig) as rig:
+                outcome = await _run(rig, tag)
     finally:
         await standin.stop()
     _print(console, args, outcome)
     return 1 if outcome.violations else 0
+
+
+@contextlib.asynccontextmanager
+async def _receiver(rig: Rig) -> AsyncIterator[Rig]:
+    """With --webhooks: the receiver, the workers' settings for it, and every delivery fault."""
+    if not rig.args.webhooks:
+        yield rig
+        return
+    settings = with_webhooks(rig.settings, rig.standin, WEBHOOK_SWEEP_S)
+    rig.standin.add_faults(WEBHOOK_FAULTS)
+    async with running_receiver(settings, rig.standin):
+        yield dataclasses.replace(rig, settings=settings)
 
 
 async def _run(rig: Rig, tag: str) -> Outcome:
@@ -130,14 +156,15 @@ async def _run(rig: Rig, tag: str) -> Outcome:
     await collector.start(rig.channel, rig.topology)
     scripts = [SteeredScript(f"steer-{tag}-{k}") for k in range(args.steered)]
     with _log_dir(args.keep_logs) as logs:
-        env = chaos_env(worker_env(rig.settings))
+        hooks = {"AW_WEBHOOKS": "true", "AW_WEBHOOK_SWEEP_S": f"{WEBHOOK_SWEEP_S:g}"}
+        env = chaos_env(worker_env(rig.settings, **(hooks if args.webhooks else {})))
         supervisor = Supervisor(env, args.workers, Path(logs), crash_points=ALL_CRASH_POINTS)
         await supervisor.start()
         await supervisor.wait_ready()
         rig.console.print(
             f"chaos: {args.duration:g} s, {args.workers} workers, backend {args.backend}, "
             f"{args.rate:g} events/s over {args.conversations} conversations, "
-            f"{args.steered} steered"
+            f"{args.steered} steered" + (", webhooks (faulted)" if args.webhooks else "")
         )
         shooter = asyncio.create_task(_shoot(supervisor, args.kill_every))
         sent = await _publish(rig, scripts, collector)

@@ -29,7 +29,7 @@ from tests.harness import (
     publish_load,
 )
 from tests.support import publish, worker_env
-from tests.webhook_receiver import running_receiver, with_webhooks
+from tests.webhook_receiver import WEBHOOK_FAULTS, running_receiver, with_webhooks
 from worker.settings import Settings, Topology
 
 
@@ -82,16 +82,6 @@ async def test_kill_nine_anywhere_loses_nothing_and_doubles_nothing(
     assert report.answered == len(sent)
     assert sup.kills >= 4, "the workers were hardly killed; the test proves little"
     print(f"kills={sup.kills} restarts={sup.restarts} report={report}")
-
-
-# Every way a delivery can go wrong, at once: the sweep and the table must make up for each.
-WEBHOOK_FAULTS = [
-    {"kind": "webhook_drop", "rate": 0.15},
-    {"kind": "webhook_duplicate", "rate": 0.15},
-    {"kind": "webhook_delay", "rate": 0.15, "delay_s": 0.8},
-    {"kind": "webhook_reorder", "rate": 0.1},
-    {"kind": "webhook_missign", "rate": 0.1},
-]
 
 
 @pytest.mark.timeout(180)

@@ -14,6 +14,15 @@ from worker.settings import Settings
 from worker.webhooks.receiver import WEBHOOK_PATH, WebhookService
 from worker.webhooks.verify import verifier_of
 
+# Every way a delivery can go wrong, at once: the sweep and the table must make up for each.
+WEBHOOK_FAULTS = [
+    {"kind": "webhook_drop", "rate": 0.15},
+    {"kind": "webhook_duplicate", "rate": 0.15},
+    {"kind": "webhook_delay", "rate": 0.15, "delay_s": 0.8},
+    {"kind": "webhook_reorder", "rate": 0.1},
+    {"kind": "webhook_missign", "rate": 0.1},
+]
+
 
 def with_webhooks(settings: Settings, standin: StandIn, sweep_s: float) -> Settings:
     """Settings for workers and receiver alike: webhooks on, the stand-in's signing secret."""
