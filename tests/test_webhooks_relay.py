@@ -6,20 +6,23 @@ read from the table."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel
 
 from standin import StandIn
+from standin.webhooks import signature
 from tests.conftest import RunningWorker, start_worker
 from tests.support import publish, replies_for
 from tests.webhook_receiver import running_receiver, with_webhooks
 from worker.settings import Settings, Topology
 from worker.store.postgres import PostgresStore
-from worker.webhooks.receiver import WebhookService
+from worker.webhooks.receiver import WEBHOOK_PATH, WebhookService
 
 Json = dict[str, Any]
 # Long enough that only a webhook (or the table) explains a quick answer.
@@ -171,3 +174,42 @@ async def test_the_ending_reaches_whichever_replica_owns_the_run(
         assert _api_calls(standin, reply["run_id"]) == [f"GET /v1/responses/{reply['run_id']}"]
     assert _accepted(receiver) == 8
     assert took_s < SLOW_SWEEP_S
+
+
+async def test_a_webhook_for_a_response_nobody_owns_changes_nothing(
+    receiver: WebhookService,
+    webhook_settings: Settings,
+    standin: StandIn,
+    channel: AbstractChannel,
+    topology: Topology,
+) -> None:
+    # Another application's response, or one whose conversation was erased: recorded (so a
+    # retry of it is a duplicate), answered 200, and no worker does anything with it.
+    body = json.dumps(
+        {
+            "id": "evt_stranger",
+            "object": "event",
+            "created_at": int(time.time()),
+            "type": "response.completed",
+            "data": {"id": "resp_nobody_knows"},
+        }
+    ).encode()
+    now = int(time.time())
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": "wh_stranger",
+        "webhook-timestamp": str(now),
+        "webhook-signature": signature(standin.webhook_secret, "wh_stranger", now, body),
+    }
+    worker = await start_worker(webhook_settings)
+    try:
+        url = f"http://127.0.0.1:{receiver.port}{WEBHOOK_PATH}"
+        async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as r:
+            assert r.status == 200
+        reply = await _ask(channel, topology, "c-after-stranger", "still fine?")
+    finally:
+        await worker.shutdown()
+
+    assert reply["status"] == "completed"
+    assert _accepted(receiver) == 2  # the stranger's, then the reply's own
+    assert _api_calls(standin, "resp_nobody_knows") == []
