@@ -72,6 +72,21 @@ async def test_prune_deletes_old_settled_work_and_keeps_everything_else(
         "INSERT INTO inbound_events (event_id, conversation_id, body, routing_key, received_at)"
         " VALUES ('stuck', 'c-old', '{}', 'user_message.v1', now() - interval '40 days')"
     )
+    # Webhook bookkeeping: one delivery and ending from 40 days ago, one from now.
+    for webhook_id, response_id, age in (
+        ("wh_old", "resp_old", "40 days"),
+        ("wh_new", "resp_new", "0"),
+    ):
+        await db.execute(
+            "INSERT INTO webhook_deliveries (webhook_id, event_type, received_at)"
+            f" VALUES ($1, 'response.completed', now() - interval '{age}')",
+            webhook_id,
+        )
+        await db.execute(
+            "INSERT INTO ended_responses (response_id, event_type, received_at)"
+            f" VALUES ($1, 'response.completed', now() - interval '{age}')",
+            response_id,
+        )
     old_before, new_before = await _rows(db, "c-old"), await _rows(db, "c-new")
 
     code, out, _ = await _cli(settings, "--older-than", "30d", "--dry-run")
@@ -97,6 +112,9 @@ async def test_prune_deletes_old_settled_work_and_keeps_everything_else(
     assert await db.fetchval(
         "SELECT count(*) FROM outbox WHERE message_id = ANY($1)", new_replies
     ) == len(new_replies)
+    assert "1 webhook_deliveries, 1 ended_responses" in out
+    assert await db.fetchval("SELECT array_agg(webhook_id) FROM webhook_deliveries") == ["wh_new"]
+    assert await db.fetchval("SELECT array_agg(response_id) FROM ended_responses") == ["resp_new"]
     # The thread mappings stay: the conversations go on in the same threads.
     threads = await db.fetch("SELECT thread_id FROM conversations ORDER BY conversation_id")
     assert len(threads) == 2
@@ -140,7 +158,10 @@ async def test_prune_deletes_the_files_the_worker_uploaded_for_pruned_events(
 
     code, out, err = await _cli(settings, "--older-than", "30d")
     assert code == 0, err
-    assert out.startswith("deleted 0 runs, 0 batches, 1 events, 0 outbox, 1 files")
+    assert out.startswith(
+        "deleted 0 runs, 0 batches, 1 events, 0 outbox, 0 webhook_deliveries, "
+        "0 ended_responses, 1 files"
+    )
     deleted = {f["id"]: f["deleted"] for f in standin.files()}
     assert deleted == {uploads[old["event_id"]]: True, uploads[new["event_id"]]: False}
     assert await db.fetchval("SELECT count(*) FROM attachments") == 1

@@ -83,7 +83,14 @@ async def test_prune_deletes_settled_work_and_keeps_what_waits(
     waiting = event("c-waiting", "not yet answered")
     await parked.deliver(waiting)
 
-    expected = {"runs": 1, "batches": 1, "events": 1, "outbox": 1}
+    expected = {
+        "runs": 1,
+        "batches": 1,
+        "events": 1,
+        "outbox": 1,
+        "webhook_deliveries": 0,
+        "ended_responses": 0,
+    }
     assert await store.prunable(later()) == {**expected, "files": 0}
     chunks: list[tuple[str, int]] = []
     deleted = await store.prune(later(), chunk=1, on_chunk=lambda t, n: chunks.append((t, n)))
@@ -113,6 +120,8 @@ async def test_prune_keeps_what_was_settled_after_the_cutoff(relay: Relay, store
         "batches": 0,
         "events": 0,
         "outbox": 0,
+        "webhook_deliveries": 0,
+        "ended_responses": 0,
     }
 
 

@@ -679,7 +679,10 @@ class MemoryStore:
             return list(finished)
         if table == "events":
             return [e.event_id for e in self._events.values() if e.settled_before(cutoff)]
-        return [i for i, row in self._outbox.items() if _before(row.published_at, cutoff)]
+        if table == "outbox":
+            return [i for i, row in self._outbox.items() if _before(row.published_at, cutoff)]
+        # The webhook tables: only the receiver writes them, and it needs Postgres.
+        return []
 
     def _prunable_files(self, cutoff: datetime) -> list[UploadedFile]:
         return [

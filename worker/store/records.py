@@ -382,7 +382,14 @@ class Intaken:
 
 
 # In the order `prune` empties them: runs reference batches.
-PRUNED_TABLES = ("runs", "batches", "events", "outbox")
+PRUNED_TABLES = (
+    "runs",
+    "batches",
+    "events",
+    "outbox",
+    "webhook_deliveries",
+    "ended_responses",
+)
 
 
 async def prune_in_chunks(

@@ -378,7 +378,9 @@ SELECT
     (SELECT count(*) FROM outbox WHERE published_at < $1) AS outbox,
     (SELECT count(*) FROM attachments a JOIN inbound_events e USING (event_id)
      WHERE a.uploaded AND e.status IN ('answered', 'dead_lettered') AND e.settled_at < $1)
-        AS files;
+        AS files,
+    (SELECT count(*) FROM webhook_deliveries WHERE received_at < $1) AS webhook_deliveries,
+    (SELECT count(*) FROM ended_responses WHERE received_at < $1) AS ended_responses;
 
 -- name: prune_runs
 -- $1 cutoff, $2 at most this many rows
@@ -407,6 +409,18 @@ DELETE FROM inbound_events WHERE event_id IN (
 -- $1 cutoff, $2 at most this many rows
 DELETE FROM outbox WHERE outbox_id IN (
     SELECT outbox_id FROM outbox WHERE published_at < $1 LIMIT $2);
+
+-- name: prune_webhook_deliveries
+-- A delivery forgotten is recorded anew if OpenAI retries it later (up to 72 hours): its
+-- ending is then recorded again, for a run long answered, and changes nothing.
+-- $1 cutoff, $2 at most this many rows
+DELETE FROM webhook_deliveries WHERE webhook_id IN (
+    SELECT webhook_id FROM webhook_deliveries WHERE received_at < $1 LIMIT $2);
+
+-- name: prune_ended_responses
+-- $1 cutoff, $2 at most this many rows
+DELETE FROM ended_responses WHERE response_id IN (
+    SELECT response_id FROM ended_responses WHERE received_at < $1 LIMIT $2);
 
 -- assistants sync
 
