@@ -79,7 +79,7 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"Postgres unavailable: {type(exc).__name__}")
 
 
-def _translated(
+def store_boundary(
     method: Callable[P, Coroutine[Any, Any, T]],
 ) -> Callable[P, Coroutine[Any, Any, T]]:
     """Raises StoreUnavailable, caused by the driver's error, when the server is away."""
@@ -149,7 +149,7 @@ class PostgresStore:
 
     # -- intake -------------------------------------------------------------------------------
 
-    @_translated
+    @store_boundary
     async def intake(
         self,
         event: IncomingEvent,
@@ -178,33 +178,33 @@ class PostgresStore:
                 lease = await _acquire_lease(conn, event.conversation_id, owner, lease_ttl_s)
         return Intaken(result, lease, actual)
 
-    @_translated
+    @store_boundary
     async def acquire_lease(self, conversation_id: str, owner: str, ttl_s: float) -> Lease | None:
         async with self._pool.acquire() as conn:
             return await _acquire_lease(conn, conversation_id, owner, ttl_s)
 
-    @_translated
+    @store_boundary
     async def renew_leases(self, leases: Sequence[Lease], ttl_s: float) -> set[uuid.UUID]:
         rows = await self._pool.fetch(q("renew_leases"), [lease.token for lease in leases], ttl_s)
         return {row["lease_token"] for row in rows}
 
-    @_translated
+    @store_boundary
     async def hand_back_lease(self, lease: Lease) -> None:
         await self._pool.execute(q("hand_back_lease"), lease.conversation_id, lease.token)
 
-    @_translated
+    @store_boundary
     async def sweepable_conversations(self, limit: int) -> list[str]:
         rows = await self._pool.fetch(q("sweepable_conversations"), limit)
         return [row["conversation_id"] for row in rows]
 
     # -- conversation work (fenced) -------------------------------------------------------------
 
-    @_translated
+    @store_boundary
     async def set_thread(self, lease: Lease, thread_id: str) -> None:
         async with self._fenced(lease) as (conn, _):
             await conn.execute(q("set_thread"), lease.conversation_id, thread_id)
 
-    @_translated
+    @store_boundary
     async def next_batch(self, lease: Lease) -> NextBatch | None:
         async with self._fenced(lease) as (conn, conversation):
             row = await conn.fetchrow(q("open_batch"), lease.conversation_id)
@@ -237,28 +237,28 @@ class PostgresStore:
         batch = OpenBatch(batch_id, event_ids, 1, None, False, after_item_id)
         return NextBatch(batch, True, conversation, [StoredEvent.from_row(r) for r in rows])
 
-    @_translated
+    @store_boundary
     async def record_run_started(
         self, lease: Lease, batch_id: uuid.UUID, run_id: str, attempt: int
     ) -> None:
         async with self._fenced(lease) as (conn, _):
             await conn.execute(q("record_run_started"), batch_id, run_id, attempt)
 
-    @_translated
+    @store_boundary
     async def record_batch_failure(self, lease: Lease, batch_id: uuid.UUID) -> tuple[int, datetime]:
         async with self._fenced(lease) as (conn, _):
             row = await conn.fetchrow(q("record_batch_failure"), batch_id)
         assert row is not None
         return int(row["failures"]), row["first_failure_at"]
 
-    @_translated
+    @store_boundary
     async def record_handoff(
         self, lease: Lease, batch_id: uuid.UUID, request: HandoffRequest
     ) -> None:
         async with self._fenced(lease) as (conn, _):
             await conn.execute(q("record_handoff"), batch_id, request.to_json())
 
-    @_translated
+    @store_boundary
     async def begin_tool_call(
         self, lease: Lease, batch_id: uuid.UUID, call_id: str, name: str, arguments: str
     ) -> ToolCallRecord:
@@ -269,7 +269,7 @@ class PostgresStore:
         assert row is not None  # inserted, or there already
         return ToolCallRecord.from_row(row)
 
-    @_translated
+    @store_boundary
     async def end_tool_call(
         self,
         lease: Lease,
@@ -284,23 +284,23 @@ class PostgresStore:
                 q("end_tool_call"), batch_id, call_id, state.value, output, duration_ms
             )
 
-    @_translated
+    @store_boundary
     async def batch_tool_calls(self, batch_id: uuid.UUID) -> list[ToolCallRecord]:
         rows = await self._pool.fetch(q("batch_tool_calls"), batch_id)
         return [ToolCallRecord.from_row(r) for r in rows]
 
-    @_translated
+    @store_boundary
     async def response_ended(self, response_id: str) -> bool:
         """Whether a webhook recorded that the background response ended (ended_responses)."""
         return await self._pool.fetchval(q("response_ended"), response_id) is not None
 
-    @_translated
+    @store_boundary
     async def batch_files(self, event_ids: Sequence[str]) -> dict[tuple[str, int], ModelFile]:
         rows = await self._pool.fetch(q("batch_attachments"), list(event_ids))
         found = [AttachmentFile.from_row(r) for r in rows]
         return {(a.event_id, a.position): a.file for a in found}
 
-    @_translated
+    @store_boundary
     async def record_file(
         self, lease: Lease, event_id: str, position: int, file: ModelFile, *, uploaded: bool
     ) -> None:
@@ -315,7 +315,7 @@ class PostgresStore:
                 uploaded,
             )
 
-    @_translated
+    @store_boundary
     async def record_run_retry(
         self, lease: Lease, batch_id: uuid.UUID, ended: RunRecord, after_item_id: str | None
     ) -> None:
@@ -330,7 +330,7 @@ class PostgresStore:
             )
             await conn.execute(q("record_run_retry"), batch_id, after_item_id)
 
-    @_translated
+    @store_boundary
     async def finish_batch(
         self,
         lease: Lease,
@@ -367,24 +367,24 @@ class PostgresStore:
             # The batch just closed was the conversation's one open batch.
             return await self._start_batch_or_release(conn, lease, conversation)
 
-    @_translated
+    @store_boundary
     async def pending_window(self, conversation_id: str) -> PendingWindow | None:
         row = await self._pool.fetchrow(q("pending_window"), conversation_id)
         return None if row is None else PendingWindow.from_row(row)
 
-    @_translated
+    @store_boundary
     async def pending_interrupt(self, conversation_id: str) -> ControlAction | None:
         found = await self._pool.fetchval(q("pending_interrupt"), conversation_id)
         return None if found is None else ControlAction(found)
 
-    @_translated
+    @store_boundary
     async def conversation_files(self, conversation_id: str) -> list[str]:
         rows = await self._pool.fetch(q("conversation_files"), conversation_id)
         return [r["file_id"] for r in rows]
 
     # -- operations ---------------------------------------------------------------------------
 
-    @_translated
+    @store_boundary
     async def move_conversations(
         self, backend: str, conversation_ids: Sequence[str] | None
     ) -> tuple[list[str], int]:
@@ -395,24 +395,24 @@ class PostgresStore:
         moved = [r["conversation_id"] for r in rows]
         return moved, int(candidates) - len(moved)
 
-    @_translated
+    @store_boundary
     async def prunable(self, cutoff: datetime) -> dict[str, int]:
         row = await self._pool.fetchrow(q("count_prunable"), cutoff)
         assert row is not None
         return {table: int(row[table]) for table in (*PRUNED_TABLES, "files")}
 
-    @_translated
+    @store_boundary
     async def prunable_files(self, cutoff: datetime, limit: int) -> list[UploadedFile]:
         rows = await self._pool.fetch(q("prunable_files"), cutoff, limit)
         return [UploadedFile.from_row(r) for r in rows]
 
-    @_translated
+    @store_boundary
     async def forget_files(self, files: Sequence[UploadedFile]) -> None:
         await self._pool.execute(
             q("forget_files"), [f.event_id for f in files], [f.position for f in files]
         )
 
-    @_translated
+    @store_boundary
     async def prune(
         self, cutoff: datetime, *, chunk: int, on_chunk: Callable[[str, int], None]
     ) -> dict[str, int]:
@@ -424,7 +424,7 @@ class PostgresStore:
 
     # -- outbox ---------------------------------------------------------------------------------
 
-    @_translated
+    @store_boundary
     async def add_to_outbox(self, *messages: OutboxMessage) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             for message in messages:
@@ -450,7 +450,7 @@ class PostgresStore:
                 raise
             raise _unavailable(exc) from exc
 
-    @_translated
+    @store_boundary
     async def outbox_backlog(self) -> int:
         return int(await self._pool.fetchval(q("outbox_backlog")))
 
@@ -461,12 +461,12 @@ class PostgresOutboxAck:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    @_translated
+    @store_boundary
     async def published(self, ids: Sequence[int]) -> None:
         if ids:
             await self._conn.execute(q("mark_published"), list(ids))
 
-    @_translated
+    @store_boundary
     async def failed(self, ids: Sequence[int]) -> None:
         if ids:
             await self._conn.execute(q("mark_publish_failed"), list(ids))

@@ -7,7 +7,7 @@ import asyncio
 
 import asyncpg
 
-from worker.store.postgres import _translated
+from worker.store.postgres import store_boundary
 from worker.store.queries import q
 
 # A Postgres that hangs (or a pool that is all taken) is answered 503 soon, so OpenAI retries
@@ -21,7 +21,7 @@ class DeliveryStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    @_translated
+    @store_boundary
     async def record(self, webhook_id: str, event_type: str, response_id: str) -> bool:
         """True for a new delivery, recorded with the workers notified at commit; False for a
         duplicate, which changes nothing."""
