@@ -50,6 +50,13 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         help="where RESULTS.md and results.json go (default bench/; --quick writes nothing)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="AW_NAME=VALUE",
+        help="a setting for the worker contenders only, to measure a lever (repeatable)",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy profiles of every run, into DIR")
     parser.add_argument(
         "--render",
@@ -105,6 +112,7 @@ async def main(args: argparse.Namespace) -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     console.print(f"bench: logs in {log_dir}")
     async with bench(log_dir, args.profile) as b:
+        b.worker_env.update(_settings_of(args.worker_env))
         machine = describe(postgres=await postgres_version(), rabbitmq=b.rabbitmq_version)
         results = await measure_all(b, scenarios, contenders, repeat, console)
     command = " ".join(["python -m bench", *sys.argv[1:]])
@@ -117,6 +125,16 @@ async def main(args: argparse.Namespace) -> int:
         write(output, doc, machine, results)
         console.print(f"wrote {output / 'RESULTS.md'} and {output / 'results.json'}")
     return 0
+
+
+def _settings_of(pairs: list[str]) -> dict[str, str]:
+    settings = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("AW_"):
+            raise SystemExit(f"python -m bench: --worker-env wants AW_NAME=VALUE, got {pair!r}")
+        settings[name] = value
+    return settings
 
 
 def write(

@@ -21,6 +21,7 @@ from worker.ops.dlq_cli import app as dlq_app
 from worker.settings import (
     API_KEY_VARIABLES,
     BackendName,
+    EventLoop,
     InvalidSettings,
     LogLevel,
     Settings,
@@ -136,7 +137,8 @@ def _run_logged(
     from worker.profiles.load import ProfilesError
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
+            runner.run(main())
     except ProfilesError as exc:  # what sync recorded does not fit the profiles
         typer.echo(f"assistant-worker: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_SETTINGS) from None
@@ -144,6 +146,14 @@ def _run_logged(
         hint = _hint(exc, settings)
         structlog.get_logger("worker.ops.cli").error(f"{what}_failed", error=repr(exc), hint=hint)
         raise typer.Exit(1) from None
+
+
+def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if settings.event_loop is EventLoop.UVLOOP:
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None  # asyncio's own
 
 
 def _hint(exc: Exception, settings: Settings) -> str | None:
