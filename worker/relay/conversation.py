@@ -104,10 +104,15 @@ class _Work:
 @dataclass(slots=True)
 class _Progress:
     """How far a batch got: an internal failure is reported with the stage it happened in,
-    and a handoff the model asked for (stored too) goes out when the reply is recorded."""
+    a handoff the model asked for (stored too) goes out when the reply is recorded, and the
+    reply reads the batch's tool-call records only if some can exist."""
 
     stage: FaultPoint = FaultPoint.BATCH_OPEN
     handoff: HandoffRequest | None = None
+    # Opened by an earlier owner or attempt, which may have recorded calls.
+    resumed: bool = False
+    # This process recorded a call for the batch.
+    called_tools: bool = False
 
     def reached(self, stage: FaultPoint) -> None:
         self.stage = stage
@@ -184,7 +189,7 @@ class ConversationProcessor:
 
     async def _answer(self, lease: Lease, found: NextBatch) -> NextBatch | None:
         batch, stored = found.batch, found.events
-        progress = _Progress(handoff=batch.handoff)
+        progress = _Progress(handoff=batch.handoff, resumed=not found.fresh)
         with structlog.contextvars.bound_contextvars(batch_id=str(batch.batch_id)):
             try:
                 return await self._answer_batch(lease, found, progress)
@@ -344,7 +349,7 @@ class ConversationProcessor:
             work = replace(work, fresh=True)  # this process is the first to try the new attempt
             run_id = None
         progress.reached(FaultPoint.RECORD)
-        return await self._record_reply(work, turn, finished, progress.handoff)
+        return await self._record_reply(work, turn, finished, progress)
 
     def _turn(
         self,
@@ -485,7 +490,7 @@ class ConversationProcessor:
         def tools_running(run_id: str, names: tuple[str, ...]) -> None:
             self._tell(work, ActivityKind.TOOL_RUNNING, run_id, tools=names)
 
-        journal = _Journal(self._store, lease, turn.batch_id)
+        journal = _Journal(self._store, lease, turn.batch_id, progress)
         tools = TurnTools(
             lease.conversation_id, turn.profile, turn.messages, journal, request_handoff
         )
@@ -520,9 +525,9 @@ class ConversationProcessor:
         return await self._api_retry.call("watermark", lambda: backend.watermark(work.thread_id))
 
     async def _record_reply(
-        self, work: _Work, turn: Turn, finished: FinishedRun, requested: HandoffRequest | None
+        self, work: _Work, turn: Turn, finished: FinishedRun, progress: _Progress
     ) -> NextBatch | None:
-        snapshot = finished.snapshot
+        snapshot, requested = finished.snapshot, progress.handoff
         messages: tuple[ReplyMessage, ...] = snapshot.messages or ()
         if snapshot.messages is None and snapshot.status in (
             RunStatus.COMPLETED,
@@ -545,7 +550,7 @@ class ConversationProcessor:
             error=snapshot.error,
             sequence=work.conversation.last_reply_sequence + 1,
             metadata=turn.metadata,
-            tool_calls=await self._tool_calls(work, turn, finished),
+            tool_calls=await self._tool_calls(work, turn, finished, progress),
         )
         outbox = [reply_outbox(reply, self._settings.topology)]
         handoff = _handoff(work, turn, snapshot, requested)
@@ -574,12 +579,15 @@ class ConversationProcessor:
         return after
 
     async def _tool_calls(
-        self, work: _Work, turn: Turn, finished: FinishedRun
+        self, work: _Work, turn: Turn, finished: FinishedRun, progress: _Progress
     ) -> tuple[ToolCallSummary, ...]:
         """What the run called: the worker's calls from their records (every round and
         attempt of the batch), then the API's own, as the run showed them."""
-        records = await self._store.batch_tool_calls(work.batch.batch_id)
-        functions = tuple(_summary(record, turn.profile) for record in records)
+        functions: tuple[ToolCallSummary, ...] = ()
+        # Most runs call no tool: a batch opened here whose runs called none has no records.
+        if progress.called_tools or progress.resumed:
+            records = await self._store.batch_tool_calls(work.batch.batch_id)
+            functions = tuple(_summary(record, turn.profile) for record in records)
         hosted = finished.hosted_calls
         backend = work.backend
         if isinstance(backend, ListsRunSteps) and _may_use_hosted_tools(turn.profile):
@@ -744,8 +752,10 @@ class _Journal:
     store: ConversationStore
     lease: Lease
     batch_id: uuid.UUID
+    progress: _Progress
 
     async def begin(self, call: ToolCall) -> ToolCallRecord:
+        self.progress.called_tools = True
         return await self.store.begin_tool_call(
             self.lease, self.batch_id, call.call_id, call.name, call.arguments
         )
