@@ -42,7 +42,6 @@ class WebhookEndings:
         self._waiters: dict[str, asyncio.Future[None]] = {}
         # When each run now waiting began to wait: the age of the oldest is a gauge.
         self._since: dict[str, float] = {}
-        self.listening = asyncio.Event()
 
     async def listen_forever(self) -> None:
         """Keeps the LISTEN connection up; while it is down, waits end at their sweep."""
@@ -61,13 +60,11 @@ class WebhookEndings:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         await conn.add_listener(CHANNEL, self._heard)
-        self.listening.set()
         # Endings recorded while nobody listened are in the table: wake every waiter.
         self._wake_all()
         try:
             await lost.wait()
         finally:
-            self.listening.clear()
             if not conn.is_closed():
                 await conn.close()
 
