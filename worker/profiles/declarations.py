@@ -10,7 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.profiles.model import FunctionTool, Generation, McpServer, Profile
-from worker.relay.tools import HANDOFF_DESCRIPTION, HANDOFF_PARAMETERS, HANDOFF_TOOL
+from worker.relay.tools import (
+    HANDOFF_DESCRIPTION,
+    HANDOFF_PARAMETERS,
+    HANDOFF_TOOL,
+    handoff_declaration,
+)
 
 
 def responses_tools(profile: Profile) -> list[dict[str, Any]]:
@@ -38,12 +43,7 @@ def assistants_tools(profile: Profile) -> list[dict[str, Any]]:
         {"type": "function", "function": _declared(t.name, t.description, t.parameters)}
         for t in profile.tools
     ]
-    tools.append(
-        {
-            "type": "function",
-            "function": _declared(HANDOFF_TOOL, HANDOFF_DESCRIPTION, HANDOFF_PARAMETERS),
-        }
-    )
+    tools.append(handoff_declaration())
     search = profile.hosted.file_search
     if search is not None:
         tool: dict[str, Any] = {"type": "file_search"}
