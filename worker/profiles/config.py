@@ -26,10 +26,9 @@ def _check_assistants(profiles: Profiles, origin: str) -> None:
     MCP tool, and searches one vector store per thread."""
     for name, profile in profiles.profiles.items():
         hosted = profile.hosted
-        if hosted.web_search:
-            raise ProfilesError(origin, _NO_ASSISTANTS % "web search", name, "web_search")
-        if hosted.mcp:
-            raise ProfilesError(origin, _NO_ASSISTANTS % "MCP tool", name, "mcp")
+        beyond = hosted.beyond_assistants()
+        if beyond:  # the first is named, as any other refusal names one key
+            raise ProfilesError(origin, _NO_ASSISTANTS % _NAMED[beyond[0]], name, beyond[0])
         search = hosted.file_search
         if search is not None and len(search.vector_store_ids) + bool(search.knowledge) > 1:
             raise ProfilesError(
@@ -42,6 +41,7 @@ def _check_assistants(profiles: Profiles, origin: str) -> None:
 
 
 _NO_ASSISTANTS = "the Assistants API has no %s (AW_BACKEND=assistants); use AW_BACKEND=responses"
+_NAMED = {"web_search": "web search", "mcp": "MCP tool"}
 
 
 async def close_tools(profiles: Profiles) -> None:

@@ -97,6 +97,11 @@ class HostedTools:
     web_search: bool = False
     mcp: tuple[McpServer, ...] = ()
 
+    def beyond_assistants(self) -> tuple[str, ...]:
+        """The keys of the tools in use that the Assistants API has no counterpart for."""
+        used = (("web_search", self.web_search), ("mcp", bool(self.mcp)))
+        return tuple(key for key, on in used if on)
+
 
 @dataclass(frozen=True, slots=True)
 class Profile:

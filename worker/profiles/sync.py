@@ -352,11 +352,6 @@ def assistant_problems(profile: Profile, store_count: int) -> list[str]:
     return problems
 
 
-def assistants_cannot_carry(profile: Profile) -> list[str]:
-    hosted = profile.hosted
-    return [name for name, used in (("web_search", hosted.web_search), ("mcp", hosted.mcp)) if used]
-
-
 def _hash(value: object) -> str:
     canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:_SPEC_HASH_CHARS]
@@ -424,7 +419,7 @@ def profile_notes(profile: Profile, assistants: bool) -> tuple[list[str], list[s
         notes.append(
             f"uses assistant {profile.assistant_id}, named by the profile: sync leaves it as it is"
         )
-    missing = assistants_cannot_carry(profile) if assistants else []
+    missing = list(profile.hosted.beyond_assistants()) if assistants else []
     if missing:
         warnings.append(
             f"the Assistants API has no {' or '.join(missing)} tool: on that backend this "
