@@ -442,6 +442,8 @@ def test_the_metrics_service_reaches_the_health_port(target: str) -> None:
         assert int(annotations["prometheus.io/port"]) == health_port(target)
         assert annotations.get("prometheus.io/path") == METRICS_PATH
     for monitor in of_kind(target, "ServiceMonitor"):
+        if component(monitor) != "worker":
+            continue  # the receiver's: test_the_receivers_metrics_are_scraped
         assert selects(monitor["spec"]["selector"]["matchLabels"], labels(service))
         for endpoint in monitor["spec"]["endpoints"]:
             assert endpoint["port"] in ports, f"{target}: ServiceMonitor names an unknown port"
@@ -1072,6 +1074,27 @@ def test_the_receivers_service_reaches_its_port(target: str) -> None:
     for port in service["spec"]["ports"]:
         target_port = port.get("targetPort", port["port"])
         assert container_port(container, target_port) == webhooks_port(target), port
+
+
+@pytest.mark.parametrize("target", WITH_WEBHOOKS)
+def test_the_receivers_metrics_are_scraped(target: str) -> None:
+    service = webhooks_object(target, "Service")
+    template = webhooks_object(target, "Deployment")["spec"]["template"]
+    annotated = "prometheus.io/port" in (template["metadata"].get("annotations") or {})
+    monitors = [
+        m
+        for m in of_kind(target, "ServiceMonitor")
+        if selects(m["spec"]["selector"]["matchLabels"], labels(service))
+    ]
+    if of_kind(target, "ServiceMonitor"):
+        # An overlay with the prometheus-operator scrapes the receiver the same way.
+        assert len(monitors) == 1, f"{target}: expected one ServiceMonitor for the receiver"
+    assert monitors or annotated, f"{target}: nothing scrapes the receiver"
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    for monitor in monitors:
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint["port"] in ports, f"{target}: the receiver's Service has no such port"
+            assert endpoint.get("path") == METRICS_PATH
 
 
 @pytest.mark.parametrize("target", WITH_WEBHOOKS)
