@@ -172,11 +172,7 @@ class PostgresStore:
             actual = BackendName(found)
             if event.needs_backend not in (None, actual):
                 return Intaken(IntakeResult.REFUSED, None, actual)
-            result = await _store_event(conn, event)
-            lease = None
-            if result.needs_answer:
-                lease = await _acquire_lease(conn, event.conversation_id, owner, lease_ttl_s)
-        return Intaken(result, lease, actual)
+            return await _store_event(conn, event, actual, owner, lease_ttl_s)
 
     @store_boundary
     async def acquire_lease(self, conversation_id: str, owner: str, ttl_s: float) -> Lease | None:
@@ -206,9 +202,14 @@ class PostgresStore:
 
     @store_boundary
     async def next_batch(self, lease: Lease) -> NextBatch | None:
-        async with self._fenced(lease) as (conn, conversation):
-            row = await conn.fetchrow(q("open_batch"), lease.conversation_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                q("fence_with_open_batch"), lease.conversation_id, lease.token
+            )
             if row is None:
+                raise LeaseLost(lease.conversation_id)
+            conversation = ConversationRow.from_row(row)
+            if row["batch_id"] is None:
                 return await self._start_batch_or_release(conn, lease, conversation)
             batch = OpenBatch.from_row(row)
             events = await conn.fetch(q("batch_events"), list(batch.event_ids))
@@ -227,12 +228,10 @@ class PostgresStore:
             lease.conversation_id,
             self._batch_max_events,
             after_item_id,
+            lease.token,
         )
         if not rows:
-            # Intake locks the conversation row before adding an event, and so does the fence
-            # this runs under: an event stored after this look finds the lease free, takes it.
-            await conn.execute(q("release_lease"), lease.conversation_id, lease.token)
-            return None
+            return None  # and the lease is given up (see start_batch)
         event_ids = tuple(r["event_id"] for r in rows)
         batch = OpenBatch(batch_id, event_ids, 1, None, False, after_item_id)
         return NextBatch(batch, True, conversation, [StoredEvent.from_row(r) for r in rows])
@@ -241,8 +240,11 @@ class PostgresStore:
     async def record_run_started(
         self, lease: Lease, batch_id: uuid.UUID, run_id: str, attempt: int
     ) -> None:
-        async with self._fenced(lease) as (conn, _):
-            await conn.execute(q("record_run_started"), batch_id, run_id, attempt)
+        fenced = await self._pool.fetchval(
+            q("record_run_started"), batch_id, run_id, attempt, lease.conversation_id, lease.token
+        )
+        if not fenced:
+            raise LeaseLost(lease.conversation_id)
 
     @store_boundary
     async def record_batch_failure(self, lease: Lease, batch_id: uuid.UUID) -> tuple[int, datetime]:
@@ -348,18 +350,18 @@ class PostgresStore:
             else (None, None, 0, None, None)
         )
         async with self._fenced(lease) as (conn, conversation):
-            await conn.execute(
-                q("close_batch"), batch_id, event_status, lease.conversation_id, last_item_id, *run
-            )
             # Under the row lock intake takes too: a takeover stored before this commits
             # withholds the reply, one stored after it comes after the reply.
-            interrupt = await conn.fetchval(q("pending_interrupt"), lease.conversation_id)
+            interrupt = await conn.fetchval(
+                q("close_batch"), batch_id, event_status, lease.conversation_id, last_item_id, *run
+            )
             written = withhold_replies(outbox, interrupt)
-            for message in written:
-                await _insert_outbox(conn, message)
             sequence = reply_sequence(written)
+            for message in written:
+                # The sequence rides with the row that carries it, in the same statement.
+                moves_to = sequence if message.sequence == sequence else None
+                await _insert_outbox(conn, message, moves_to)
             if sequence is not None:
-                await conn.execute(q("set_reply_sequence"), lease.conversation_id, sequence)
                 conversation = replace(conversation, last_reply_sequence=sequence)
             conversation = await _apply(conn, lease.conversation_id, conversation, change)
             if last_item_id is not None:
@@ -428,7 +430,7 @@ class PostgresStore:
     async def add_to_outbox(self, *messages: OutboxMessage) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             for message in messages:
-                await _insert_outbox(conn, message)
+                await _insert_outbox(conn, message, None)
 
     @asynccontextmanager
     async def claim_outbox(
@@ -472,9 +474,26 @@ class PostgresOutboxAck:
             await self._conn.execute(q("mark_publish_failed"), list(ids))
 
 
-async def _store_event(conn: Connection, e: IncomingEvent) -> IntakeResult:
-    seq = await conn.fetchval(
-        q("insert_event"),
+async def _store_event(
+    conn: Connection, e: IncomingEvent, backend: BackendName, owner: str, ttl_s: float
+) -> Intaken:
+    """A new event is stored and the lease taken in one statement; for one stored before, its
+    status decides, and the lease is taken only if it still needs its answer."""
+    token = uuid.uuid4()
+    row = await conn.fetchrow(q("insert_event"), *_event_columns(e), token, owner, ttl_s)
+    assert row is not None  # one row, always
+    if row["seq"] is not None:
+        lease = Lease(e.conversation_id, token) if row["lease_token"] is not None else None
+        return Intaken(IntakeResult.NEW, lease, backend)
+    result = await _stored_before(conn, e)
+    lease = None
+    if result.needs_answer:
+        lease = await _acquire_lease(conn, e.conversation_id, owner, ttl_s)
+    return Intaken(result, lease, backend)
+
+
+def _event_columns(e: IncomingEvent) -> tuple[object, ...]:
+    return (
         e.event_id,
         e.conversation_id,
         e.body,
@@ -485,8 +504,11 @@ async def _store_event(conn: Connection, e: IncomingEvent) -> IntakeResult:
         e.batch_key,
         e.control,
     )
-    if seq is not None:
-        return IntakeResult.NEW
+
+
+async def _stored_before(conn: Connection, e: IncomingEvent) -> IntakeResult:
+    """What a delivery of an event stored before means: a duplicate, or an operator's replay
+    (reopened as new)."""
     existing = await conn.fetchrow(q("get_event"), e.event_id)
     assert existing is not None
     result = e.result_for(EventStatus(existing["status"]), existing["replay_count"])
@@ -519,7 +541,7 @@ async def _acquire_lease(
     return None if got is None else Lease(conversation_id, token)
 
 
-async def _insert_outbox(conn: Connection, m: OutboxMessage) -> None:
+async def _insert_outbox(conn: Connection, m: OutboxMessage, sequence: int | None) -> None:
     await conn.execute(
         q("insert_outbox"),
         m.dedupe_key,
@@ -531,4 +553,5 @@ async def _insert_outbox(conn: Connection, m: OutboxMessage) -> None:
         m.body,
         m.content_type,
         m.conversation_id,
+        sequence,
     )

@@ -18,13 +18,27 @@ RETURNING backend;
 SELECT backend FROM conversations WHERE conversation_id = $1 FOR UPDATE;
 
 -- name: insert_event
+-- Stores the event if it is new, and then takes the conversation's lease if it is free, as
+-- acquire_lease does: a new event always needs its answer, and one round trip does both.
+-- seq is NULL for an event stored before; lease_token is NULL when the lease was not free.
 -- $1 event_id, $2 conversation_id, $3 body, $4 headers, $5 routing_key, $6 replay_count,
--- $7 occurred_at, $8 batch_key, $9 control action or NULL
-INSERT INTO inbound_events (event_id, conversation_id, body, headers, routing_key, replay_count,
-                            occurred_at, batch_key, control)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (event_id) DO NOTHING
-RETURNING seq;
+-- $7 occurred_at, $8 batch_key, $9 control action or NULL, $10 lease_token, $11 lease_owner,
+-- $12 lease ttl seconds
+WITH inserted AS (
+    INSERT INTO inbound_events (event_id, conversation_id, body, headers, routing_key,
+                                replay_count, occurred_at, batch_key, control)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING seq
+), leased AS (
+    UPDATE conversations
+    SET lease_token = $10, lease_owner = $11,
+        lease_expires_at = now() + make_interval(secs => $12), updated_at = now()
+    WHERE conversation_id = $2 AND (lease_token IS NULL OR lease_expires_at <= now())
+      AND EXISTS (SELECT 1 FROM inserted)
+    RETURNING lease_token
+)
+SELECT (SELECT seq FROM inserted) AS seq, (SELECT lease_token FROM leased) AS lease_token;
 
 -- name: get_event
 -- $1 event_id
@@ -61,12 +75,6 @@ FROM conversations
 WHERE conversation_id = $1 AND lease_token = $2
 FOR UPDATE;
 
--- name: release_lease
--- $1 conversation_id, $2 lease_token
-UPDATE conversations
-SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-WHERE conversation_id = $1 AND lease_token = $2;
-
 -- name: hand_back_lease
 -- Lets another worker take the conversation at once (shutdown), keeping the token so late
 -- writes by this process stay fenced until someone else takes it over.
@@ -82,9 +90,11 @@ UPDATE conversations SET thread_id = $2, updated_at = now() WHERE conversation_i
 -- Opens a batch of the oldest pending events (in the order the customer wrote them when the
 -- helpdesk said, else in the order stored) and returns them in that order; no rows, and no
 -- batch, when none wait. A batch ends before the first event whose batch_key differs from the
--- oldest one's: a run applies metadata, author and assistant to all of its messages. One
--- statement: it runs inside the owner's fenced transaction.
--- $1 batch_id, $2 conversation_id, $3 limit, $4 after_item_id
+-- oldest one's: a run applies metadata, author and assistant to all of its messages. When
+-- none wait, it gives the lease up instead: intake locks the conversation row before adding an
+-- event, and so does the fence this runs under, so an event stored after this look finds the
+-- lease free and takes it. One statement: it runs inside the owner's fenced transaction.
+-- $1 batch_id, $2 conversation_id, $3 limit, $4 after_item_id, $5 lease_token
 WITH candidates AS (
     SELECT event_id, body, headers, routing_key, received_at, batch_key, control,
            row_number() OVER (ORDER BY coalesce(occurred_at, received_at), seq) AS position
@@ -107,14 +117,24 @@ WITH candidates AS (
 ), marked AS (
     UPDATE inbound_events SET status = 'batched', batch_id = $1
     WHERE event_id IN (SELECT event_id FROM pending)
+), released AS (
+    UPDATE conversations
+    SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE conversation_id = $2 AND lease_token = $5 AND NOT EXISTS (SELECT 1 FROM pending)
 )
 SELECT event_id, body, headers, routing_key, received_at, control FROM pending ORDER BY position;
 
--- name: open_batch
--- $1 conversation_id
-SELECT batch_id, event_ids, attempt, run_id, messages_added, after_item_id, failures, handoff
-FROM batches
-WHERE conversation_id = $1 AND status = 'open';
+-- name: fence_with_open_batch
+-- As fence, and the conversation's open batch (its columns NULL when it has none): the first
+-- look of next_batch, one round trip.
+-- $1 conversation_id, $2 lease_token
+SELECT c.backend, c.thread_id, c.assistant_id, c.last_item_id, c.mode, c.last_reply_sequence,
+       c.profile, b.batch_id, b.event_ids, b.attempt, b.run_id, b.messages_added,
+       b.after_item_id, b.failures, b.handoff
+FROM conversations c
+LEFT JOIN batches b ON b.conversation_id = c.conversation_id AND b.status = 'open'
+WHERE c.conversation_id = $1 AND c.lease_token = $2
+FOR UPDATE OF c;
 
 -- name: batch_events
 -- $1 event_ids, in the batch's order
@@ -124,15 +144,21 @@ JOIN inbound_events e USING (event_id)
 ORDER BY b.position;
 
 -- name: record_run_started
--- $1 batch_id, $2 run_id, $3 attempt
-WITH started AS (
+-- Fenced by itself (the fence's row lock, then the writes only if the lease held): once per
+-- run, so one round trip instead of a transaction's four. Returns 0 when the lease is lost.
+-- $1 batch_id, $2 run_id, $3 attempt, $4 conversation_id, $5 lease_token
+WITH fence AS (
+    SELECT 1 FROM conversations WHERE conversation_id = $4 AND lease_token = $5 FOR UPDATE
+), started AS (
     UPDATE batches SET run_id = $2, attempt = $3, messages_added = true
-    WHERE batch_id = $1
+    WHERE batch_id = $1 AND EXISTS (SELECT 1 FROM fence)
     RETURNING batch_id
+), recorded AS (
+    INSERT INTO runs (run_id, batch_id, attempt, status)
+    SELECT $2, batch_id, $3, 'started' FROM started
+    ON CONFLICT (run_id) DO NOTHING
 )
-INSERT INTO runs (run_id, batch_id, attempt, status)
-SELECT $2, batch_id, $3, 'started' FROM started
-ON CONFLICT (run_id) DO NOTHING;
+SELECT count(*) FROM fence;
 
 -- name: record_batch_failure
 -- A failure no other class covers; returns how many the batch has had.
@@ -184,6 +210,8 @@ WHERE batch_id = $1;
 -- name: close_batch
 -- Closes the batch, settles its events, records how its run ended (when it had one) and moves
 -- the conversation's item watermark (when given): one statement, inside the fenced transaction.
+-- Returns the interrupt waiting in the conversation, as pending_interrupt does: read under the
+-- fence's row lock, which intake takes too, so a takeover stored before this commits is seen.
 -- $1 batch_id, $2 final event status ('answered' or 'dead_lettered'), $3 conversation_id,
 -- $4 last_item_id or NULL, $5 run_id or NULL, $6 run status, $7 polls, $8 usage, $9 error
 WITH closed AS (
@@ -200,7 +228,11 @@ WITH closed AS (
     UPDATE conversations SET last_item_id = $4
     WHERE conversation_id = $3 AND $4::text IS NOT NULL
 )
-SELECT count(*) FROM closed;
+SELECT control AS interrupt FROM inbound_events
+WHERE conversation_id = $3 AND status = 'pending'
+  AND control IN ('takeover', 'cancel', 'close', 'erase')
+ORDER BY coalesce(occurred_at, received_at), seq
+LIMIT 1;
 
 -- name: pending_window
 -- Debouncing a quiet conversation: how long ago its first and newest pending events came, by
@@ -228,10 +260,6 @@ LIMIT 1;
 -- The model called handoff_to_human in the batch's run; the last call's request stands.
 -- $1 batch_id, $2 request (reason, summary)
 UPDATE batches SET handoff = $2 WHERE batch_id = $1;
-
--- name: set_reply_sequence
--- $1 conversation_id, $2 the sequence of the reply just written
-UPDATE conversations SET last_reply_sequence = $2 WHERE conversation_id = $1;
 
 -- name: set_mode
 -- $1 conversation_id, $2 mode
@@ -317,8 +345,14 @@ WHERE c.conversation_id IN (
 LIMIT $1;
 
 -- name: insert_outbox
+-- With a sequence, the conversation's last reply sequence moves to it (the last reply a batch
+-- writes carries it), in the same round trip.
 -- $1 dedupe_key, $2 kind, $3 message_id, $4 exchange, $5 routing_key, $6 headers, $7 body,
--- $8 content_type, $9 conversation_id (replies) or NULL
+-- $8 content_type, $9 conversation_id (replies) or NULL, $10 reply sequence or NULL
+WITH sequenced AS (
+    UPDATE conversations SET last_reply_sequence = $10
+    WHERE conversation_id = $9 AND $10::integer IS NOT NULL
+)
 INSERT INTO outbox (dedupe_key, kind, message_id, exchange, routing_key, headers, body,
                     content_type, conversation_id)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
