@@ -28,6 +28,11 @@ _STOPPED = RunError("cancelled", "the helpdesk stopped the run (conversation_con
 
 _RUNNING = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
 
+# How often a run in progress asks whether the helpdesk wants it stopped: a Postgres query,
+# so not before every poll (short runs poll every 100 ms, and most end before the first ask).
+# A run that ends first is still held back: finishing its batch reads the interrupts again.
+INTERRUPT_CHECK_S = 0.5
+
 
 class Endings(Protocol):
     """Where a run's owner hears that a response ended (worker/relay/endings.py)."""
@@ -54,7 +59,7 @@ class RunHooks:
 
     # A tool round made a new run (Responses): its ID is stored before it is polled.
     on_new_run: Callable[[str], Awaitable[None]]
-    # Asked before every poll: the helpdesk wants the run stopped (it is cancelled then).
+    # Asked between polls (every INTERRUPT_CHECK_S): the helpdesk wants the run stopped.
     interrupted: Callable[[], Awaitable[bool]]
     # What the run's tool calls are served with: the profile, the turn, the journal.
     tools: TurnTools
@@ -225,7 +230,7 @@ class Runner:
         polls = 0
         ours = started_at is not None
         hosted: list[ToolCallSummary] = []
-        looked_at = time.monotonic()
+        looked_at = asked_at = time.monotonic()
         while not run.status.is_terminal:
             if run.status is RunStatus.REQUIRES_ACTION:
                 hosted.extend(run.hosted_calls)
@@ -235,8 +240,10 @@ class Runner:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return FinishedRun(await self._cancel(thread_id, run), polls, tuple(hosted))
-            if await hooks.interrupted():
-                return FinishedRun(await self._stop(thread_id, run), polls, tuple(hosted))
+            if time.monotonic() - asked_at >= INTERRUPT_CHECK_S:
+                if await hooks.interrupted():
+                    return FinishedRun(await self._stop(thread_id, run), polls, tuple(hosted))
+                asked_at = time.monotonic()
             waited.add(run.run_id)
             if not await self._wait(run, plan, remaining, looked_at):
                 continue  # no ending yet and no sweep due: check the interrupts again
