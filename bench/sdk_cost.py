@@ -33,7 +33,6 @@ import uuid
 import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import cast
 
 import aiohttp
 import httpx2
@@ -43,7 +42,8 @@ from openai.types.responses import Response
 
 from bench.services import StandInProcess
 from worker.backends.base import RunRef, RunSnapshot, Turn
-from worker.backends.responses import ResponsesBackend, _snapshot
+from worker.backends.response_wire import read_snapshot
+from worker.backends.responses import ResponsesBackend
 from worker.events import UserMessage
 from worker.profiles.declarations import responses_tools
 from worker.profiles.load import shorthand_profiles
@@ -275,13 +275,15 @@ async def _conversations(sdk: openai.AsyncOpenAI, count: int) -> list[str]:
 
 
 def reading_ms(bodies: dict[str, bytes], repeat: int = 2000) -> dict[str, float]:
-    """CPU of reading one response body: into the SDK's model (what `.parse()` does), and into
-    the backend's RunSnapshot (what `retrieve_run` does once the body is in)."""
-    readings = {
+    """CPU of reading one response body: into the SDK's model (what `.parse()` does), into the
+    backend's RunSnapshot (what `retrieve_run` does once the body is in: response_wire),
+    and the JSON decoding alone."""
+    readings: dict[str, Callable[[bytes], object]] = {
         "sdk model (json + Response model, as .parse())": lambda b: construct_type(
             type_=Response, value=json.loads(b)
         ),
-        "the backend's reading into a RunSnapshot": _backend_reading,
+        "the backend's reading into a RunSnapshot": read_snapshot,
+        "decoding alone: json.loads": json.loads,
     }
     result = {}
     for label, body in bodies.items():
@@ -293,10 +295,6 @@ def reading_ms(bodies: dict[str, bytes], repeat: int = 2000) -> dict[str, float]
                 1000 * (time.process_time() - before) / repeat
             )
     return result
-
-
-def _backend_reading(body: bytes) -> RunSnapshot:
-    return _snapshot(cast(Response, construct_type(type_=Response, value=json.loads(body))))
 
 
 async def transform_ms(repeat: int = 2000) -> dict[str, float]:

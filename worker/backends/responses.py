@@ -17,12 +17,7 @@ from openai import omit
 from openai.types import FilePurpose
 from openai.types.conversations.conversation_item import ConversationItem
 from openai.types.conversations.message import Message
-from openai.types.responses import (
-    Response,
-    ResponseInputItemParam,
-    ResponseInputMessageContentListParam,
-)
-from openai.types.responses.response_output_item import ResponseOutputItem
+from openai.types.responses import ResponseInputItemParam, ResponseInputMessageContentListParam
 
 from worker.backends.base import (
     ApprovalRequest,
@@ -35,15 +30,11 @@ from worker.backends.base import (
     author_tags,
     thread_metadata,
 )
+from worker.backends.response_wire import read_reply_messages, read_snapshot
 from worker.backends.sdk_errors import describe, error_code, rejected, sdk_boundary
 from worker.errors import RunAlreadyEnded, ThreadBusy
 from worker.events import (
     ReplyMessage,
-    RunError,
-    ToolCallSummary,
-    ToolKind,
-    ToolOutcome,
-    Usage,
     UserMessage,
 )
 from worker.profiles.declarations import responses_options, responses_tools
@@ -101,7 +92,7 @@ class ResponsesBackend:
         if run.run_id.startswith(ITEMS_RUN):
             return await self._retrieve_items_run(run.thread_id, run.run_id)
         raw = await self._client.responses.with_raw_response.retrieve(run.run_id)
-        return _snapshot(raw.parse(), _int_header(raw.headers.get("openai-poll-after-ms")))
+        return read_snapshot(raw.content, _int_header(raw.headers.get("openai-poll-after-ms")))
 
     @sdk_boundary
     async def find_tool_outputs_run(self, submission: ToolSubmission) -> str | None:
@@ -148,8 +139,8 @@ class ResponsesBackend:
         if run.run_id.startswith(ITEMS_RUN):
             items = await self._items_after(run.thread_id, run.run_id.removeprefix(ITEMS_RUN))
             return tuple(_reply(i) for i in items if i.type == "message" and i.role == "assistant")
-        response = await self._client.responses.retrieve(run.run_id)
-        return tuple(_reply(item) for item in response.output if item.type == "message")
+        raw = await self._client.responses.with_raw_response.retrieve(run.run_id)
+        return read_reply_messages(raw.content)
 
     @sdk_boundary
     async def delete_thread(self, thread_id: str) -> None:
@@ -201,7 +192,8 @@ class ResponsesBackend:
         if turn.instructions:
             instructions = f"{instructions}\n\n{turn.instructions}"
         try:
-            response = await self._client.responses.create(
+            # The body is read by response_wire, not into the SDK's model (see there why).
+            raw = await self._client.responses.with_raw_response.create(
                 background=True,
                 store=True,
                 conversation=thread_id,
@@ -221,7 +213,7 @@ class ResponsesBackend:
             )
         except openai.BadRequestError as exc:
             raise _locked(exc) or rejected(exc) from exc
-        return _snapshot(response)
+        return read_snapshot(raw.content)
 
     def _tools_of(self, profile: Profile) -> list[dict[str, Any]]:
         tools = self._tools.get(profile.name)
@@ -299,7 +291,8 @@ def _item_text(item: ConversationItem) -> str:
     return "".join(getattr(part, "text", "") for part in item.content)
 
 
-def _reply(item: ConversationItem | ResponseOutputItem) -> ReplyMessage:
+def _reply(item: ConversationItem) -> ReplyMessage:
+    # An items run's message, read from the SDK's model (a response's: response_wire._reply).
     assert item.type == "message"
     texts: list[str] = []
     annotations: list[dict[str, Any]] = []
@@ -316,71 +309,5 @@ def _reply(item: ConversationItem | ResponseOutputItem) -> ReplyMessage:
     )
 
 
-_HOSTED = {
-    "file_search_call": ToolKind.FILE_SEARCH,
-    "code_interpreter_call": ToolKind.CODE_INTERPRETER,
-    "web_search_call": ToolKind.WEB_SEARCH,
-    "mcp_call": ToolKind.MCP,
-}
-
-
-def _hosted_calls(output: Sequence[ResponseOutputItem]) -> tuple[ToolCallSummary, ...]:
-    """The API's own tool calls among a response's output items, as the reply reports them."""
-    calls = []
-    for item in output:
-        kind = _HOSTED.get(item.type)
-        if kind is None:
-            continue
-        if item.type == "mcp_call":
-            name = f"{item.server_label}.{item.name}"
-            failed = item.error is not None
-        else:
-            name, failed = kind.value, getattr(item, "status", "completed") == "failed"
-        calls.append(ToolCallSummary(kind, name, ToolOutcome.ERROR if failed else ToolOutcome.OK))
-    return tuple(calls)
-
-
 def _int_header(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
-
-
-def _snapshot(response: Response, poll_after_ms: int | None = None) -> RunSnapshot:
-    status = RunStatus(response.status or "queued")
-    calls = tuple(
-        ToolCall(o.call_id, o.name, o.arguments)
-        for o in response.output
-        if o.type == "function_call"
-    )
-    approvals = tuple(
-        ApprovalRequest(o.id, o.server_label, o.name)
-        for o in response.output
-        if o.type == "mcp_approval_request"
-    )
-    if status is RunStatus.COMPLETED and (calls or approvals):
-        status = RunStatus.REQUIRES_ACTION
-    error = None
-    if response.error is not None:
-        error = RunError(str(response.error.code), response.error.message)
-    elif response.incomplete_details is not None:
-        reason = response.incomplete_details.reason or "incomplete"
-        error = RunError(reason, f"the response stopped early: {reason}")
-    usage = None
-    if response.usage is not None:
-        u = response.usage
-        usage = Usage(u.input_tokens, u.output_tokens, u.total_tokens)
-    settled = status.is_terminal and response.output
-    return RunSnapshot(
-        run_id=response.id,
-        status=status,
-        poll_after_ms=poll_after_ms,
-        tool_calls=calls if status is RunStatus.REQUIRES_ACTION else (),
-        approvals=approvals if status is RunStatus.REQUIRES_ACTION else (),
-        error=error,
-        usage=usage,
-        messages=tuple(_reply(o) for o in response.output if o.type == "message")
-        if settled
-        else None,
-        # A settled response's output items join its conversation under the same IDs.
-        last_item_id=response.output[-1].id if settled else None,
-        hosted_calls=_hosted_calls(response.output),
-    )
