@@ -1,7 +1,7 @@
 """`make bench`: every scenario, for the worker and the baseline, repeated; writes RESULTS.md.
 
-python -m bench [--quick] [--repeat 3] [--scenarios a,b,c,d]
-                [--contenders assistants,baseline,responses] [--output bench]
+python -m bench [--quick] [--repeat 3] [--scenarios a,b,c,d,e]
+                [--contenders assistants,baseline,responses,webhooks] [--output bench]
                 [--profile DIR] [--render bench/results.json]
 """
 
@@ -23,7 +23,15 @@ from bench import results_doc
 from bench.machine import describe
 from bench.measure import RunMetrics
 from bench.run import Bench, bench, run_once
-from bench.scenarios import FULL, QUICK, Scenario, contender, select
+from bench.scenarios import (
+    CONTENDERS,
+    FULL,
+    QUICK,
+    Scenario,
+    contender,
+    select,
+    selected_contenders,
+)
 from bench.services import postgres_version
 
 HERE = Path(__file__).resolve().parent
@@ -38,11 +46,13 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         help="small scenarios, one repetition (also BENCH_QUICK=1): a smoke run",
     )
     parser.add_argument("--repeat", type=int, help="repetitions (default 3, 1 with --quick)")
-    parser.add_argument("--scenarios", default="a,b,c,d", help="any of a,b,c,d")
+    parser.add_argument(
+        "--scenarios", default="a,b,c,d,e", help="any of a,b,c,d,e (e: forged webhooks)"
+    )
     parser.add_argument(
         "--contenders",
-        default="assistants,baseline,responses",
-        help="any of assistants, baseline, responses",
+        default=",".join(CONTENDERS),
+        help=f"any of {', '.join(CONTENDERS)} (e runs webhooks only, with its control run)",
     )
     parser.add_argument(
         "--output",
@@ -77,10 +87,13 @@ async def measure_all(
     b: Bench, scenarios: tuple[Scenario, ...], contenders: list[str], repeat: int, console: Console
 ) -> list[RunMetrics]:
     results = []
-    total = repeat * len(scenarios) * len(contenders)
+    total = repeat * sum(len(s.runs_in(contenders)) for s in scenarios)
+    for scenario in scenarios:
+        if not scenario.runs_in(contenders):
+            console.print(f"({scenario.key}) skipped: only the webhooks contender runs it")
     for repetition in range(repeat):
         for scenario in scenarios:
-            for key in contender_order(contenders, repetition):
+            for key in contender_order(scenario.runs_in(contenders), repetition):
                 m = await run_once(b, scenario, contender(key), repetition)
                 results.append(m)
                 console.print(f"[{len(results)}/{total}] {progress(scenario, key, m)}")
@@ -88,12 +101,18 @@ async def measure_all(
 
 
 def progress(scenario: Scenario, key: str, m: RunMetrics) -> str:
-    return (
+    line = (
         f"({scenario.key}) {contender(key).label:<20} {m.answered}/{m.events} answered, "
         f"{m.events_per_s:.0f}/s, {m.cpu_ms_per_event:.2f} ms CPU/event, "
-        f"detection p50 {m.detection_ms['p50']:.0f} ms, lost {m.lost}, "
+        f"detection p50 {m.detection_ms['p50']:.0f} ms p99 {m.detection_ms['p99']:.0f} ms, "
+        f"{m.requests_per_run:.2f} requests/run, lost {m.lost}, "
         f"machine {m.machine_busy_pct:.0f}% busy, {m.wall_s:.1f} s"
     )
+    if contender(key).webhooks:
+        line += f"; receiver {m.receiver_cpu_ms_per_event:.2f} ms CPU/event"
+    if m.forged:
+        line += f"; {m.forged['sent']} forged in {m.forged['span_s']:.1f} s"
+    return line
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -103,9 +122,7 @@ async def main(args: argparse.Namespace) -> int:
         (args.output or args.render.parent).joinpath("RESULTS.md").write_text(doc.markdown())
         return 0
     scenarios = select(QUICK if args.quick else FULL, args.scenarios)
-    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    for key in contenders:
-        contender(key)  # fails early on a misspelt name
+    contenders = selected_contenders(args.contenders)
     repeat = args.repeat or (1 if args.quick else 3)
     log_dir = Path(tempfile.mkdtemp(prefix="aw-bench-"))
     if args.profile:

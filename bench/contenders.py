@@ -1,4 +1,5 @@
-"""Starting and stopping the measured process: the worker (either backend) or the baseline."""
+"""Starting and stopping the measured processes: the worker (either backend) or the baseline,
+and, for the webhooks worker, its receiver (bench/webhooks.py)."""
 
 from __future__ import annotations
 
@@ -51,16 +52,19 @@ def environment(contender: Contender, scenario: Scenario, wiring: Wiring) -> dic
     }
     if contender.backend is not None:
         env["AW_BACKEND"] = contender.backend
+    if contender.webhooks:
+        env["AW_WEBHOOKS"] = "true"
     return env
 
 
-class ContenderProcess:
-    """One measured process, the worker or the baseline: started with a run's environment, ready
-    once it consumes, stopped with SIGTERM (kill -9 if it hangs)."""
+class MeasuredProcess:
+    """A process whose CPU and memory a run measures: started with the run's environment,
+    stopped with SIGTERM (kill -9 if it hangs); its output goes to `log_path`."""
 
-    def __init__(self, contender: Contender, log_path: Path) -> None:
-        self.contender = contender
+    def __init__(self, label: str, argv: list[str], log_path: Path) -> None:
+        self.label = label
         self.log_path = log_path
+        self._argv = argv
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -75,24 +79,8 @@ class ContenderProcess:
     async def start(self, env: dict[str, str]) -> None:
         with self.log_path.open("ab") as log:
             self._proc = await asyncio.create_subprocess_exec(
-                *command(self.contender), env=env, cwd=REPO, stdout=log, stderr=log
+                *self._argv, env=env, cwd=REPO, stdout=log, stderr=log
             )
-
-    async def wait_consuming(
-        self, channel: AbstractChannel, queue: str, timeout_s: float = 60
-    ) -> None:
-        """Until the process consumes the inbound queue.
-
-        The worker logs `worker_started` at info level, which AW_LOG_LEVEL=warning hides, so
-        readiness is read from the broker instead: the queue has a consumer.
-        """
-        async with asyncio.timeout(timeout_s):
-            while True:
-                if self.exit_code is not None:
-                    raise RuntimeError(f"{self.contender.label} exited: {self.log_tail()}")
-                if (await queue_stats(channel, queue)).consumers > 0:
-                    return
-                await asyncio.sleep(0.05)
 
     async def stop(self) -> int | None:
         """SIGTERM, then kill -9 if it does not exit in time; returns the exit code."""
@@ -105,6 +93,32 @@ class ContenderProcess:
             self._proc.kill()
             return await self._proc.wait()
 
+    def check_running(self) -> None:
+        if self.exit_code is not None:
+            raise RuntimeError(f"{self.label} exited: {self.log_tail()}")
+
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
+
+
+class ContenderProcess(MeasuredProcess):
+    """The worker or the baseline, ready once it consumes the inbound queue."""
+
+    def __init__(self, contender: Contender, log_path: Path) -> None:
+        super().__init__(contender.label, command(contender), log_path)
+
+    async def wait_consuming(
+        self, channel: AbstractChannel, queue: str, timeout_s: float = 60
+    ) -> None:
+        """Until the process consumes the inbound queue.
+
+        The worker logs `worker_started` at info level, which AW_LOG_LEVEL=warning hides, so
+        readiness is read from the broker instead: the queue has a consumer.
+        """
+        async with asyncio.timeout(timeout_s):
+            while True:
+                self.check_running()
+                if (await queue_stats(channel, queue)).consumers > 0:
+                    return
+                await asyncio.sleep(0.05)

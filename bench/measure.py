@@ -30,6 +30,8 @@ _POLL_PATH = re.compile(r"^/v1/(threads/[^/]+/runs/[^/]+|responses/[^/]+)$")
 _LOCKED_PATH = re.compile(
     r"^/v1/(threads/[^/]+/(messages|runs)|responses|conversations/[^/]+/items)$"
 )
+# A helpdesk conversation's thread (Assistants) or conversation (Responses), made once.
+_CONVERSATION_PATHS = frozenset({"/v1/threads", "/v1/conversations"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,16 +166,18 @@ class QueueSampler:
 
 @dataclass
 class Samplers:
-    """Everything sampled during the load; only `worker` is the measured process."""
+    """Everything sampled during the load; `worker` is the measured process, and `receiver`
+    the webhooks worker's other one."""
 
     worker: Sampler
     standin: Sampler
     machine: Sampler
     postgres: Sampler
     rabbitmq: Sampler
+    receiver: Sampler | None = None
 
     @classmethod
-    def of(cls, worker_pid: int, standin_pid: int) -> Samplers:
+    def of(cls, worker_pid: int, standin_pid: int, receiver_pid: int | None = None) -> Samplers:
         return cls(
             worker=Sampler(functools.partial(read_sample, worker_pid)),
             standin=Sampler(functools.partial(read_sample, standin_pid)),
@@ -181,10 +185,16 @@ class Samplers:
             # Scanning /proc costs the harness some CPU: sampled less often.
             postgres=Sampler(GroupCpu(POSTGRES), interval_s=0.25),
             rabbitmq=Sampler(GroupCpu(RABBITMQ), interval_s=0.25),
+            receiver=(
+                None
+                if receiver_pid is None
+                else Sampler(functools.partial(read_sample, receiver_pid))
+            ),
         )
 
     def all(self) -> tuple[Sampler, ...]:
-        return (self.worker, self.standin, self.machine, self.postgres, self.rabbitmq)
+        receiver = () if self.receiver is None else (self.receiver,)
+        return (self.worker, self.standin, self.machine, self.postgres, self.rabbitmq, *receiver)
 
 
 @dataclass
@@ -201,10 +211,16 @@ class RunData:
     samplers: Samplers
     queue: QueueSampler
     commits: int
-    idle_rss_bytes: int
     peak_rss_bytes: int
     dead_lettered: int
     exit_code: int | None
+    # The webhooks worker's receiver: its peak RSS and exit code, the deliveries it answered
+    # during the load by outcome, the stand-in's delivery tries, and the forgeries' answers.
+    receiver_peak_rss_bytes: int = 0
+    receiver_exit_code: int | None = None
+    receiver_outcomes: dict[str, int] = field(default_factory=dict)
+    webhook_attempts: list[dict[str, Any]] = field(default_factory=list)
+    forged: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -244,6 +260,27 @@ class RunMetrics:
     wall_s: float
     exit_code: int | None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Added with the webhooks contender; the defaults read results.json files from before.
+    requests_per_run: float = math.nan
+    conversation_requests_per_run: float = math.nan
+    rss_growth_mb: float = math.nan
+    receiver_cpu_ms_per_event: float = math.nan
+    receiver_peak_rss_mb: float = math.nan
+    receiver_rss_growth_mb: float = math.nan
+    receiver_exit_code: int | None = None
+    # {"outcomes": the receiver's answers by outcome, "delivered": the stand-in's tries it
+    # answered 2xx, "tries": all its tries}; empty without a receiver.
+    webhooks: dict[str, Any] = field(default_factory=dict)
+    # The forger's figures (bench/forge.py): sent, span_s, real_ids, answers by kind and status.
+    forged: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_cpu_ms_per_event(self) -> float:
+        """The worker's CPU per event and, for the webhooks worker, its receiver's."""
+        receiver = (
+            0.0 if math.isnan(self.receiver_cpu_ms_per_event) else self.receiver_cpu_ms_per_event
+        )
+        return self.cpu_ms_per_event + receiver
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
@@ -367,6 +404,9 @@ def median_or_nan(values: list[float]) -> float:
 
 def journal_counts(journal: list[dict[str, Any]]) -> dict[str, int]:
     polls = sum(1 for e in journal if e["method"] == "GET" and _POLL_PATH.match(e["path"]))
+    conversations = sum(
+        1 for e in journal if e["method"] == "POST" and e["path"] in _CONVERSATION_PATHS
+    )
     locked = sum(
         1
         for e in journal
@@ -376,7 +416,13 @@ def journal_counts(journal: list[dict[str, Any]]) -> dict[str, int]:
         and _LOCKED_PATH.match(e["path"])
     )
     faults = sum(1 for e in journal if e["fault"] is not None)
-    return {"requests": len(journal), "polls": polls, "locked": locked, "faults": faults}
+    return {
+        "requests": len(journal),
+        "polls": polls,
+        "conversations": conversations,
+        "locked": locked,
+        "faults": faults,
+    }
 
 
 def compute(data: RunData) -> RunMetrics:
@@ -427,13 +473,43 @@ def compute(data: RunData) -> RunMetrics:
         wall_s=end - start,
         exit_code=data.exit_code,
         extra={"detection_phases_ms": detection_phases(data.journal, data.runs, data.received)},
+        requests_per_run=counts["requests"] / max(1, len(data.runs)),
+        conversation_requests_per_run=counts["conversations"] / max(1, len(data.runs)),
+        rss_growth_mb=rss_growth_bytes(data.samplers.worker) / 2**20,
+        forged=data.forged,
+        **_receiver_figures(data, start, end, n),
     )
+
+
+def _receiver_figures(data: RunData, start: float, end: float, n: int) -> dict[str, Any]:
+    """The webhooks worker's receiver's share of RunMetrics (none without a receiver)."""
+    receiver = data.samplers.receiver
+    if receiver is None:
+        return {}
+    delivered = sum(1 for a in data.webhook_attempts if 200 <= (a["status"] or 0) < 300)
+    return {
+        "receiver_cpu_ms_per_event": 1000 * receiver.cpu_between(start, end) / n,
+        "receiver_peak_rss_mb": data.receiver_peak_rss_bytes / 2**20,
+        "receiver_rss_growth_mb": rss_growth_bytes(receiver) / 2**20,
+        "receiver_exit_code": data.receiver_exit_code,
+        "webhooks": {
+            "outcomes": data.receiver_outcomes,
+            "delivered": delivered,
+            "tries": len(data.webhook_attempts),
+        },
+    }
+
+
+def rss_growth_bytes(sampler: Sampler) -> int:
+    """The highest RSS sampled during the load over the first sample (idle, before it)."""
+    if not sampler.samples:
+        return 0
+    return max(s.rss_bytes for s in sampler.samples) - sampler.samples[0].rss_bytes
 
 
 def _per_in_flight(data: RunData, in_flight: int) -> float:
     """Growth of RSS over the idle process, per event in flight at the peak."""
-    peak = max((s.rss_bytes for s in data.samplers.worker.samples), default=data.idle_rss_bytes)
-    return (peak - data.idle_rss_bytes) / 1024 / max(1, in_flight)
+    return rss_growth_bytes(data.samplers.worker) / 1024 / max(1, in_flight)
 
 
 def _busy_pct(machine: Sampler, start: float, end: float) -> float:

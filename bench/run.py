@@ -7,12 +7,14 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from bench.contenders import ContenderProcess, Wiring, environment
-from bench.load import ReplyCollector, publish_plan
+from bench.forge import ForgerProcess
+from bench.load import ReplyCollector, Sent, publish_plan
 from bench.measure import (
     QueueSampler,
     RunData,
@@ -24,6 +26,7 @@ from bench.measure import (
 from bench.profile import Recording
 from bench.scenarios import Contender, Scenario
 from bench.services import StandInProcess, commit_count, declared, fresh_database, queue_stats
+from bench.webhooks import ReceiverProcess, difference
 from tests.support import AMQP_URL, tagged_topology
 from worker.settings import Topology
 
@@ -90,28 +93,61 @@ async def run_once(
 ) -> RunMetrics:
     tag = f"bench{uuid.uuid4().hex[:10]}"
     setup = Setup(scenario, contender, repetition, tag, f"aw_{tag}", tagged_topology(tag))
-    await bench.standin.prepare(scenario.run_ms, scenario.queue_ms, [])
     async with (
         fresh_database(setup.database, migrated=not contender.is_baseline) as dsn,
         declared(bench.channel, setup.topology),
+        _receiver(bench, setup, dsn) as receiver,
     ):
-        process = ContenderProcess(contender, bench.log_dir / f"{setup.name}.log")
-        env = environment(contender, scenario, Wiring(dsn, bench.standin.base_url, setup.topology))
-        if not contender.is_baseline:
-            env.update(bench.worker_env)
-        await process.start(env)
+        hooks = None if receiver is None else receiver.target
+        await bench.standin.prepare(scenario.run_ms, scenario.queue_ms, [], hooks)
+        process = await _start(bench, setup, dsn)
         try:
             await process.wait_consuming(bench.channel, setup.topology.inbound_queue)
             await _warm_up(bench, setup)
-            await bench.standin.prepare(scenario.run_ms, scenario.queue_ms, scenario.fault_rules())
+            await bench.standin.prepare(
+                scenario.run_ms, scenario.queue_ms, scenario.fault_rules(), hooks
+            )
             async with _profiled(bench, setup, process):
-                data = await _drive(bench, setup, process)
+                data = await _drive(bench, setup, process, receiver)
         finally:
             exit_code = await process.stop()
         data.exit_code = exit_code
         data.journal = await bench.standin.journal()
         data.runs = await bench.standin.runs()
+        if receiver is not None:
+            data.webhook_attempts = await bench.standin.webhook_attempts()
+    if receiver is not None:
+        data.receiver_exit_code = receiver.exit_code
     return compute(data)
+
+
+async def _start(bench: Bench, setup: Setup, database_url: str) -> ContenderProcess:
+    contender = setup.contender
+    process = ContenderProcess(contender, bench.log_dir / f"{setup.name}.log")
+    wiring = Wiring(database_url, bench.standin.base_url, setup.topology)
+    env = environment(contender, setup.scenario, wiring)
+    if not contender.is_baseline:
+        env.update(bench.worker_env)
+    await process.start(env)
+    return process
+
+
+@contextlib.asynccontextmanager
+async def _receiver(
+    bench: Bench, setup: Setup, database_url: str
+) -> AsyncIterator[ReceiverProcess | None]:
+    """The webhooks worker's receiver, on the run's database, for the whole run (None for the
+    other contenders)."""
+    if not setup.contender.webhooks:
+        yield None
+        return
+    receiver = ReceiverProcess(bench.log_dir / f"{setup.name}-receiver.log")
+    await receiver.start(receiver.environment(database_url, bench.worker_env))
+    try:
+        await receiver.wait_ready()
+        yield receiver
+    finally:
+        await receiver.stop()
 
 
 @contextlib.asynccontextmanager
@@ -146,7 +182,9 @@ async def _warm_up(bench: Bench, setup: Setup) -> None:
         raise RuntimeError(f"{len(collector.missing)} warm-up events were not answered")
 
 
-async def _drive(bench: Bench, setup: Setup, process: ContenderProcess) -> RunData:
+async def _drive(
+    bench: Bench, setup: Setup, process: ContenderProcess, receiver: ReceiverProcess | None
+) -> RunData:
     """From a consuming contender to the last reply: publish, listen, sample."""
     topology = setup.topology
     plan = setup.scenario.plan(setup.tag)
@@ -154,18 +192,21 @@ async def _drive(bench: Bench, setup: Setup, process: ContenderProcess) -> RunDa
     replies_channel = await bench.connection.channel()
     try:
         await collector.start(replies_channel, topology)
-        samplers = Samplers.of(process.pid, bench.standin.pid)
+        samplers = Samplers.of(
+            process.pid, bench.standin.pid, None if receiver is None else receiver.pid
+        )
         queue = QueueSampler(
             lambda: _ready(replies_channel, topology.inbound_queue), interval_s=0.1
         )
         commits_before = await commit_count(setup.database)
-        idle = samplers.worker.start()
-        for sampler in samplers.all()[1:]:
+        outcomes_before = {} if receiver is None else await receiver.outcomes()
+        for sampler in samplers.all():
             sampler.start()
         queue.start()
-        sent = await publish_plan(bench.channel, topology, plan)
-        await collector.wait(setup.scenario.quiet_s, SETTLE_S)
+        sent, forged = await _load(bench, setup, plan, collector, receiver)
         peak = peak_rss_bytes(process.pid)
+        receiver_peak = 0 if receiver is None else peak_rss_bytes(receiver.pid)
+        outcomes = {} if receiver is None else await receiver.outcomes()
         for sampler in samplers.all():
             await sampler.stop()
         await queue.stop()
@@ -184,11 +225,49 @@ async def _drive(bench: Bench, setup: Setup, process: ContenderProcess) -> RunDa
         samplers=samplers,
         queue=queue,
         commits=commits,
-        idle_rss_bytes=idle.rss_bytes,
         peak_rss_bytes=peak,
         dead_lettered=dead.messages,
         exit_code=None,
+        receiver_peak_rss_bytes=receiver_peak,
+        receiver_outcomes=difference(outcomes, outcomes_before),
+        forged=forged,
     )
+
+
+async def _load(
+    bench: Bench,
+    setup: Setup,
+    plan: list[dict[str, Any]],
+    collector: ReplyCollector,
+    receiver: ReceiverProcess | None,
+) -> tuple[list[Sent], dict[str, Any]]:
+    """Publishes the plan and waits for its replies; in a security scenario the forger posts
+    its deliveries to the receiver meanwhile, and its figures come back too."""
+    forger = await _forger(bench, setup, receiver)
+    try:
+        sent = await publish_plan(bench.channel, setup.topology, plan)
+        await collector.wait(setup.scenario.quiet_s, SETTLE_S)
+        return sent, ({} if forger is None else await forger.result())
+    finally:
+        if forger is not None:
+            await forger.stop()
+
+
+async def _forger(
+    bench: Bench, setup: Setup, receiver: ReceiverProcess | None
+) -> ForgerProcess | None:
+    """The forger, sending, if this run is attacked: a security scenario's, not its control."""
+    scenario = setup.scenario
+    if receiver is None or not scenario.forged or setup.contender.control:
+        return None
+    forger = ForgerProcess(bench.log_dir / f"{setup.name}-forger.log")
+    await forger.start(
+        receiver.target,
+        bench.standin.control_url,
+        scenario.forged,
+        scenario.forged_per_s,
+    )
+    return forger
 
 
 async def _ready(channel: AbstractChannel, queue: str) -> int:

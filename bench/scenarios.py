@@ -31,10 +31,27 @@ class Scenario:
     # Events (one per conversation, same run lengths, no faults) answered before the measured
     # load, unmeasured: a worker in production has its connections open and has seen runs.
     warmup: int = 50
+    # A security scenario: this many forged deliveries are posted to the webhook receiver, at
+    # `forged_per_s`, while the load flows (bench/forge.py). Only the webhooks worker runs it,
+    # beside a control run of the same load without them.
+    forged: int = 0
+    forged_per_s: float = 500.0
 
     @property
     def events(self) -> int:
         return self.conversations * self.per_conversation
+
+    @property
+    def reference(self) -> str:
+        """The contender every other is compared with in this scenario's table."""
+        return CONTROL.key if self.forged else BASELINE.key
+
+    def runs_in(self, selected: list[str]) -> list[str]:
+        """Who runs in this scenario, of the contenders selected: all of them; in a security
+        scenario only the webhooks worker, with its control run."""
+        if not self.forged:
+            return list(selected)
+        return [WEBHOOKS.key, CONTROL.key] if WEBHOOKS.key in selected else []
 
     def plan(self, tag: str) -> list[dict[str, Any]]:
         """The user_message.v1 events in publication order; every text is unique."""
@@ -89,10 +106,15 @@ class Scenario:
         faults = f", {self.fault_rate:.0%} faults" if self.fault_rate else ""
         jitter = f" +- {self.run_jitter:.0%}" if self.run_jitter else ""
         warmup = f"; after {self.warmup} warm-up events" if self.warmup else ""
+        forged = (
+            f"; {self.forged:,} forged webhook deliveries at {self.forged_per_s:g}/s meanwhile"
+            if self.forged
+            else ""
+        )
         return (
             f"{self.events} events = {self.conversations} conversations x "
             f"{self.per_conversation} ({shape}); runs {self.queue_ms} ms queued + "
-            f"{self.run_ms} ms{jitter}; concurrency {self.concurrency}{faults}{warmup}"
+            f"{self.run_ms} ms{jitter}; concurrency {self.concurrency}{faults}{warmup}{forged}"
         )
 
 
@@ -103,6 +125,7 @@ FULL = (
     ),
     Scenario("c", "bursts of 5", 100, 5, run_ms=500, concurrency=32, burst=True),
     Scenario("d", "10% 429/500", 600, 1, run_ms=200, concurrency=32, fault_rate=0.10),
+    Scenario("e", "forged webhooks", 200, 5, run_ms=500, concurrency=32, forged=10_000),
 )
 
 QUICK = (
@@ -110,11 +133,15 @@ QUICK = (
     Scenario("b", "2 s runs, 250 in flight", 250, 1, run_ms=2000, run_jitter=0.25, concurrency=250),
     Scenario("c", "bursts of 5", 20, 5, run_ms=500, concurrency=32, burst=True, quiet_s=5),
     Scenario("d", "10% 429/500", 120, 1, run_ms=200, concurrency=32, fault_rate=0.10),
+    Scenario("e", "forged webhooks", 40, 5, run_ms=500, concurrency=32, quiet_s=5, forged=2_000),
 )
 
 # The smoke test's size: a few seconds per contender.
 SMOKE = Scenario(
     "a", "instant runs (smoke)", 5, 4, run_ms=0, queue_ms=0, concurrency=8, quiet_s=5, warmup=3
+)
+SMOKE_FORGED = replace(
+    SMOKE, key="e", title="forged webhooks (smoke)", forged=120, forged_per_s=200
 )
 
 
@@ -126,6 +153,10 @@ class Contender:
     label: str
     # The worker's AW_BACKEND; None for the baseline, the reference the ratios are taken against.
     backend: str | None
+    # Runs end by webhook (AW_WEBHOOKS=true): a receiver process of its own records them.
+    webhooks: bool = False
+    # A security scenario's reference: the same worker and load, no forged deliveries.
+    control: bool = False
 
     @property
     def is_baseline(self) -> bool:
@@ -135,13 +166,29 @@ class Contender:
 ASSISTANTS = Contender("assistants", "worker (assistants)", "assistants")
 BASELINE = Contender("baseline", "baseline", None)
 RESPONSES = Contender("responses", "worker (responses)", "responses")
-CONTENDERS = {c.key: c for c in (ASSISTANTS, BASELINE, RESPONSES)}
+WEBHOOKS = Contender("webhooks", "worker (responses, webhooks)", "responses", webhooks=True)
+CONTROL = Contender(
+    "control", "webhooks, no forgeries (control)", "responses", webhooks=True, control=True
+)
+# What --contenders takes; the control runs only where a security scenario wants it.
+CONTENDERS = {c.key: c for c in (ASSISTANTS, BASELINE, RESPONSES, WEBHOOKS)}
 
 
 def contender(key: str) -> Contender:
+    if key == CONTROL.key:
+        return CONTROL
     if key not in CONTENDERS:
         raise ValueError(f"unknown contender {key!r}: one of {', '.join(CONTENDERS)}")
     return CONTENDERS[key]
+
+
+def selected_contenders(keys: str) -> list[str]:
+    """The contenders named in `keys` (comma-separated), in that order; a misspelt one fails."""
+    chosen = [k.strip() for k in keys.split(",") if k.strip()]
+    unknown = [k for k in chosen if k not in CONTENDERS]
+    if unknown:
+        raise ValueError(f"unknown contenders {unknown}: any of {', '.join(CONTENDERS)}")
+    return chosen
 
 
 def select(available: tuple[Scenario, ...], keys: str) -> tuple[Scenario, ...]:

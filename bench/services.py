@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,25 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("AW_", "OPENAI_"))}
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    """Where the stand-in posts its webhooks for a run, and the secret it signs them with."""
+
+    url: str
+    secret: str = field(repr=False)
+    # Soon retried, as OpenAI does (a receiver that answered 503 is tried again in seconds).
+    retry_base_ms: int = 100
+    retry_cap_ms: int = 2000
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "webhook_url": self.url,
+            "webhook_secret": self.secret,
+            "webhook_retry_base_ms": self.retry_base_ms,
+            "webhook_retry_cap_ms": self.retry_cap_ms,
+        }
+
+
 class StandInProcess:
     """The OpenAI stand-in in a process of its own, so its CPU never counts as the worker's
     and never competes with this process's clock readings; driven by its control API."""
@@ -160,13 +179,25 @@ class StandInProcess:
             response.raise_for_status()
             return await response.json()
 
-    async def prepare(self, run_ms: int, queue_ms: int, faults: list[dict[str, Any]]) -> None:
-        """Forgets the previous run (state, journal, faults) and sets this run's behaviour."""
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/_standin"
+
+    async def prepare(
+        self,
+        run_ms: int,
+        queue_ms: int,
+        faults: list[dict[str, Any]],
+        webhooks: WebhookTarget | None = None,
+    ) -> None:
+        """Forgets the previous run (state, journal, faults, webhooks) and sets this run's
+        behaviour: webhooks go to `webhooks`, or nowhere."""
         await self._call("POST", "/_standin/reset")
+        hooks = webhooks.config() if webhooks else {"webhook_url": None}
         await self._call(
             "POST",
             "/_standin/config",
-            {"run_duration_ms": run_ms, "queue_ms": queue_ms, "poll_after_ms": None},
+            {"run_duration_ms": run_ms, "queue_ms": queue_ms, "poll_after_ms": None, **hooks},
         )
         if faults:
             await self._call("POST", "/_standin/faults", {"rules": faults})
@@ -178,6 +209,10 @@ class StandInProcess:
     async def runs(self) -> list[dict[str, Any]]:
         body = await self._call("GET", "/_standin/runs")
         return list(body["runs"])
+
+    async def webhook_attempts(self) -> list[dict[str, Any]]:
+        body = await self._call("GET", "/_standin/webhooks")
+        return list(body["attempts"])
 
     async def stop(self) -> None:
         if self._http is not None:

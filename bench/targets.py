@@ -6,13 +6,22 @@ They are reported, never asserted: a missed target is a finding for the report, 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.measure import RunMetrics
 from bench.poll_schedules import learned, sdk_default, simulate
 from bench.report import Row, Table, median, ratio, value
-from bench.scenarios import ASSISTANTS, BASELINE, RESPONSES, Scenario, contender
+from bench.scenarios import (
+    ASSISTANTS,
+    BASELINE,
+    CONTROL,
+    RESPONSES,
+    WEBHOOKS,
+    Scenario,
+    contender,
+)
 
 # Fewest requests a turn can take. Assistants: create the run with its messages
 # (additional_messages), retrieve it once, list its messages; Responses: create, retrieve
@@ -28,7 +37,7 @@ class Verdict:
     target: str
     measured: str
     met: bool | None  # None: the scenario was not run
-    backend: str = ""
+    contender: str = ""
 
 
 def minimum_requests_per_event(m: RunMetrics, conversations: int) -> float:
@@ -46,24 +55,48 @@ def _median(
     return value(results, s, contender, _row(get))
 
 
+def _sum(
+    results: list[RunMetrics], s: str, contender: str, get: Callable[[RunMetrics], float]
+) -> float:
+    return value(results, s, contender, Row("", get, summed=True))
+
+
+def _runs(results: list[RunMetrics], s: Scenario, contender: str) -> list[RunMetrics]:
+    return [m for m in results if m.scenario == s.key and m.contender == contender]
+
+
 def _verdict(target: str, measured: str, ok: bool) -> Verdict:
     return Verdict(target, measured, ok)
+
+
+def _cpu_ratios(results: list[RunMetrics], s: Scenario, w: str, reference: str) -> str:
+    """The worker's CPU per event over the reference's and, with webhooks, the worker's and its
+    receiver's together: the receiver's share is not left out of sight."""
+    alone = ratio(results, s.key, w, _row(lambda m: m.cpu_ms_per_event), reference)
+    if not contender(w).webhooks:
+        return f"ratio {alone:.2f}"
+    both = ratio(results, s.key, w, _row(lambda m: m.total_cpu_ms_per_event), reference)
+    return f"ratio {alone:.2f} (worker + receiver: {both:.2f})"
 
 
 def scenario_a(results: list[RunMetrics], s: Scenario, w: str) -> list[Verdict]:
     rate = _median(results, s.key, w, lambda m: m.events_per_s)
     cpu_ratio = ratio(results, s.key, w, _row(lambda m: m.cpu_ms_per_event))
-    runs = [m for m in results if m.scenario == s.key and m.contender == w]
+    # Webhooks spare the polls, so the worker alone is held to a lower share.
+    bound = 0.4 if contender(w).webhooks else 0.5
     excess = median(
-        [m.requests_per_event - minimum_requests_per_event(m, s.conversations) for m in runs]
+        [
+            m.requests_per_event - minimum_requests_per_event(m, s.conversations)
+            for m in _runs(results, s, w)
+        ]
     )
     requests = _median(results, s.key, w, lambda m: m.requests_per_event)
     return [
         _verdict("(a) >= 150 answered events/s, one worker process", f"{rate:.0f}/s", rate >= 150),
         _verdict(
-            "(a) worker CPU per event <= 1/2 of the baseline's",
-            f"ratio {cpu_ratio:.2f}",
-            cpu_ratio <= 0.5,
+            f"(a) worker CPU per event <= {bound:g} x the baseline's",
+            _cpu_ratios(results, s, w, BASELINE.key),
+            cpu_ratio <= bound,
         ),
         _verdict(
             "(a) OpenAI requests per event at the API's minimum",
@@ -105,6 +138,42 @@ def scenario_b(results: list[RunMetrics], s: Scenario, w: str) -> list[Verdict]:
     ]
 
 
+def webhooks_b(results: list[RunMetrics], s: Scenario, w: str) -> list[Verdict]:
+    """The webhooks worker against the polling one (responses) in the same invocation."""
+    polling = RESPONSES.key
+
+    def both(get: Callable[[RunMetrics], float]) -> tuple[float, float]:
+        return _median(results, s.key, w, get), _median(results, s.key, polling, get)
+
+    p50, polling_p50 = both(lambda m: m.detection_ms["p50"])
+    p99, polling_p99 = both(lambda m: m.detection_ms["p99"])
+    # A conversation's own create is once per conversation, not per run: each event of (b)
+    # is a new conversation, so it is counted apart.
+    per_run, polling_per_run = both(lambda m: m.requests_per_run - m.conversation_requests_per_run)
+    creates = _median(results, s.key, w, lambda m: m.conversation_requests_per_run)
+    retrieves = _median(results, s.key, w, lambda m: m.polls_per_run)
+    cpu_ratio = ratio(results, s.key, w, _row(lambda m: m.cpu_ms_per_event), polling)
+    return [
+        _verdict(
+            "(b) detection delay p50 <= 100 ms and p99 <= 500 ms",
+            f"p50 {p50:.0f} ms, p99 {p99:.0f} ms "
+            f"(polling: p50 {polling_p50:.0f} ms, p99 {polling_p99:.0f} ms)",
+            p50 <= 100 and p99 <= 500,
+        ),
+        _verdict(
+            "(b) OpenAI requests per run <= 2.1 (a conversation's create aside)",
+            f"{per_run:.2f}, of which retrieves {retrieves:.2f}; besides, conversation "
+            f"creates {creates:.2f} (polling: {polling_per_run:.2f})",
+            per_run <= 2.1,
+        ),
+        _verdict(
+            "(b) worker CPU per event <= 0.5 x the polling responses worker's",
+            _cpu_ratios(results, s, w, polling),
+            cpu_ratio <= 0.5,
+        ),
+    ]
+
+
 def scenario_c(results: list[RunMetrics], s: Scenario, w: str) -> list[Verdict]:
     b = BASELINE.key
     runs = _median(results, s.key, w, lambda m: m.runs_per_conversation)
@@ -137,31 +206,107 @@ def scenario_d(results: list[RunMetrics], s: Scenario, w: str) -> list[Verdict]:
     ]
 
 
-CHECKS: dict[str, Callable[[list[RunMetrics], Scenario, str], list[Verdict]]] = {
-    "a": scenario_a,
-    "b": scenario_b,
-    "c": scenario_c,
-    "d": scenario_d,
+def scenario_e(results: list[RunMetrics], s: Scenario, w: str) -> list[Verdict]:
+    """Forged deliveries while real events flow, against the control run without them."""
+    runs = _runs(results, s, w)
+    answers: Counter[str] = Counter()
+    for m in runs:
+        for counts in m.forged.get("answers", {}).values():
+            answers.update(counts)
+    not_refused = sum(n for status, n in answers.items() if not status.startswith("4"))
+    # 200s the receiver counted beyond the stand-in's real deliveries: forgeries it took.
+    surplus = sum(max(0, _answered_200(m) - m.webhooks.get("delivered", 0)) for m in runs)
+    lost = _sum(results, s.key, w, lambda m: m.lost)
+    doubled = _sum(results, s.key, w, lambda m: m.duplicated)
+    growth = max((m.rss_growth_mb for m in runs), default=float("nan"))
+    receiver_growth = max((m.receiver_rss_growth_mb for m in runs), default=float("nan"))
+    control_growth = max(
+        (m.rss_growth_mb for m in _runs(results, s, CONTROL.key)), default=float("nan")
+    )
+    return [
+        _verdict(
+            "(e) no forged delivery accepted: every answer 4xx",
+            f"{not_refused} of {answers.total()} not refused "
+            f"({', '.join(f'{k}: {n}' for k, n in sorted(answers.items()))}); "
+            f"the receiver's 200s beyond the real deliveries: {surplus}",
+            not_refused == 0 and surplus == 0,
+        ),
+        _verdict(
+            "(e) every real event answered exactly once under forgeries",
+            f"lost {lost:.0f}, answered twice {doubled:.0f}; {_latencies(results, s, w)}",
+            lost == 0 and doubled == 0,
+        ),
+        _verdict(
+            "(e) worker RSS growth <= 50 MB under forgeries",
+            f"worker +{growth:.1f} MB, receiver +{receiver_growth:.1f} MB (largest of "
+            f"{len(runs)} runs; control: worker +{control_growth:.1f} MB)",
+            growth <= 50,
+        ),
+    ]
+
+
+def _answered_200(m: RunMetrics) -> int:
+    outcomes = m.webhooks.get("outcomes", {})
+    return int(outcomes.get("accepted", 0) + outcomes.get("duplicate", 0))
+
+
+def _latencies(results: list[RunMetrics], s: Scenario, w: str) -> str:
+    """The real events' latency under forgeries and in the control run."""
+
+    def latency(key: str, q: str) -> float:
+        return _median(results, s.key, key, lambda m: m.latency_ms[q])
+
+    c = CONTROL.key
+    return (
+        f"latency p50 {latency(w, 'p50'):.0f} ms, p99 {latency(w, 'p99'):.0f} ms "
+        f"(control: {latency(c, 'p50'):.0f} ms, {latency(c, 'p99'):.0f} ms)"
+    )
+
+
+Check = Callable[[list[RunMetrics], Scenario, str], list[Verdict]]
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A scenario's check: applied to each of `contenders` that ran, with `reference` beside it
+    (the numbers it compares with)."""
+
+    check: Check
+    contenders: tuple[str, ...]
+    reference: str
+
+
+_WORKERS = (RESPONSES.key, ASSISTANTS.key, WEBHOOKS.key)
+CHECKS: dict[str, tuple[Checked, ...]] = {
+    "a": (Checked(scenario_a, _WORKERS, BASELINE.key),),
+    "b": (
+        Checked(scenario_b, _WORKERS, BASELINE.key),
+        Checked(webhooks_b, (WEBHOOKS.key,), RESPONSES.key),
+    ),
+    "c": (Checked(scenario_c, _WORKERS, BASELINE.key),),
+    "d": (Checked(scenario_d, _WORKERS, BASELINE.key),),
+    "e": (Checked(scenario_e, (WEBHOOKS.key,), CONTROL.key),),
 }
 
 
 def evaluate(results: list[RunMetrics], scenarios: tuple[Scenario, ...]) -> list[Verdict]:
     verdicts: list[Verdict] = []
-    contenders = {m.contender for m in results}
     for s in scenarios:
-        for worker in (RESPONSES.key, ASSISTANTS.key):
-            if {worker, BASELINE.key} <= contenders:
-                verdicts += [
-                    dataclasses.replace(v, backend=worker)
-                    for v in CHECKS[s.key](results, s, worker)
-                ]
+        ran = {m.contender for m in results if m.scenario == s.key}
+        for checked in CHECKS[s.key]:
+            for key in checked.contenders:
+                if {key, checked.reference} <= ran:
+                    verdicts += [
+                        dataclasses.replace(v, contender=key)
+                        for v in checked.check(results, s, key)
+                    ]
     # A target whose numbers are missing (too few events, say) is neither met nor missed.
     return [dataclasses.replace(v, met=None) if "nan" in v.measured else v for v in verdicts]
 
 
 def table(verdicts: list[Verdict]) -> Table:
     rows = [
-        [v.target, v.backend, v.measured, {True: "met", False: "MISSED", None: "n/a"}[v.met]]
+        [v.target, v.contender, v.measured, {True: "met", False: "MISSED", None: "n/a"}[v.met]]
         for v in verdicts
     ]
     note = (
@@ -169,5 +314,5 @@ def table(verdicts: list[Verdict]) -> Table:
         "for these run durations at no cost (python -m bench.poll_schedules): a worker that "
         "polls fewer times than its schedule says is polling late, because it is saturated."
     )
-    headers = ["target", "worker backend", "measured", "verdict"]
+    headers = ["target", "contender", "measured", "verdict"]
     return Table("Targets", headers, rows, note, text_columns=4)

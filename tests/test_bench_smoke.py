@@ -8,29 +8,64 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.forge import KINDS
 from bench.machine import describe
+from bench.measure import RunMetrics
 from bench.results_doc import Document
 from bench.run import bench, run_once
-from bench.scenarios import ASSISTANTS, BASELINE, SMOKE
+from bench.scenarios import ASSISTANTS, BASELINE, CONTROL, SMOKE, SMOKE_FORGED, WEBHOOKS
+
+
+def _answered_once(m: RunMetrics, events: int) -> None:
+    assert (m.events, m.answered, m.lost, m.duplicated) == (events, events, 0, 0)
+    assert m.dead_lettered == 0
+    assert m.exit_code == 0
+    assert 1 <= m.runs <= events
+    assert m.cpu_ms_per_event > 0
+    assert m.peak_rss_mb > 0
 
 
 async def test_bench_smoke(tmp_path: Path) -> None:
     async with bench(tmp_path) as b:
-        results = [await run_once(b, SMOKE, c, repetition=0) for c in (ASSISTANTS, BASELINE)]
+        polling = [await run_once(b, SMOKE, c, repetition=0) for c in (ASSISTANTS, BASELINE)]
+        forged = [await run_once(b, SMOKE_FORGED, c, repetition=0) for c in (WEBHOOKS, CONTROL)]
 
-    for m in results:
-        assert (m.events, m.answered, m.lost, m.duplicated) == (SMOKE.events, SMOKE.events, 0, 0)
-        assert m.dead_lettered == 0
-        assert m.exit_code == 0
-        assert 1 <= m.runs <= SMOKE.events
+    for m in polling:
+        _answered_once(m, SMOKE.events)
         assert m.polls_per_run >= 1
         # Each answered event took at least a run create, a poll and a message list per run.
         assert m.requests_per_event * m.answered >= 3 * m.runs
-        assert m.cpu_ms_per_event > 0
-        assert m.peak_rss_mb > 0
+        assert m.webhooks == {}
+    for m in forged:
+        _answered_once(m, SMOKE_FORGED.events)
+        assert m.receiver_exit_code == 0
+        assert m.receiver_cpu_ms_per_event > 0
+        # Every run ended by its webhook: each delivered once and accepted, none refused.
+        outcomes = m.webhooks["outcomes"]
+        assert m.webhooks["delivered"] == m.webhooks["tries"] == outcomes["accepted"] >= m.runs
+        assert outcomes["duplicate"] == 0
+        # A response's create, then its one retrieve once its webhook came.
+        assert m.requests_per_run * m.runs >= 2 * m.runs
+    attacked, control = forged
+    assert control.forged == {}
+    assert attacked.forged["sent"] == SMOKE_FORGED.forged
+    answers = attacked.forged["answers"]
+    assert set(answers) == {kind.name for kind in KINDS}
+    assert sum(sum(counts.values()) for counts in answers.values()) == SMOKE_FORGED.forged
+    assert all(status in ("400", "401") for counts in answers.values() for status in counts)
+    refused = sum(
+        n
+        for outcome, n in attacked.webhooks["outcomes"].items()
+        if outcome not in ("accepted", "duplicate")
+    )
+    assert refused == SMOKE_FORGED.forged
 
     machine = describe(postgres="test", rabbitmq="test")
-    doc = Document("pytest", machine, (SMOKE,), [ASSISTANTS.key, BASELINE.key], 1, results)
+    keys = [ASSISTANTS.key, BASELINE.key, WEBHOOKS.key]
+    doc = Document("pytest", machine, (SMOKE, SMOKE_FORGED), keys, 1, polling + forged)
     markdown = doc.markdown()
     assert "### (a) instant runs (smoke)" in markdown
     assert "| worker CPU ms per answered event |" in markdown
+    assert "### (e) forged webhooks (smoke)" in markdown
+    assert "### (e) forged deliveries" in markdown
+    assert "| (e) no forged delivery accepted: every answer 4xx | webhooks |" in markdown
