@@ -39,7 +39,9 @@ class WebhookEndings:
         self._connect = connect
         self._recorded = recorded
         self.sweep_s = sweep_s
-        self._waiters: dict[str, asyncio.Future[None]] = {}
+        # True once its own notification came (the ending is committed: NOTIFY is delivered
+        # at commit); False when all were woken (the listener reconnected: read the table).
+        self._waiters: dict[str, asyncio.Future[bool]] = {}
         # When each run now waiting began to wait: the age of the oldest is a gauge.
         self._since: dict[str, float] = {}
 
@@ -80,10 +82,10 @@ class WebhookEndings:
             return True
         try:
             async with asyncio.timeout(timeout_s):
-                await asyncio.shield(future)
+                heard = await asyncio.shield(future)
         except TimeoutError:
             return False
-        return await self._recorded(response_id)
+        return heard or await self._recorded(response_id)
 
     def done(self, response_id: str) -> None:
         """The run no longer waits (it ended, or was given up)."""
@@ -99,9 +101,9 @@ class WebhookEndings:
     def _heard(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         future = self._waiters.get(str(payload))
         if future is not None and not future.done():
-            future.set_result(None)
+            future.set_result(True)
 
     def _wake_all(self) -> None:
         for future in self._waiters.values():
             if not future.done():
-                future.set_result(None)
+                future.set_result(False)

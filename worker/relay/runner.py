@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +34,14 @@ _RUNNING = (RunStatus.QUEUED, RunStatus.IN_PROGRESS)
 # so not before every poll (short runs poll every 100 ms, and most end before the first ask).
 # A run that ends first is still held back: finishing its batch reads the interrupts again.
 INTERRUPT_CHECK_S = 0.5
+
+
+class _Look(enum.Enum):
+    """What a wait between looks at a run came to."""
+
+    NOT_YET = enum.auto()  # nothing to look at yet: ask the interrupts, wait again
+    POLL = enum.auto()  # a look on the schedule, or the sweep: it may find the run going on
+    ENDED = enum.auto()  # its ending is recorded: the look finishes it
 
 
 class Endings(Protocol):
@@ -245,10 +255,12 @@ class Runner:
                     return FinishedRun(await self._stop(thread_id, run), polls, tuple(hosted))
                 asked_at = time.monotonic()
             waited.add(run.run_id)
-            if not await self._wait(run, plan, remaining, looked_at):
-                continue  # no ending yet and no sweep due: check the interrupts again
+            look = await self._wait(run, plan, remaining, looked_at)
+            if look is _Look.NOT_YET:
+                continue
             # A poll can wait for the loop to catch up; the reply of a finished run cannot.
-            async with self._pacer.slot():
+            paced = self._pacer.slot() if look is _Look.POLL else contextlib.nullcontext()
+            async with paced:
                 run = await self._retrieve(thread_id, run.run_id)
             looked_at = time.monotonic()
             plan.looked(looked_at, completed=run.status is RunStatus.COMPLETED)
@@ -280,20 +292,20 @@ class Runner:
 
     async def _wait(
         self, run: RunSnapshot, plan: PollPlan, remaining: float, looked_at: float
-    ) -> bool:
-        """Waits until the run is worth a look: True to look now. Polling: after the plan's
-        delay. With webhooks: once its ending is recorded, or at the sweep; False after a
-        short wait with neither, so interrupts are still heard within the poll cap."""
+    ) -> _Look:
+        """Waits until the run is worth a look. Polling: after the plan's delay. With
+        webhooks: once its ending is recorded, or at the sweep; NOT_YET after a short wait
+        with neither, so interrupts are still heard within the poll cap."""
         endings = self._endings
         if endings is None or run.run_id.startswith(ITEMS_RUN):  # an items run has no ID
             delay = plan.next_delay_s(time.monotonic(), run.poll_after_ms)
             await asyncio.sleep(min(delay, remaining))
-            return True
+            return _Look.POLL
         sweep_at = looked_at + endings.sweep_s
         window = min(self._schedule.max_ms / 1000, remaining, sweep_at - time.monotonic())
         if await endings.wait(run.run_id, max(window, 0.0)):
-            return True
-        return time.monotonic() >= sweep_at
+            return _Look.ENDED
+        return _Look.POLL if time.monotonic() >= sweep_at else _Look.NOT_YET
 
     async def _why_cancelled(self, run: RunSnapshot, hooks: RunHooks) -> RunSnapshot:
         """A run found cancelled without a reason was cancelled by a worker that died before
