@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-import aio_pika
+import aiormq
 import asyncpg
 from aio_pika.abc import AbstractChannel
 from aiormq.exceptions import ChannelInvalidStateError
@@ -60,20 +60,22 @@ class CountedPasses(PostgresStore):
 
 
 class BrokerAway:
-    """An exchange and the channel that hands it out; publishing fails while `down`, as on a
+    """A channel and the aiormq channel under it; publishing fails while `down`, as on a
     channel whose connection is gone."""
 
     def __init__(self) -> None:
         self.down = True
         self.published: list[str] = []
 
-    async def get_exchange(self, _name: str, ensure: bool = False) -> BrokerAway:
+    async def get_underlay_channel(self) -> BrokerAway:
         return self
 
-    async def publish(self, message: aio_pika.Message, routing_key: str, **_: Any) -> None:
+    async def basic_publish(
+        self, body: bytes, *, properties: aiormq.spec.Basic.Properties, **_: Any
+    ) -> None:
         if self.down:
             raise ChannelInvalidStateError("writer is None")
-        self.published.append(message.message_id or "")
+        self.published.append(properties.message_id or "")
 
 
 def _reply(n: int) -> OutboxMessage:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import aio_pika
+import aiormq
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel
 
 from worker.crashpoints import CrashPoint, FaultPoint, maybe_crash, maybe_fail
 from worker.metrics import Metrics
@@ -57,7 +59,6 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
-        self._exchanges: dict[str, AbstractExchange] = {}
         self._failed_passes = 0
         self._failing_since = 0.0
 
@@ -158,22 +159,31 @@ class OutboxRelay:
             return PassOutcome(len(done), len(failed), errors[0] if errors else None)
 
     async def _publish(self, claimed: ClaimedOutbox) -> None:
+        """Publishes one row and returns once the broker confirms it.
+
+        Through the channel's aiormq layer, not aio-pika's `Exchange.publish`, for one
+        argument: `wait=False`. With it, a publish holds the channel's lock only to queue its
+        frames, not until the socket has drained them; a batch's publishes then go out
+        together instead of one loop turn apart each (a busy worker took a second for a
+        batch of 100). The confirm is still awaited, and the frame queue is bounded.
+        """
         maybe_fail(FaultPoint.PUBLISH)
         m = claimed.message
-        exchange = await self._exchange(m.exchange)
-        await exchange.publish(
-            aio_pika.Message(
-                m.body,
-                headers=m.headers,
-                message_id=m.message_id,
-                content_type=m.content_type,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=m.routing_key,
-            mandatory=True,
+        message = aio_pika.Message(
+            m.body,
+            headers=m.headers,
+            message_id=m.message_id,
+            content_type=m.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-
-    async def _exchange(self, name: str) -> AbstractExchange:
-        if name not in self._exchanges:
-            self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
-        return self._exchanges[name]
+        # aio-pika's channels are aiormq's Channel, whose basic_publish takes `wait`; the
+        # abstract type it is annotated with does not declare it.
+        channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        await channel.basic_publish(
+            message.body,
+            exchange=m.exchange,
+            routing_key=m.routing_key,
+            properties=message.properties,
+            mandatory=True,
+            wait=False,
+        )
