@@ -6,6 +6,7 @@ read from the table."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -56,6 +57,44 @@ def _runs_finished(worker: RunningWorker) -> float:
 
 def _api_calls(standin: StandIn, response_id: str) -> list[str]:
     return [f"{e['method']} {e['path']}" for e in standin.journal if response_id in e["path"]]
+
+
+async def _deliver(
+    receiver: WebhookService, standin: StandIn, response_id: str, webhook_id: str
+) -> int:
+    """Posts a genuine `response.completed` delivery, signed as the stand-in signs; the status."""
+    body = json.dumps(
+        {
+            "id": f"evt_{webhook_id}",
+            "object": "event",
+            "created_at": int(time.time()),
+            "type": "response.completed",
+            "data": {"id": response_id},
+        }
+    ).encode()
+    now = int(time.time())
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(now),
+        "webhook-signature": signature(standin.webhook_secret, webhook_id, now, body),
+    }
+    url = f"http://127.0.0.1:{receiver.port}{WEBHOOK_PATH}"
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as r:
+        return r.status
+
+
+async def _running_response(standin: StandIn, timeout_s: float = 10) -> str:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            running = [
+                r["id"]
+                for r in standin.run_records()
+                if r["kind"] == "response" and r["ended_at"] is None
+            ]
+            if running:
+                return str(running[0])
+            await asyncio.sleep(0.02)
 
 
 async def _ask(channel: AbstractChannel, topology: Topology, conversation: str, text: str) -> Json:
@@ -185,27 +224,9 @@ async def test_a_webhook_for_a_response_nobody_owns_changes_nothing(
 ) -> None:
     # Another application's response, or one whose conversation was erased: recorded (so a
     # retry of it is a duplicate), answered 200, and no worker does anything with it.
-    body = json.dumps(
-        {
-            "id": "evt_stranger",
-            "object": "event",
-            "created_at": int(time.time()),
-            "type": "response.completed",
-            "data": {"id": "resp_nobody_knows"},
-        }
-    ).encode()
-    now = int(time.time())
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": "wh_stranger",
-        "webhook-timestamp": str(now),
-        "webhook-signature": signature(standin.webhook_secret, "wh_stranger", now, body),
-    }
     worker = await start_worker(webhook_settings)
     try:
-        url = f"http://127.0.0.1:{receiver.port}{WEBHOOK_PATH}"
-        async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as r:
-            assert r.status == 200
+        assert await _deliver(receiver, standin, "resp_nobody_knows", "wh_stranger") == 200
         reply = await _ask(channel, topology, "c-after-stranger", "still fine?")
     finally:
         await worker.shutdown()
@@ -213,3 +234,36 @@ async def test_a_webhook_for_a_response_nobody_owns_changes_nothing(
     assert reply["status"] == "completed"
     assert _accepted(receiver) == 2  # the stranger's, then the reply's own
     assert _api_calls(standin, "resp_nobody_knows") == []
+
+
+async def test_an_ending_the_api_does_not_show_yet_sends_the_run_back_to_polling(
+    receiver: WebhookService,
+    webhook_settings: Settings,
+    standin: StandIn,
+    channel: AbstractChannel,
+    topology: Topology,
+) -> None:
+    # A delivery may say a response ended before a retrieve shows it (a read from a replica
+    # behind, say), and no other delivery comes (the stand-in's own is dropped). The owner
+    # then polls it on the schedule: it neither waits for the sweep nor retrieves it again
+    # and again because the table says it ended.
+    standin.add_faults([{"kind": "webhook_drop", "times": 1}])
+    worker = await start_worker(webhook_settings)
+    try:
+        started = time.monotonic()
+        event = await publish(
+            channel, topology, conversation_id="c-early-word", text="slow [[delay_ms:2500]]"
+        )
+        response_id = await _running_response(standin)
+        assert await _deliver(receiver, standin, response_id, "wh_early_word") == 200
+        [reply] = await replies_for(channel, topology, {event["event_id"]}, timeout_s=20)
+        took_s = time.monotonic() - started
+    finally:
+        await worker.shutdown()
+
+    assert reply["status"] == "completed"
+    assert reply["run_id"] == response_id
+    assert took_s < SLOW_SWEEP_S / 2
+    retrieves = _api_calls(standin, response_id)
+    # The early word's retrieve, then the schedule's polls over about 2.5 s: a dozen or so.
+    assert 2 <= len(retrieves) <= 25, retrieves

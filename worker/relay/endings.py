@@ -77,9 +77,11 @@ class WebhookEndings:
         future = self._waiters.get(response_id)
         if future is None or future.done():
             future = self._waiters[response_id] = asyncio.get_running_loop().create_future()
-        # Registered first, read second: an ending recorded in between wakes the future.
-        if await self._recorded(response_id):
-            return True
+            # Registered first, read second: an ending recorded in between wakes the future.
+            # While it stays registered, its notification (or a reconnect's wake-up) is what
+            # tells, so the next waits do not read the table again.
+            if await self._recorded(response_id):
+                return True
         try:
             async with asyncio.timeout(timeout_s):
                 heard = await asyncio.shield(future)

@@ -241,6 +241,8 @@ class Runner:
         ours = started_at is not None
         hosted: list[ToolCallSummary] = []
         looked_at = asked_at = time.monotonic()
+        # The webhook said it ended, yet the API shows it going on: poll it from then on.
+        ending_heard = False
         while not run.status.is_terminal:
             if run.status is RunStatus.REQUIRES_ACTION:
                 hosted.extend(run.hosted_calls)
@@ -255,13 +257,14 @@ class Runner:
                     return FinishedRun(await self._stop(thread_id, run), polls, tuple(hosted))
                 asked_at = time.monotonic()
             waited.add(run.run_id)
-            look = await self._wait(run, plan, remaining, looked_at)
+            look = await self._wait(run, plan, remaining, looked_at, polled=ending_heard)
             if look is _Look.NOT_YET:
                 continue
             # A poll can wait for the loop to catch up; the reply of a finished run cannot.
             paced = self._pacer.slot() if look is _Look.POLL else contextlib.nullcontext()
             async with paced:
                 run = await self._retrieve(thread_id, run.run_id)
+            ending_heard = ending_heard or look is _Look.ENDED
             looked_at = time.monotonic()
             plan.looked(looked_at, completed=run.status is RunStatus.COMPLETED)
             polls += 1
@@ -291,13 +294,14 @@ class Runner:
         return served
 
     async def _wait(
-        self, run: RunSnapshot, plan: PollPlan, remaining: float, looked_at: float
+        self, run: RunSnapshot, plan: PollPlan, remaining: float, looked_at: float, *, polled: bool
     ) -> _Look:
-        """Waits until the run is worth a look. Polling: after the plan's delay. With
-        webhooks: once its ending is recorded, or at the sweep; NOT_YET after a short wait
-        with neither, so interrupts are still heard within the poll cap."""
+        """Waits until the run is worth a look. Polling (or `polled`): after the plan's delay.
+        With webhooks: once its ending is recorded, or at the sweep; NOT_YET after a short
+        wait with neither, so interrupts are still heard within the poll cap."""
         endings = self._endings
-        if endings is None or run.run_id.startswith(ITEMS_RUN):  # an items run has no ID
+        # An items run has no ID a webhook could name.
+        if endings is None or polled or run.run_id.startswith(ITEMS_RUN):
             delay = plan.next_delay_s(time.monotonic(), run.poll_after_ms)
             await asyncio.sleep(min(delay, remaining))
             return _Look.POLL
