@@ -63,6 +63,8 @@ class HealthServer:
     def __init__(self, health: Health, metrics: Metrics) -> None:
         self._health = health
         self._metrics = metrics
+        # Read at each scrape, so an alert sees what /readyz would answer then.
+        metrics.ready.set_function(lambda: 1.0 if health.ready else 0.0)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 

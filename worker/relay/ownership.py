@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import structlog
 
 from worker.errors import is_dependency_failure
+from worker.metrics import Metrics
 from worker.store.ports import LeaseStore
 from worker.store.records import Lease
 
@@ -33,6 +34,7 @@ class Ownership:
         capacity: int,
         ttl_s: float,
         sweep_interval_s: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._process = process
@@ -43,6 +45,7 @@ class Ownership:
         self._sweep_interval_s = sweep_interval_s
         self._leases: dict[str, Lease] = {}
         self._sweeps: set[asyncio.Task[None]] = set()
+        self._metrics = metrics
 
     @property
     def owner(self) -> str:
@@ -129,6 +132,8 @@ class Ownership:
                 continue
             for conversation_id in orphans:
                 log.info("conversation_swept", conversation_id=conversation_id)
+                if self._metrics is not None:
+                    self._metrics.conversations_swept.inc()
                 task = asyncio.create_task(self._sweep_one(conversation_id))
                 self._sweeps.add(task)
                 task.add_done_callback(self._sweeps.discard)

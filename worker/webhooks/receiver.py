@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from worker.errors import StoreUnavailable
 from worker.health import Health
+from worker.metrics import add_runtime_collectors
 from worker.settings import Settings
 from worker.startup import Endpoint, Server, StoppedWhileWaiting, wait_for
 from worker.store.migrate import check_schema
@@ -37,10 +38,11 @@ log = structlog.get_logger("worker.webhooks")
 
 class WebhookMetrics:
     """The receiver's metrics, in a registry of its own (as the worker's), every outcome counted
-    from zero so that an alert sees the first one."""
+    from zero so that an alert sees the first one, with the process and runtime collectors."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        add_runtime_collectors(self.registry)
         self.deliveries = Counter(
             "assistant_worker_webhook_deliveries",
             "Webhook deliveries by outcome: accepted, duplicate, unavailable (answered 503, for "
