@@ -838,16 +838,34 @@ def test_dockerfile_copies_what_the_build_needs() -> None:
     )
 
 
+def copy_paths(instruction: Instruction) -> tuple[list[str], str]:
+    """A COPY's sources and its destination."""
+    *sources, target = (w for w in instruction.args.split() if not w.startswith("--"))
+    return sources, target
+
+
+def image_venv() -> str:
+    """The virtualenv the final stage copies from the builder, which the builder creates."""
+    _, stages = dockerfile_stages()
+    copied = [
+        copy_paths(i)[0] for i in final_stage() if i.keyword == "COPY" and "from" in i.flags()
+    ]
+    assert len(copied) == 1, "the final stage copies one thing from the builder: the venv"
+    (venv,) = copied[0]
+    creates = re.compile(rf"-m\s+venv\s(\s*--?[\w-]+)*\s*{re.escape(venv)}(\s|$)")
+    assert any(creates.search(c) for c in runs(stages[0])), f"the builder never creates {venv}"
+    return venv
+
+
 def test_dockerfile_installs_the_package_as_built_and_checks_its_schemas() -> None:
     """The wheel carries the schemas and the SQL: nothing goes into the installed package by hand,
     and the build proves, isolated from /src, that the installed package loads both schemas."""
     _, stages = dockerfile_stages()
     builder = stages[0]
-    (make_venv,) = [c for c in runs(builder) if re.search(r"-m\s+venv\b", c)]
-    venv = make_venv.split()[-1]
+    venv = image_venv()
     for instruction in (i for stage in stages for i in stage):
         if instruction.keyword in {"COPY", "ADD"}:
-            *sources, target = (w for w in instruction.args.split() if not w.startswith("--"))
+            sources, target = copy_paths(instruction)
             whole_venv = "from" in instruction.flags() and sources == [venv]
             assert whole_venv or not target.startswith(venv), f"line {instruction.line}"
     commands = runs(builder)
