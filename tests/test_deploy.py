@@ -4,8 +4,9 @@ Every kustomization (the base and each overlay) is rendered with `kubectl kustom
 object is validated against the Kubernetes JSON schemas that kubernetes-validate ships (strict:
 an unknown field is an error), the CRDs against the schemas below. The other tests cross-check
 the manifests with the worker itself: health port and paths, drain time, setting names, the
-queue KEDA watches, the image's user and commands, the metric names. No cluster, no Docker, no
-network.
+queue KEDA watches, the image's user and commands, the metric names. checkov scans the rendered
+production overlay and the Dockerfile, and every finding must be justified in deploy/README.md.
+No cluster, no Docker, no network.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -1219,3 +1221,120 @@ def test_the_ingress_example_is_valid_routes_only_deliveries_and_is_not_deployed
         p["port"] for p in service["spec"]["ports"]
     }
     assert backend["port"].get("name", backend["port"].get("number")) in ports
+
+
+# --- checkov: the production overlay and the Dockerfile -----------------------------------
+
+# Installed by `make checkov` (which `make test` depends on) in a virtualenv of its own, beside
+# this one: its dozens of pinned dependencies never move the worker's.
+CHECKOV = Path(sys.prefix) / "tools" / "checkov" / "bin" / "checkov"
+CHECKOV_TARGET = "production"
+DEPLOY_README = ROOT / "deploy" / "README.md"
+# deploy/README.md's section whose table justifies each finding left standing.
+FINDINGS_HEADING = "### checkov findings"
+# A pod with every fault checkov knows, scanned beside the overlay: a scan that finds nothing
+# in it did not run its checks.
+CANARY = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "checkov-canary"},
+    "spec": {
+        "containers": [
+            {
+                "name": "canary",
+                "image": "example.com/canary:latest",
+                "securityContext": {"privileged": True},
+            }
+        ]
+    },
+}
+CANARY_RESOURCE = "Pod/checkov-canary"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Finding:
+    check: str  # CKV_K8S_35
+    resource: str  # Deployment/assistant-worker, or deploy/Dockerfile
+
+
+def _finding(check_type: str, failed: Obj) -> Finding:
+    if check_type == "dockerfile":
+        return Finding(failed["check_id"], DOCKERFILE.relative_to(ROOT).as_posix())
+    kind, _namespace, name = failed["resource"].split(".", 2)
+    return Finding(failed["check_id"], f"{kind}/{name}")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckovReport:
+    findings: frozenset[Finding]
+    summaries: dict[str, Obj]  # by check type: passed, failed, resource_count, parsing_errors
+
+
+@pytest.fixture(scope="module")
+def checkov_report(tmp_path_factory: pytest.TempPathFactory) -> CheckovReport:
+    if not CHECKOV.is_file():
+        pytest.fail(f"checkov is not installed at {CHECKOV}: run `make checkov`", pytrace=False)
+    scanned = tmp_path_factory.mktemp("checkov")
+    (scanned / f"{CHECKOV_TARGET}.yaml").write_text(yaml.safe_dump_all(render(CHECKOV_TARGET)))
+    (scanned / "canary.yaml").write_text(yaml.safe_dump(CANARY))
+    (scanned / "Dockerfile").write_text(DOCKERFILE.read_text())
+    command = [str(CHECKOV), "--directory", str(scanned), "--framework", "kubernetes"]
+    command += ["dockerfile", "--output", "json", "--skip-download", "--soft-fail"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, f"checkov failed:\n{proc.stderr[-2000:]}"
+    parsed = json.loads(proc.stdout)
+    reports = parsed if isinstance(parsed, list) else [parsed]
+    return CheckovReport(
+        frozenset(
+            _finding(r["check_type"], failed)
+            for r in reports
+            for failed in r["results"]["failed_checks"]
+        ),
+        {r["check_type"]: r["summary"] for r in reports},
+    )
+
+
+def justified_findings(readme: str) -> dict[Finding, str]:
+    """The rows of deploy/README.md's findings table: each check, its objects, and why."""
+    section = readme.partition(FINDINGS_HEADING)[2]
+    assert section, f"deploy/README.md has no {FINDINGS_HEADING!r} section"
+    justified: dict[Finding, str] = {}
+    for line in section.splitlines()[1:]:
+        if line.startswith("#"):
+            break
+        if not line.startswith("| `CKV"):
+            continue
+        check_cell, objects_cell, why = (cell.strip() for cell in line.strip("|").split("|")[:3])
+        check = re.findall(r"`([A-Z0-9_]+)`", check_cell)[0]
+        for resource in re.findall(r"`([^`]+)`", objects_cell):
+            justified[Finding(check, resource)] = why
+    return justified
+
+
+def test_checkov_scans_every_object_and_finds_the_canarys_faults(
+    checkov_report: CheckovReport,
+) -> None:
+    summaries = checkov_report.summaries
+    assert summaries["kubernetes"]["parsing_errors"] == 0
+    # checkov counts some objects twice over (a CronJob, say, and its pod template).
+    assert summaries["kubernetes"]["resource_count"] >= len(render(CHECKOV_TARGET)) + 1
+    assert summaries["dockerfile"]["resource_count"] == 1
+    assert summaries["dockerfile"]["passed"] > 0, "checkov ran no check on the Dockerfile"
+    canary = {f.check for f in checkov_report.findings if f.resource == CANARY_RESOURCE}
+    # Privileged; privilege escalation allowed; may run as root; the latest tag, no digest.
+    assert {"CKV_K8S_16", "CKV_K8S_20", "CKV_K8S_23", "CKV_K8S_14", "CKV_K8S_43"} <= canary
+
+
+def test_every_checkov_finding_is_fixed_or_justified_in_the_deploy_readme(
+    checkov_report: CheckovReport,
+) -> None:
+    found = {f for f in checkov_report.findings if f.resource != CANARY_RESOURCE}
+    justified = justified_findings(DEPLOY_README.read_text())
+    unjustified = sorted(found - set(justified))
+    assert not unjustified, (
+        f"checkov findings on {CHECKOV_TARGET} or the Dockerfile: fix each, or say why it stays "
+        f"in deploy/README.md ({FINDINGS_HEADING}): {unjustified}"
+    )
+    stale = sorted(set(justified) - found)
+    assert not stale, f"justified in deploy/README.md but no longer found: drop them: {stale}"
+    assert all(len(why) >= 40 for why in justified.values()), "each row says why, not just ok"

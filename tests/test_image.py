@@ -649,3 +649,19 @@ def test_the_working_directory_is_a_writable_empty_dir_in_every_pod(target: str)
             assert sc.get("readOnlyRootFilesystem") is True, f"{target} {name}"
             checked += 1
     assert checked == len(WORKDIR_COMPONENTS), f"{target}: expected one pod per component"
+
+
+# --- the release is pinned by digest ------------------------------------------------------
+
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def test_production_runs_the_image_by_digest() -> None:
+    images = {
+        container["image"]
+        for _, pod in pod_specs("production")
+        for container in all_containers(pod)
+    }
+    assert images, "production runs no container"
+    by_tag = sorted(image for image in images if not DIGEST.search(image))
+    assert not by_tag, f"a tag can be pushed again; a digest cannot: {by_tag}"
