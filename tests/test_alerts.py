@@ -40,25 +40,28 @@ DEAD_LETTERS = "AssistantWorkerDeadLetters"
 Json = dict[str, Any]
 
 
+_PROMETHEUS_PACKAGE = (
+    "Debian's prometheus package (apt-get install --no-install-recommends prometheus; "
+    ".ci/run installs it)"
+)
+WHERE_FROM = {
+    "promtool": _PROMETHEUS_PACKAGE,
+    "prometheus": _PROMETHEUS_PACKAGE,
+    "kubectl": "kubectl 1.27 or newer, as for tests/test_deploy.py (no cluster needed)",
+}
+
+
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(
-            f"{name} is not on PATH: install Debian's prometheus package "
-            "(apt-get install --no-install-recommends prometheus; .ci/run does)",
-            pytrace=False,
-        )
+        pytest.fail(f"{name} is not on PATH: it comes with {WHERE_FROM[name]}", pytrace=False)
     return path
-
-
-def shipped_rule() -> Json:
-    rule: Json = yaml.safe_load(RULE_FILE.read_text())
-    return rule
 
 
 def shipped_groups() -> Json:
     """The PrometheusRule's spec: a Prometheus rules file as it is."""
-    spec: Json = shipped_rule()["spec"]
+    rule: Json = yaml.safe_load(RULE_FILE.read_text())
+    spec: Json = rule["spec"]
     return spec
 
 
