@@ -202,6 +202,24 @@ _METADATA = {
     "properties": {"name": {"type": "string", "minLength": 1}},
 }
 
+_DURATION = {"type": "string", "pattern": "^([0-9]+(ms|[smhdwy]))+$"}
+# One alerting or recording rule of a PrometheusRule (prometheus-operator v1).
+_RULE = {
+    "type": "object",
+    "required": ["expr"],
+    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+    "additionalProperties": False,
+    "properties": {
+        "alert": {"type": "string", "minLength": 1},
+        "record": {"type": "string", "minLength": 1},
+        "expr": {"type": "string", "minLength": 1},
+        "for": _DURATION,
+        "keep_firing_for": _DURATION,
+        "labels": _STR_MAP,
+        "annotations": _STR_MAP,
+    },
+}
+
 # The parts of the CRDs' schemas these manifests use (KEDA 2.x, prometheus-operator v1); the
 # Kubernetes schemas do not know these kinds. Values under a trigger's metadata must be
 # strings, a common slip (`value: 32`) that KEDA rejects only at apply time.
@@ -318,6 +336,34 @@ CRD_SCHEMAS: dict[tuple[str, str], Obj] = {
                                 "honorLabels": {"type": "boolean"},
                                 "relabelings": {"type": "array"},
                                 "metricRelabelings": {"type": "array"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    # components/prometheusrule; promtool checks the rules themselves (tests/test_alerts.py).
+    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "metadata": _METADATA,
+            "spec": {
+                "type": "object",
+                "required": ["groups"],
+                "additionalProperties": False,
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "properties": {
+                                "name": {"type": "string", "minLength": 1},
+                                "interval": _DURATION,
+                                "rules": {"type": "array", "minItems": 1, "items": _RULE},
                             },
                         },
                     },
