@@ -17,7 +17,10 @@ import structlog
 import typer
 
 from worker.logging import configure_logging
+from worker.ops.conventions import CONTEXT, OneLineErrors, show_version
 from worker.ops.dlq_cli import app as dlq_app
+from worker.ops.exits import ExitCode, exit_codes
+from worker.ops.flags import flag_help, given_flags
 from worker.settings import (
     API_KEY_VARIABLES,
     BackendName,
@@ -34,14 +37,32 @@ if TYPE_CHECKING:
     from worker.store.postgres import PostgresStore as Store
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Relay helpdesk messages to an OpenAI assistant and publish its replies.",
+    epilog=exit_codes(
+        {
+            ExitCode.OK: "done",
+            ExitCode.FAILED: "failed (logged, with a hint)",
+            ExitCode.USAGE: "bad usage or setting",
+            ExitCode.UNREACHABLE: "RabbitMQ unreachable (dlq)",
+            ExitCode.NOT_FOUND: "a queue or exchange missing (dlq); each command's -h says which",
+        }
+    ),
     no_args_is_help=True,
-    add_completion=False,
+    context_settings=CONTEXT,
     # Docstring paragraphs are reflowed to the terminal, not broken where the source breaks.
     rich_markup_mode="markdown",
 )
 # As for a bad option: the operator has to change how the command is started.
-EXIT_BAD_SETTINGS = 2
+EXIT_BAD_SETTINGS = ExitCode.USAGE
+# What most commands' exit codes mean; the others say theirs.
+PLAIN_EXITS = exit_codes(
+    {
+        ExitCode.OK: "done",
+        ExitCode.FAILED: "failed (logged, with a hint)",
+        ExitCode.USAGE: "bad usage or setting",
+    }
+)
 
 
 def _settings(**defaults: Any) -> Settings:
@@ -79,7 +100,15 @@ def _warn_unknown_variables() -> None:
 
 
 @app.callback()
-def _check_environment(ctx: typer.Context) -> None:
+def _check_environment(
+    ctx: typer.Context,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     # Every command, including those that read Settings() themselves (dlq), refuses a bad
     # value in one line before it can surface as a traceback quoting the value. `--help` works
     # whatever the environment holds.
@@ -94,12 +123,40 @@ def _password(dsn: str) -> str | None:
     return urlsplit(dsn).password
 
 
-@app.command()
-def run() -> None:
-    """Consume user messages and publish replies until SIGTERM or SIGINT."""
+@app.command(
+    epilog=exit_codes(
+        {
+            ExitCode.OK: "stopped by a signal",
+            ExitCode.FAILED: "failed (logged, with a hint)",
+            ExitCode.USAGE: "bad flag, setting or profiles file, or no API key",
+        }
+    )
+)
+def run(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help=flag_help("concurrency", "Conversations in flight at most.")),
+    ] = None,
+    backend: Annotated[
+        BackendName | None,
+        typer.Option(help=flag_help("backend", "Backend for new conversations.")),
+    ] = None,
+    health_port: Annotated[
+        int | None,
+        typer.Option(help=flag_help("health_port", "Port of /livez, /readyz, /metrics; 0: any.")),
+    ] = None,
+) -> None:
+    """Consume user messages and publish replies until SIGTERM or SIGINT.
+
+    A flag given wins over its AW_* variable, which wins over the default.
+    """
     from worker.service import WorkerService
 
-    settings = _settings()
+    # Checked first: a bad flag is its one line, before any setting is acted on.
+    flags = given_flags(
+        {"concurrency": concurrency, "backend": backend, "health_port": health_port}
+    )
+    settings = _settings().model_copy(update=flags)
     if not settings.has_api_key:
         typer.echo(
             f"assistant-worker run: no OpenAI API key; set {' or '.join(API_KEY_VARIABLES)}",
@@ -145,7 +202,7 @@ def _run_logged(
     except Exception as exc:  # noqa: BLE001 - the process ends here either way
         hint = _hint(exc, settings)
         structlog.get_logger("worker.ops.cli").error(f"{what}_failed", error=repr(exc), hint=hint)
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.FAILED) from None
 
 
 def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -178,7 +235,7 @@ def _hint(exc: Exception, settings: Settings) -> str | None:
     )
 
 
-@app.command()
+@app.command(epilog=PLAIN_EXITS)
 def migrate() -> None:
     """Create the database if needed and apply pending schema migrations."""
     from worker.store.migrate import migrate as apply
@@ -197,11 +254,13 @@ def migrate() -> None:
 
 app.add_typer(dlq_app, name="dlq")
 
-conversations = typer.Typer(help="Operate on stored conversations.", no_args_is_help=True)
+conversations = typer.Typer(
+    help="Operate on stored conversations.", epilog=PLAIN_EXITS, no_args_is_help=True
+)
 app.add_typer(conversations, name="conversations")
 
 
-@conversations.command("move")
+@conversations.command("move", epilog=PLAIN_EXITS)
 def move_conversations(
     to: Annotated[BackendName, typer.Option(help="Backend to move conversations to.")],
     conversation: Annotated[
@@ -233,24 +292,33 @@ def move_conversations(
     _run_logged("move", main, settings)
 
 
-profiles = typer.Typer(help="Assistant profiles (AW_PROFILES_FILE).", no_args_is_help=True)
+profiles = typer.Typer(
+    help="Assistant profiles (AW_PROFILES_FILE).",
+    epilog=exit_codes({ExitCode.OK: "valid", ExitCode.USAGE: "invalid, or bad usage"}),
+    no_args_is_help=True,
+)
 app.add_typer(profiles, name="profiles")
 
 
-@profiles.command("check")
+@profiles.command(
+    "check",
+    epilog=exit_codes(
+        {ExitCode.OK: "valid", ExitCode.USAGE: "not (one line names the profile and the key)"}
+    ),
+)
 def check_profiles(
     file: Annotated[
         Path, typer.Argument(help="The profiles file (TOML), as AW_PROFILES_FILE would name it.")
     ],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Validate a profiles file offline, as the worker would load it at start, and sum it up.
 
     Handlers are imported and secrets looked up in the environment; nothing is called.
-    Exit codes: 0 valid, 2 not (one line names the profile and the key).
     """
     from worker.ops.profiles_cli import check_profiles_file
 
-    code = check_profiles_file(file, os.environ, sys.stdout, sys.stderr)
+    code = check_profiles_file(file, os.environ, sys.stdout, sys.stderr, as_json=as_json)
     raise typer.Exit(code)
 
 
@@ -259,7 +327,7 @@ def check_profiles(
 PRUNE_MIN_AGE = timedelta(days=1)
 
 
-@app.command()
+@app.command(epilog=PLAIN_EXITS)
 def prune(
     older_than: Annotated[
         str,
@@ -337,10 +405,14 @@ def _require_standin(command: str) -> None:
             "(`make install` does)",
             err=True,
         )
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.USAGE)
 
 
-@app.command()
+@app.command(
+    epilog=exit_codes(
+        {ExitCode.OK: "stopped (Ctrl-C)", ExitCode.USAGE: "bad usage, or the stand-in missing"}
+    )
+)
 def standin(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8900,
@@ -360,7 +432,15 @@ def standin(
         asyncio.run(serve(config, host, port))
 
 
-@app.command()
+@app.command(
+    epilog=exit_codes(
+        {
+            ExitCode.OK: "every message answered",
+            ExitCode.FAILED: "some were not",
+            ExitCode.USAGE: "bad usage or setting, or the stand-in missing",
+        }
+    )
+)
 def demo(
     standin_port: Annotated[
         int, typer.Option(help="Port for the in-process stand-in; 0 = any.")
@@ -374,17 +454,25 @@ def demo(
     # Quiet by default so the conversation stands out; AW_LOG_LEVEL=info shows the worker's logs.
     settings = _settings(log_level=LogLevel.WARNING)
     ok = asyncio.run(play(settings, standin_port=standin_port, timeout_s=timeout_s))
-    sys.exit(0 if ok else 1)
+    sys.exit(ExitCode.OK if ok else ExitCode.FAILED)
 
 
+SYNC_EXITS = exit_codes(
+    {
+        ExitCode.OK: "in sync",
+        ExitCode.FAILED: "something could not be synced (a line says what)",
+        ExitCode.USAGE: "no profiles file, an invalid one, or no API key",
+    }
+)
 assistants = typer.Typer(
     help="The API objects the profiles stand for (knowledge stores, assistants).",
+    epilog=SYNC_EXITS,
     no_args_is_help=True,
 )
 app.add_typer(assistants, name="assistants")
 
 
-@assistants.command("sync")
+@assistants.command("sync", epilog=SYNC_EXITS)
 def sync_assistants(
     profiles_file: Annotated[
         Path | None, typer.Option(help="The profiles file (default: AW_PROFILES_FILE).")
@@ -402,8 +490,7 @@ def sync_assistants(
     which the worker then uses. Run it after every change to the profiles or their knowledge.
 
     Idempotent: a second run changes nothing. Only what sync made (tagged `aw_profile`,
-    `aw_managed`) is ever changed or deleted. Exit codes: 0 in sync, 1 something could not be
-    synced (a line says what), 2 no profiles file, an invalid one, or no API key.
+    `aw_managed`) is ever changed or deleted.
     """
     from worker.ops.sync_cli import sync_command
 
@@ -418,15 +505,22 @@ def sync_assistants(
     raise typer.Exit(exit_code[0])
 
 
-@app.command()
+@app.command(
+    epilog=exit_codes(
+        {
+            ExitCode.OK: "stopped by a signal",
+            ExitCode.FAILED: "a failure (logged, with a hint)",
+            ExitCode.USAGE: "no secret, an invalid one, or another invalid setting",
+        }
+    )
+)
 def webhooks() -> None:
     """Receive OpenAI's webhooks (a background response ended) at POST /webhooks/openai until
     SIGTERM or SIGINT, record each once in Postgres and wake the worker that owns the run.
 
     Needs AW_WEBHOOK_SECRET (or OPENAI_WEBHOOK_SECRET), and AW_WEBHOOK_SECRET_PREVIOUS while
     the secret is being rotated; listens on AW_WEBHOOK_HOST:AW_WEBHOOK_PORT, with `/livez`,
-    `/readyz` and `/metrics` on the same port. Exit codes: 0 stopped by a signal, 1 a failure
-    (logged, with a hint), 2 no secret, an invalid one, or another invalid setting.
+    `/readyz` and `/metrics` on the same port.
     """
     from worker.webhooks.receiver import WebhookService
     from worker.webhooks.verify import verifier_of

@@ -7,35 +7,49 @@ what the worker is started with).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from worker.ops.conventions import UNBOUNDED_WIDTH
 from worker.profiles.load import ProfilesError, knowledge_files, load_profiles
 from worker.profiles.model import HostedTools, Profile, Profiles, Route
 
 EXIT_VALID, EXIT_INVALID = 0, 2
 
 
-def check_profiles_file(path: Path, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
-    """Loads the profiles file and prints a table of its profiles to `out`, or to `err` the
-    one line saying what is wrong with it; returns the exit code. Calls no network service:
-    handlers are imported and secrets read from `environ`, nothing more."""
+def check_profiles_file(
+    path: Path, environ: Mapping[str, str], out: TextIO, err: TextIO, *, as_json: bool = False
+) -> int:
+    """Loads the profiles file and prints a table of its profiles to `out` (or the same as
+    JSON), or to `err` the one line saying what is wrong with it; returns the exit code. Calls
+    no network service: handlers are imported and secrets read from `environ`, nothing more."""
     try:
         profiles = load_profiles(path, environ)
     except ProfilesError as exc:
         err.write(f"{exc}\n")
         return EXIT_INVALID
-    # Off a terminal (pipes, files) lines are not folded at 80 columns, and there are no colours.
-    console = Console(file=out, width=None if out.isatty() else 240, highlight=False)
+    if as_json:
+        out.write(json.dumps(summary_json(path, profiles), indent=2) + "\n")
+        return EXIT_VALID
+    console = Console(file=out, width=_width(environ, out), highlight=False)
     console.print(summary(profiles))
     out.write(f"profiles file {path}: {_count(len(profiles.profiles), 'profile')}, ")
     out.write(f"{_count(len(profiles.routes), 'route')}, default {profiles.default!r}: valid\n")
     return EXIT_VALID
+
+
+def _width(environ: Mapping[str, str], out: TextIO) -> int | None:
+    """COLUMNS, else the terminal's (None); off a terminal, lines are not folded at 80."""
+    columns = environ.get("COLUMNS", "")
+    if columns.isdigit():
+        return int(columns)
+    return None if out.isatty() else UNBOUNDED_WIDTH
 
 
 def summary(profiles: Profiles) -> Table:
@@ -57,6 +71,38 @@ def summary(profiles: Profiles) -> Table:
             )
         )
     return table
+
+
+def summary_json(path: Path, profiles: Profiles) -> dict[str, Any]:
+    """What the table says, as values: no instructions, URLs or secrets."""
+    return {
+        "file": str(path),
+        "valid": True,
+        "default": profiles.default,
+        "profiles": [_profile_json(profile) for profile in profiles.profiles.values()],
+        "routes": [{"profile": r.profile, "when": {**r.when}} for r in profiles.routes],
+    }
+
+
+def _profile_json(profile: Profile) -> dict[str, Any]:
+    hosted = profile.hosted
+    search = hosted.file_search
+    return {
+        "name": profile.name,
+        "model": profile.model,
+        "function_tools": [{"name": t.name, "handler": str(t.handler_kind)} for t in profile.tools],
+        "hosted_tools": {
+            "file_search": None
+            if search is None
+            else {
+                "vector_stores": len(search.vector_store_ids),
+                "knowledge_files": len(knowledge_files(search.knowledge)),
+            },
+            "code_interpreter": hosted.code_interpreter,
+            "web_search": hosted.web_search,
+            "mcp": [{"label": m.label, "unapproved": str(m.unapproved)} for m in hosted.mcp],
+        },
+    }
 
 
 def _function_tools(profile: Profile) -> str:
