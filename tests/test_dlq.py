@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
+import re
 import signal
+import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import aio_pika
+import pytest
 import typer
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from typer.testing import CliRunner
@@ -17,9 +23,20 @@ from typer.testing import CliRunner
 from standin import StandIn
 from tests.conftest import RunningWorker
 from tests.support import publish, publish_raw, replies_for, run_cli, worker_env
-from worker.ops.dlq import DeadLetter, DeadLetterQueue, Selection
+from worker.ops.cli import app as cli_app
+from worker.ops.dlq import (
+    REASONS,
+    UNFIXABLE,
+    DeadLetter,
+    DeadLetterQueue,
+    ReplayRules,
+    Selection,
+    replay_plan,
+)
 from worker.ops.dlq_filters import selecting
 from worker.settings import Settings, Topology
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 async def dlq(settings: Settings, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
@@ -117,11 +134,19 @@ async def test_replay_moves_exactly_what_matches_and_the_worker_answers(
 
 
 async def test_replay_counts_and_refuses_poison_unless_forced(
-    worker: RunningWorker, settings: Settings, channel: AbstractChannel, topology: Topology
+    worker: RunningWorker,
+    settings: Settings,
+    channel: AbstractChannel,
+    topology: Topology,
+    standin: StandIn,
 ) -> None:
-    await publish_raw(channel, topology, b"poison one")
-    await publish_raw(channel, topology, b"poison two")
-    await wait_for_dead_letters_count(channel, topology, 2)
+    # Rejected by the API every time: a cause that may be fixed, so replay does not ask first.
+    standin.add_faults(
+        [{"kind": "status", "status": 400, "method": "POST", "path": r"/responses$", "times": 6}]
+    )
+    for n in range(2):
+        await publish(channel, topology, conversation_id=f"poison-{n}", text="again")
+        await wait_for_dead_letters_count(channel, topology, n + 1)
     for round_ in (1, 2):
         # Paced, so the first is back in the queue before the walk ends: it must not be
         # met (and replayed) a second time in the same run.
@@ -275,14 +300,276 @@ def test_the_filter_options_reach_a_command_as_one_selection() -> None:
     def other() -> None:  # two commands, so each is named on the command line
         pass
 
-    args = ["pick", "--reason", "a", "--reason", "b", "--event-id", "e1", "--until", "2h"]
+    args = ["pick", "--reason", "schema_invalid", "--reason", "delivery_limit"]
+    args += ["--event-id", "e1", "--until", "2h"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     [selection] = chosen
-    assert selection.reasons == frozenset({"a", "b"})
+    assert selection.reasons == frozenset({"schema_invalid", "delivery_limit"})
     assert selection.event_ids == frozenset({"e1"})
     assert selection.conversations == frozenset()
     assert selection.since is None
     assert selection.until is not None
     assert selection.limit == 50
     assert CliRunner().invoke(app, ["pick", "--since", "soon"]).exit_code == 2
+
+
+# --- conventions: filters, exports, tables, warnings (issue 15) ---------------------------------
+
+
+async def dlq_in(
+    settings: Settings, *args: str, cwd: Path | None = None, stdin: bytes = b"", **env: str
+) -> tuple[int, str, str]:
+    """`assistant-worker dlq ARGS` at 100 columns (unless `env` says otherwise), in `cwd`."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "dlq",
+        *args,
+        env=worker_env(settings, **{"COLUMNS": "100", "PYTHONPATH": str(REPO), **env}),
+        cwd=cwd,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate(stdin)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def on_terminal(settings: Settings, *args: str, typed: bytes) -> tuple[int, str]:
+    """`assistant-worker dlq ARGS` with a terminal for stdin and stdout, `typed` at it: the
+    exit code, and what the terminal showed (prompts, the progress bar), colours taken out."""
+    master, replica = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "dlq", *args],
+        stdin=replica,
+        stdout=replica,
+        stderr=replica,
+        env=worker_env(settings, COLUMNS="100", PYTHONPATH=str(REPO)),
+    )
+    os.close(replica)
+    os.write(master, typed)
+    shown = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the command ended and closed the terminal
+            break
+        if not chunk:
+            break
+        shown.append(chunk)
+    os.close(master)
+    text = b"".join(shown).decode("utf-8", "replace")
+    return proc.wait(timeout=30), re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # no colours
+
+
+async def _import(settings: Settings, tmp_path: Path, letters: list[dict[str, Any]]) -> None:
+    """Puts dead letters straight into the queue: each a dict of headers, with its body."""
+    records = []
+    for n, headers in enumerate(letters):
+        event_id = headers.get("x-aw-event-id", f"imp-{n}")
+        body = headers.pop("body", None) or json.dumps({"event_id": event_id}).encode()
+        records.append(
+            DeadLetter(
+                position=0,
+                body=body,
+                headers={"x-aw-event-id": event_id, **headers},
+                message_id=event_id,
+                routing_key="user_message.v1",
+            ).to_record()
+        )
+    source = tmp_path / f"seed-{uuid.uuid4().hex[:6]}.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records))
+    code, _, err = await dlq(settings, "import", str(source))
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("command", ["list", "replay", "export -", "purge"])
+def test_an_unknown_reason_is_refused_with_the_valid_ones(command: str) -> None:
+    result = CliRunner().invoke(cli_app, ["dlq", *command.split(), "--reason", "schema_invalud"])
+    assert result.exit_code == 2
+    [line] = result.output.splitlines()
+    assert "--reason" in line
+    assert "did you mean schema_invalid?" in line
+    assert all(reason in line for reason in REASONS)
+
+
+async def test_a_schema_invalid_events_valid_ids_reach_the_tools(
+    worker: RunningWorker, settings: Settings, channel: AbstractChannel, topology: Topology
+) -> None:
+    body = {"event_id": "bad-ids", "conversation_id": "ticket-9", "text": "", "colour": "red"}
+    await publish_raw(channel, topology, json.dumps(body).encode())
+    await wait_for_dead_letters_count(channel, topology, 1)
+    [listed] = await dlq_json(settings, "list", "--reason", "schema_invalid")
+    assert (listed["event_id"], listed["conversation_id"]) == ("bad-ids", "ticket-9")
+    stats = await dlq_json(settings, "stats")
+    assert stats["by_conversation"] == {"ticket-9": 1}
+
+
+async def test_purge_says_where_it_exports_and_never_needs_a_writable_working_directory(
+    settings: Settings, channel: AbstractChannel, topology: Topology, tmp_path: Path
+) -> None:
+    await _import(settings, tmp_path, [{"x-aw-reason": "openai_rejected"}] * 2)
+    read_only = Path("/proc")  # nobody, root included, can create a file here
+
+    code, out, err = await dlq_in(settings, "purge", "--yes", cwd=read_only)
+    assert code == 2
+    assert out == ""
+    [line] = err.splitlines()
+    assert "/proc is not writable" in line
+    assert "--export-to" in line
+    assert "Traceback" not in err
+    assert await queue_depth(channel, topology.dead_letter_queue) == 2
+
+    code, out, _ = await dlq_in(settings, "purge", cwd=tmp_path, stdin=b"n\n")
+    assert code == 2
+    assert re.search(rf"exported to {re.escape(str(tmp_path))}/dlq-purged-\S+\.jsonl first", out)
+    code, _, _ = await dlq_in(settings, "purge", cwd=tmp_path)  # no answer at all: a no
+    assert code == 2
+    assert await queue_depth(channel, topology.dead_letter_queue) == 2
+    assert [name for name in os.listdir(tmp_path) if name.startswith("dlq-purged-")] == []
+
+    saved = tmp_path / "kept.jsonl"
+    code, out, err = await dlq_in(
+        settings, "purge", "--yes", "--export-to", str(saved), cwd=read_only
+    )
+    assert code == 0, err
+    assert len(saved.read_text().splitlines()) == 2
+    assert await queue_depth(channel, topology.dead_letter_queue) == 0
+
+
+def _words(values: list[str]) -> set[str]:
+    return {word for value in values for word in value.split()}
+
+
+def assert_fits_without_splitting_a_word(shown: str, values: list[str], width: int) -> None:
+    """Every line within `width`; every word on it one of `values`' words, whole, or the start
+    of one followed by an ellipsis."""
+    whole = _words(values)
+    for line in shown.splitlines():
+        assert len(line) <= width, line
+        for word in line.split():
+            if word in whole or set(word) <= set("─"):
+                continue
+            assert word.endswith("…"), f"{word!r} is split: {line!r}"
+            assert any(w.startswith(word[:-1]) for w in whole), f"{word!r} shortened from what?"
+
+
+async def test_tables_fit_100_columns_shortening_whole_words_only(
+    settings: Settings, tmp_path: Path
+) -> None:
+    long_error = (
+        "http_404: HTTP 404: Error code: 404 - The model 'gpt-9' does not exist, see "
+        "https://platform.example.com/docs/models/overview-of-every-model-and-its-limits "
+        "for the models this key can use"
+    )
+    letters: list[dict[str, Any]] = [
+        {
+            "x-aw-event-id": str(uuid.uuid4()),
+            "x-aw-conversation-id": f"helpdesk-{n}-" + "conversation" * (n + 2),
+            "x-aw-reason": reason,
+            "x-aw-error": long_error[: 40 + 60 * n],
+            "x-aw-last-failure-at": "2026-11-25T04:25:21.265970Z",
+            "x-aw-replay-count": 2,
+        }
+        for n, reason in enumerate(["openai_rejected", "message_id_mismatch", "schema_invalid"])
+    ]
+    await _import(settings, tmp_path, [dict(letter) for letter in letters])
+    values = [str(v) for letter in letters for v in letter.values()]
+    values += ["2026-11-25 04:25:21 04:25:21,", "1 2 3 -", "# event conversation reason tries"]
+    values += ["replays failed at (UTC) error events by", "3 dead-lettered; oldest newest"]
+
+    shown = {}
+    for command in ("list", "stats"):
+        code, shown[command], err = await dlq_in(settings, command)
+        assert code == 0, err
+        assert_fits_without_splitting_a_word(shown[command], values, 100)
+    assert "…" in shown["list"]  # the long IDs and errors were shortened, not dropped
+    assert all(f" {letter['x-aw-reason']} " in shown["list"] for letter in letters)
+
+    listed = await dlq_json(settings, "list")
+    assert [e["conversation_id"] for e in listed] == [
+        letter["x-aw-conversation-id"] for letter in letters
+    ]
+    code, out, _ = await dlq_in(settings, "show", letters[2]["x-aw-event-id"])
+    assert code == 0
+    assert f"  x-aw-error: {letters[2]['x-aw-error']}\n" in out  # whole, on one line
+
+
+async def test_replay_refuses_events_that_cannot_succeed_off_a_terminal_unless_forced(
+    settings: Settings, channel: AbstractChannel, topology: Topology, tmp_path: Path
+) -> None:
+    await _import(
+        settings,
+        tmp_path,
+        [{"x-aw-reason": "openai_unavailable"}, {"x-aw-reason": "schema_invalid"}],
+    )
+    code, out, err = await dlq_in(settings, "replay")
+    assert code == 2
+    assert out == ""
+    [line] = err.splitlines()
+    assert "1 of the 2 events to replay cannot succeed as they are (1 schema_invalid)" in line
+    assert "--force" in line
+    assert await queue_depth(channel, topology.dead_letter_queue) == 2
+    assert await queue_depth(channel, topology.inbound_queue) == 0
+
+    # A dry run moves nothing, so it does not ask; left out, what cannot succeed stays.
+    assert (await dlq_in(settings, "replay", "--dry-run"))[0] == 0
+    moved = await dlq_json(settings, "replay", "--reason", "openai_unavailable")
+    assert moved["moved"] == ["imp-0"]
+    forced = await dlq_json(settings, "replay", "--force")
+    assert forced["moved"] == ["imp-1"]
+    assert await queue_depth(channel, topology.inbound_queue) == 2
+
+
+async def test_replay_asks_on_a_terminal_and_its_progress_knows_the_total(
+    settings: Settings, channel: AbstractChannel, topology: Topology, tmp_path: Path
+) -> None:
+    reasons = ["openai_unavailable", "malformed_json", "openai_unavailable"]
+    await _import(settings, tmp_path, [{"x-aw-reason": reason} for reason in reasons])
+
+    code, shown = await asyncio.to_thread(on_terminal, settings, "replay", typed=b"n\n")
+    assert code == 2
+    assert "1 of the 3 events to replay cannot succeed as they are (1 malformed_json)" in shown
+    assert "Replay them anyway? [y/N]" in shown
+    assert await queue_depth(channel, topology.dead_letter_queue) == 3
+
+    code, shown = await asyncio.to_thread(on_terminal, settings, "replay", typed=b"y\n")
+    assert code == 0, shown
+    assert "moved 3 of 3 examined" in shown
+    assert re.search(r"\b[0-3]/3\b", shown), shown  # the bar counts towards a known total
+    assert "/?" not in shown
+    assert await queue_depth(channel, topology.inbound_queue) == 3
+
+
+async def test_an_exchange_the_command_needs_that_does_not_exist_is_exit_4(
+    settings: Settings, channel: AbstractChannel, topology: Topology, tmp_path: Path
+) -> None:
+    await _import(settings, tmp_path, [{"x-aw-reason": "openai_unavailable"}])
+    code, _, err = await dlq_in(settings, "replay", AW_INBOUND_EXCHANGE="nope")
+    assert code == 4
+    [line] = err.splitlines()
+    assert "exchange 'nope' not found; check AW_INBOUND_EXCHANGE" in line
+    assert await queue_depth(channel, topology.dead_letter_queue) == 1
+
+
+def test_the_replay_plan_is_what_replay_takes_up() -> None:
+    letters = [
+        DeadLetter(position=n, body=b"", headers={"x-aw-reason": r, "x-aw-replay-count": c})
+        for n, (r, c) in enumerate(
+            [("openai_rejected", 3), ("schema_invalid", 0), ("openai_rejected", 0), ("x", 0)],
+            start=1,
+        )
+    ]
+    everything = Selection()
+    assert replay_plan(letters, everything, ReplayRules()) == letters
+    # --limit counts what moves: the refused first one does not use it up.
+    one = replay_plan(letters, Selection(limit=1), ReplayRules(max_replays=3))
+    assert [letter.position for letter in one] == [1, 2]
+    forced = replay_plan(letters, Selection(limit=1), ReplayRules(force=True))
+    assert [letter.position for letter in forced] == [1]
+    rejected = Selection(reasons=frozenset({"openai_rejected"}))
+    assert [letter.position for letter in replay_plan(letters, rejected, ReplayRules())] == [1, 3]
+    assert {"schema_invalid", "malformed_json"} <= {str(reason) for reason in UNFIXABLE}

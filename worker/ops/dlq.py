@@ -22,6 +22,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+from worker.errors import ReasonCode
 from worker.headers import json_safe
 from worker.relay.outbound import (
     H_CONVERSATION_ID,
@@ -34,6 +35,16 @@ from worker.relay.outbound import (
     H_REPLAY_COUNT,
 )
 from worker.settings import Topology
+
+# RabbitMQ's own reasons (x-death), for what it dead-lettered itself: a message that kept
+# crashing workers reaches the delivery limit. "unknown" is a message with no reason at all.
+BROKER_REASONS = ("delivery_limit", "rejected", "expired", "maxlen")
+REASONS: tuple[str, ...] = (*(str(code) for code in ReasonCode), *BROKER_REASONS, "unknown")
+# The bytes and properties are what is wrong, and a replay sends them as they are: these fail
+# the same way again (unless the worker was changed to accept them).
+UNFIXABLE = frozenset(
+    {ReasonCode.MALFORMED_JSON, ReasonCode.SCHEMA_INVALID, ReasonCode.MESSAGE_ID_MISMATCH}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +181,35 @@ class Selection:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayRules:
+    """Which matching events a replay refuses: those replayed `max_replays` times already
+    (poison protection), unless forced."""
+
+    force: bool = False
+    max_replays: int = 3
+
+    def refuses(self, letter: DeadLetter) -> bool:
+        return letter.replay_count >= self.max_replays and not self.force
+
+
+def replay_plan(
+    found: Iterable[DeadLetter], selection: Selection, rules: ReplayRules
+) -> list[DeadLetter]:
+    """What a replay of `selection` would take up (move or refuse), head first, worked out from
+    a read of the queue: the replay's progress total, and what to warn about before it moves
+    anything. `--limit` counts the events moved, as in the replay itself."""
+    plan: list[DeadLetter] = []
+    moving = 0
+    for letter in found:
+        if selection.limit is not None and moving >= selection.limit:
+            break
+        if selection.matches(letter):
+            plan.append(letter)
+            moving += not rules.refuses(letter)
+    return plan
+
+
 @dataclass
 class MoveReport:
     """What a replay (or a purge) did, message by message."""
@@ -177,6 +217,11 @@ class MoveReport:
     moved: list[DeadLetter] = field(default_factory=list)
     refused: list[DeadLetter] = field(default_factory=list)
     examined: int = 0
+
+    @property
+    def taken_up(self) -> int:
+        """Matching events handled so far, moved or refused: a replay's progress."""
+        return len(self.moved) + len(self.refused)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -189,9 +234,15 @@ class MoveReport:
 Progress = Callable[[MoveReport], None]
 
 
-class QueueNotFound(Exception):
-    """The configured dead-letter queue does not exist (a wrong AW_DEAD_LETTER_QUEUE, or the
-    topology was never declared); the CLI says so and exits 4."""
+class NotFound(Exception):
+    """A queue or exchange the operation needs does not exist (a wrong name in the settings, or
+    the topology was never declared); the CLI names it and its variable, and exits 4."""
+
+    def __init__(self, kind: str, name: str, variable: str) -> None:
+        super().__init__(f"{kind} {name!r}")
+        self.kind = kind
+        self.name = name
+        self.variable = variable
 
 
 class DeadLetterQueue:
@@ -211,11 +262,21 @@ class DeadLetterQueue:
             try:
                 queue = await channel.get_queue(self._topology.dead_letter_queue)
             except aio_pika.exceptions.ChannelClosed:
-                raise QueueNotFound(self._topology.dead_letter_queue) from None
+                raise NotFound(
+                    "dead-letter queue", self._topology.dead_letter_queue, "AW_DEAD_LETTER_QUEUE"
+                ) from None
             yield channel, queue
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+    async def _exchange(
+        self, channel: AbstractChannel, name: str, variable: str
+    ) -> aio_pika.abc.AbstractExchange:
+        try:
+            return await channel.get_exchange(name)
+        except aio_pika.exceptions.ChannelClosed:
+            raise NotFound("exchange", name, variable) from None
 
     async def _walk(
         self, queue: aio_pika.abc.AbstractQueue
@@ -256,13 +317,16 @@ class DeadLetterQueue:
         """Moves matching events back to the inbound exchange, counting each replay."""
         report = MoveReport()
         pacer = ReplayPacer(rate_per_s)
+        rules = ReplayRules(force, max_replays)
         async with self._session() as (channel, queue):
-            inbound = await channel.get_exchange(self._topology.inbound_exchange)
+            inbound = await self._exchange(
+                channel, self._topology.inbound_exchange, "AW_INBOUND_EXCHANGE"
+            )
             async for letter, message in self._walk(queue):
                 report.examined += 1
                 if not selection.matches(letter):
                     continue
-                if letter.replay_count >= max_replays and not force:
+                if rules.refuses(letter):
                     report.refused.append(letter)
                 elif not dry_run:
                     await pacer.wait()
@@ -295,7 +359,9 @@ class DeadLetterQueue:
         """Puts exported dead letters into this cluster's dead-letter queue (import)."""
         count = 0
         async with self._session() as (channel, _):
-            exchange = await channel.get_exchange(self._topology.dead_letter_exchange)
+            exchange = await self._exchange(
+                channel, self._topology.dead_letter_exchange, "AW_DEAD_LETTER_EXCHANGE"
+            )
             for letter in letters:
                 await exchange.publish(letter.to_message(), routing_key=letter.routing_key)
                 count += 1

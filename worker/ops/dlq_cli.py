@@ -1,15 +1,19 @@
 """`assistant-worker dlq ...`: the operator's tools for the dead-letter queue.
 
-Exit codes: 0 done; 1 done, but some events were refused (replay's poison protection);
-2 bad usage or filter; 3 RabbitMQ unreachable; 4 the dead-letter queue does not exist.
+Exit codes (worker/ops/exits.py): 0 done; 1 done, but some events were refused (replay's
+poison protection); 2 bad usage, a bad filter, a purge or replay not confirmed, or an export
+that cannot be written; 3 RabbitMQ unreachable; 4 the dead-letter queue (or an exchange the
+command needs) does not exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -20,25 +24,54 @@ from typing import Annotated, Any, TypeVar
 import aio_pika
 import typer
 from aiormq.exceptions import AMQPConnectionError
-from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
-from worker.ops.dlq import DeadLetter, DeadLetterQueue, MoveReport, QueueNotFound, Selection
+from worker.ops.conventions import console
+from worker.ops.dlq import (
+    UNFIXABLE,
+    DeadLetter,
+    DeadLetterQueue,
+    MoveReport,
+    NotFound,
+    ReplayRules,
+    Selection,
+    replay_plan,
+)
 from worker.ops.dlq_filters import selecting
+from worker.ops.dlq_tables import letters_table, short_time, stats_tables
+from worker.ops.exits import ExitCode, exit_codes
 from worker.settings import Settings
 
 T = TypeVar("T")
-EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NO_QUEUE = 1, 2, 3, 4
+
+_ALWAYS = {
+    ExitCode.OK: "done",
+    ExitCode.USAGE: "bad usage or filter",
+    ExitCode.UNREACHABLE: "RabbitMQ unreachable",
+    ExitCode.NOT_FOUND: "the dead-letter queue does not exist",
+}
+READING = exit_codes(_ALWAYS)
+# Replay publishes to the inbound exchange, import to the dead-letter exchange.
+_MOVING = {
+    **_ALWAYS,
+    ExitCode.NOT_FOUND: "the dead-letter queue, or the exchange to move to, does not exist",
+}
 
 app = typer.Typer(
-    help="Inspect, replay, export and purge the dead-letter queue.", no_args_is_help=True
+    help="Inspect, replay, export and purge the dead-letter queue.",
+    epilog=exit_codes(
+        {
+            **_ALWAYS,
+            ExitCode.FAILED: "done, but some events were refused (replay)",
+            ExitCode.USAGE: "bad usage or filter, or not confirmed",
+            ExitCode.NOT_FOUND: "the dead-letter queue (or an exchange) does not exist",
+        }
+    ),
+    no_args_is_help=True,
 )
-# Off a terminal (pipes, files) lines are not folded at 80 columns, and there are no colours.
-out = Console(width=None if sys.stdout.isatty() else 240)
-err = Console(stderr=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output, full values.")]
 
 
 def _run(work: Callable[[DeadLetterQueue], Awaitable[T]]) -> T:
@@ -55,11 +88,16 @@ def _run(work: Callable[[DeadLetterQueue], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except (AMQPConnectionError, ConnectionError, OSError) as exc:
-        err.print(f"[red]cannot connect to RabbitMQ[/] ({type(exc).__name__}); check AW_AMQP_URL")
-        raise typer.Exit(EXIT_UNREACHABLE) from None
-    except QueueNotFound as exc:
-        err.print(f"[red]dead-letter queue {exc} not found[/]; check AW_DEAD_LETTER_QUEUE")
-        raise typer.Exit(EXIT_NO_QUEUE) from None
+        _fail(f"cannot connect to RabbitMQ ({type(exc).__name__}); check AW_AMQP_URL")
+        raise typer.Exit(ExitCode.UNREACHABLE) from None
+    except NotFound as exc:
+        _fail(f"{exc} not found; check {exc.variable}")
+        raise typer.Exit(ExitCode.NOT_FOUND) from None
+
+
+def _fail(message: str) -> None:
+    """One line on stderr, never folded: the operator may grep or copy it."""
+    console(stderr=True).print(f"[red]{escape(message)}[/]", soft_wrap=True, highlight=False)
 
 
 def _summary(letter: DeadLetter) -> dict[str, Any]:
@@ -79,94 +117,86 @@ def _print_json(value: object) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
-@app.command()
+@app.command(epilog=READING)
 def stats(as_json: JsonOpt = False) -> None:
     """Counts by reason and by conversation, with the oldest and newest failure."""
     letters = _run(lambda q: q.read())
     times = sorted(t for t in (letter.failed_at for letter in letters) if t)
-    result: dict[str, Any] = {
-        "total": len(letters),
-        "by_reason": dict(Counter(letter.reason for letter in letters).most_common()),
-        "by_conversation": dict(
-            Counter(letter.conversation_id or "-" for letter in letters).most_common()
-        ),
-        "oldest": times[0].isoformat() if times else None,
-        "newest": times[-1].isoformat() if times else None,
-    }
+    by_reason = Counter(letter.reason for letter in letters).most_common()
+    by_conversation = Counter(letter.conversation_id or "-" for letter in letters).most_common()
     if as_json:
-        _print_json(result)
+        _print_json(
+            {
+                "total": len(letters),
+                "by_reason": dict(by_reason),
+                "by_conversation": dict(by_conversation),
+                "oldest": times[0].isoformat() if times else None,
+                "newest": times[-1].isoformat() if times else None,
+            }
+        )
         return
-    out.print(
-        f"{result['total']} dead-lettered; oldest {result['oldest']}, newest {result['newest']}"
-    )
-    for title, counts in (
-        ("reason", result["by_reason"]),
-        ("conversation", result["by_conversation"]),
-    ):
-        table = Table(title=f"by {title}")
-        table.add_column(title)
-        table.add_column("events", justify="right")
-        for key, count in counts.items():
-            table.add_row(str(key), str(count))
+    out = console()
+    span = f"; oldest {short_time(times[0])}, newest {short_time(times[-1])} (UTC)" if times else ""
+    out.print(f"{len(letters)} dead-lettered{span}", highlight=False)
+    for table in stats_tables(by_reason, by_conversation, out.width):
         out.print(table)
 
 
-@app.command("list")
+@app.command("list", epilog=READING)
 @selecting(limit=50)
 def list_(selection: Selection, as_json: JsonOpt = False) -> None:
-    """Page through dead letters, head of the queue first. Nothing is removed or reordered."""
+    """Page through dead letters, head of the queue first. Nothing is removed or reordered.
+
+    Long IDs and errors are shortened to fit the terminal; `show` and `--json` give them whole.
+    """
     letters = _run(lambda q: q.read(selection))
     if as_json:
         _print_json([_summary(letter) for letter in letters])
         return
-    table = Table()
-    for column in (
-        "#",
-        "event",
-        "conversation",
-        "reason",
-        "attempts",
-        "replays",
-        "failed at",
-        "error",
-    ):
-        table.add_column(column, overflow="fold")
-    for letter in letters:
-        s = _summary(letter)
-        table.add_row(
-            str(s["position"]),
-            s["event_id"] or "-",
-            s["conversation_id"] or "-",
-            s["reason"],
-            str(s["attempts"]),
-            str(s["replays"]),
-            s["failed_at"] or "-",
-            s["error"][:80],
-        )
-    out.print(table)
+    out = console()
+    out.print(letters_table(letters, out.width))
 
 
-@app.command()
+@app.command(
+    epilog=exit_codes({**_ALWAYS, ExitCode.USAGE: "bad usage, or no dead letter has that ID"})
+)
 def show(
     event_id: Annotated[str, typer.Argument(help="The event ID (or AMQP message ID).")],
     as_json: JsonOpt = False,
 ) -> None:
-    """One dead letter with all its headers and its body."""
+    """One dead letter with all its headers and its body, nothing shortened."""
     found = _run(lambda q: q.read(Selection(event_ids=frozenset({event_id}), limit=1)))
     if not found:
-        err.print(f"[red]no dead letter with event ID {event_id!r}[/]")
-        raise typer.Exit(EXIT_USAGE)
+        _fail(f"no dead letter with event ID {event_id!r}")
+        raise typer.Exit(ExitCode.USAGE)
     letter = found[0]
     if as_json:
         _print_json({**_summary(letter), **letter.to_record()})
         return
-    out.print(f"[bold]{letter.event_id}[/] at position {letter.position}: {letter.reason}")
+    # Soft-wrapped: long values reach the terminal whole, for it to wrap and to copy from.
+    out = console()
+    out.print(
+        f"[bold]{escape(letter.event_id or '-')}[/] at position {letter.position}: "
+        f"{escape(letter.reason)}",
+        soft_wrap=True,
+    )
     for key, value in sorted(letter.headers.items()):
-        out.print(f"  {key}: {value}", highlight=False)
-    out.print(letter.body.decode("utf-8", "replace"), highlight=False, markup=False)
+        out.print(f"  {key}: {value}", highlight=False, markup=False, soft_wrap=True)
+    out.print(letter.body.decode("utf-8", "replace"), highlight=False, markup=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(
+    epilog=exit_codes(
+        {
+            **_MOVING,
+            ExitCode.FAILED: "done, but some events were refused (replayed --max-replays times)",
+            ExitCode.USAGE: (
+                "bad usage or filter, or events that cannot succeed as they are, not confirmed "
+                "(no terminal to ask on, and no --force)"
+            ),
+        }
+    )
+)
 @selecting()
 def replay(
     selection: Selection,
@@ -174,15 +204,28 @@ def replay(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would move.")] = False,
     force: Annotated[
         bool,
-        typer.Option(help="Answer again even if already answered; ignore --max-replays."),
+        typer.Option(
+            help="Answer again even if already answered; ignore --max-replays; replay events "
+            "that cannot succeed as they are without asking."
+        ),
     ] = False,
     max_replays: Annotated[
         int, typer.Option(min=1, help="Refuse events replayed this many times already.")
     ] = 3,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move matching events back to the inbound exchange (confirmed before removal)."""
-    with _progress(not as_json and out.is_terminal) as progress:
+    """Move matching events back to the inbound exchange (confirmed before removal).
+
+    Events dead-lettered as malformed_json, schema_invalid or message_id_mismatch fail again
+    as they are: before moving any, replay asks (on a terminal) or refuses (off one), unless
+    --force.
+    """
+    rules = ReplayRules(force=force, max_replays=max_replays)
+    found = _run(lambda q: q.read(dataclasses.replace(selection, limit=None)))
+    plan = replay_plan(found, selection, rules)
+    if not dry_run and not force:
+        _confirm_unfixable([letter for letter in plan if not rules.refuses(letter)])
+    with _progress(not as_json and console().is_terminal, total=len(plan)) as progress:
         report = _run(
             lambda q: q.replay(
                 selection,
@@ -195,11 +238,37 @@ def replay(
         )
     _report_move("would move" if dry_run else "moved", report, as_json)
     if report.refused:
-        raise typer.Exit(EXIT_REFUSED)
+        raise typer.Exit(ExitCode.FAILED)
+
+
+def _confirm_unfixable(moving: list[DeadLetter]) -> None:
+    """Asks before replaying events that will only be dead-lettered again; off a terminal
+    there is nobody to ask, and the answer is no."""
+    unfixable = Counter(letter.reason for letter in moving if letter.reason in UNFIXABLE)
+    if not unfixable:
+        return
+    kinds = ", ".join(f"{count} {reason}" for reason, count in sorted(unfixable.items()))
+    what = (
+        f"{unfixable.total()} of the {len(moving)} events to replay cannot succeed as they are "
+        f"({kinds}): a replay sends them unchanged, and they would be dead-lettered again"
+    )
+    if not sys.stdin.isatty():
+        _fail(f"{what}; leave them out (--reason) or add --force to replay them anyway")
+        raise typer.Exit(ExitCode.USAGE)
+    if not _confirmed(f"{what}. Replay them anyway?"):
+        raise typer.Exit(ExitCode.USAGE)
+
+
+def _confirmed(question: str) -> bool:
+    """The operator's yes; end of input or Ctrl-C at the prompt is a no."""
+    try:
+        return typer.confirm(question, default=False)
+    except typer.Abort:
+        return False
 
 
 @contextmanager
-def _progress(show_bar: bool) -> Iterator[Callable[[MoveReport], None] | None]:
+def _progress(show_bar: bool, total: int) -> Iterator[Callable[[MoveReport], None] | None]:
     if not show_bar:
         yield None
         return
@@ -209,12 +278,12 @@ def _progress(show_bar: bool) -> Iterator[Callable[[MoveReport], None] | None]:
         MofNCompleteColumn(),
         TextColumn("{task.fields[note]}"),
     )
-    with Progress(*columns, console=out, transient=True) as bar:
-        task = bar.add_task("replay", total=None, note="")
+    with Progress(*columns, console=console(), transient=True) as bar:
+        task = bar.add_task("replay", total=total, note="")
 
         def update(report: MoveReport) -> None:
             note = f"moved {len(report.moved)}, refused {len(report.refused)}"
-            bar.update(task, completed=report.examined, note=note)
+            bar.update(task, completed=report.taken_up, note=note)
 
         yield update
 
@@ -223,9 +292,10 @@ def _report_move(verb: str, report: MoveReport, as_json: bool) -> None:
     if as_json:
         _print_json(report.as_json())
         return
+    out = console()
     out.print(f"{verb} {len(report.moved)} of {report.examined} examined")
     for letter in report.moved:
-        out.print(f"  {letter.event_id}  {letter.reason}", highlight=False)
+        out.print(f"  {letter.event_id}  {letter.reason}", highlight=False, soft_wrap=True)
     if report.refused:
         out.print(
             f"[yellow]refused {len(report.refused)} already replayed too often "
@@ -235,7 +305,10 @@ def _report_move(verb: str, report: MoveReport, as_json: bool) -> None:
             out.print(f"  {letter.event_id}  replays={letter.replay_count}", highlight=False)
 
 
-@app.command("export")
+@app.command(
+    "export",
+    epilog=exit_codes({**_ALWAYS, ExitCode.USAGE: "bad usage or filter, or FILE not writable"}),
+)
 @selecting()
 def export(
     file: Annotated[Path, typer.Argument(help="JSON Lines file to write; - for stdout.")],
@@ -243,20 +316,29 @@ def export(
 ) -> None:
     """Write matching dead letters (headers + body, lossless) as JSON Lines; none are removed."""
     letters = _run(lambda q: q.read(selection))
-    _write_jsonl(file, letters)
-    if str(file) != "-":
-        out.print(f"exported {len(letters)} dead letters to {file}")
-
-
-def _write_jsonl(file: Path, letters: list[DeadLetter]) -> None:
-    lines = "".join(json.dumps(letter.to_record()) + "\n" for letter in letters)
     if str(file) == "-":
-        sys.stdout.write(lines)
-    else:
-        file.write_text(lines)
+        sys.stdout.write(_jsonl(letters))
+        return
+    _write_or_exit(file, letters, "nothing was exported")
+    console().print(f"exported {len(letters)} dead letters to {file}", soft_wrap=True)
 
 
-@app.command("import")
+def _jsonl(letters: list[DeadLetter]) -> str:
+    return "".join(json.dumps(letter.to_record()) + "\n" for letter in letters)
+
+
+def _write_or_exit(file: Path, letters: list[DeadLetter], consequence: str) -> None:
+    try:
+        file.write_text(_jsonl(letters))
+    except OSError as exc:
+        _fail(f"cannot write {file}: {exc.strerror or type(exc).__name__}; {consequence}")
+        raise typer.Exit(ExitCode.USAGE) from None
+
+
+@app.command(
+    "import",
+    epilog=exit_codes({**_MOVING, ExitCode.USAGE: "bad usage, or FILE unreadable"}),
+)
 def import_(
     file: Annotated[Path, typer.Argument(help="JSON Lines file written by `dlq export`.")],
 ) -> None:
@@ -268,33 +350,77 @@ def import_(
             if line.strip()
         ]
     except (OSError, ValueError, KeyError) as exc:
-        err.print(f"[red]cannot read {file}:[/] {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+        _fail(f"cannot read {file}: {exc}")
+        raise typer.Exit(ExitCode.USAGE) from None
     count = _run(lambda q: q.add(letters))
-    out.print(f"imported {count} dead letters")
+    console().print(f"imported {count} dead letters")
 
 
-@app.command()
+@app.command(
+    epilog=exit_codes(
+        {
+            **_ALWAYS,
+            ExitCode.USAGE: (
+                "bad usage or filter, not confirmed, or the export has nowhere to go "
+                "(nothing is deleted then)"
+            ),
+        }
+    )
+)
 @selecting()
 def purge(
     selection: Selection,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     export_to: Annotated[
-        Path | None, typer.Option(help="Where to export them first (default: a dated file).")
+        Path | None,
+        typer.Option(
+            help="Where to export them first (default: dlq-purged-<time>.jsonl in the working "
+            "directory, which must then be writable)."
+        ),
     ] = None,
     no_export: Annotated[bool, typer.Option("--no-export", help="Do not export first.")] = False,
 ) -> None:
-    """Delete matching dead letters, exporting them first unless told not to."""
+    """Delete matching dead letters, exporting them first unless told not to.
+
+    Where the export goes is checked, and said, before anything is deleted.
+    """
+    target = None if no_export else _export_target(export_to)
     letters = _run(lambda q: q.read(selection))
     if not letters:
-        out.print("nothing matches; nothing purged")
+        console().print("nothing matches; nothing purged")
         return
-    if not yes and not typer.confirm(f"Delete {len(letters)} dead letters?", default=False):
-        raise typer.Exit(EXIT_USAGE)
-    if not no_export:
-        target = export_to or Path(f"dlq-purged-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.jsonl")
-        _write_jsonl(target, letters)
-        out.print(f"exported {len(letters)} dead letters to {target}")
+    where = f"exported to {target} first" if target else "not exported (--no-export)"
+    if not yes and not _confirmed(f"Delete {len(letters)} dead letters, {where}?"):
+        raise typer.Exit(ExitCode.USAGE)
+    if target is not None:
+        _write_or_exit(target, letters, "nothing was purged")
+        console().print(f"exported {len(letters)} dead letters to {target}", soft_wrap=True)
     chosen = Selection(event_ids=frozenset(e for e in (x.event_id for x in letters) if e))
     report = _run(lambda q: q.purge(chosen))
-    out.print(f"purged {len(report.moved)} dead letters")
+    console().print(f"purged {len(report.moved)} dead letters")
+
+
+def _export_target(export_to: Path | None) -> Path:
+    """Where purge exports to, checked writable before anything is read or deleted: the
+    shipped image's working directory may well be read-only."""
+    default = export_to is None
+    target = (export_to or Path(f"dlq-purged-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.jsonl")).absolute()
+    if _can_create_in(target.parent):
+        return target
+    if default:
+        _fail(
+            f"the working directory {target.parent} is not writable, so purge has nowhere to "
+            "export to: name a file with --export-to, or pass --no-export"
+        )
+    else:
+        _fail(f"cannot write {target}: {target.parent} is not a writable directory")
+    raise typer.Exit(ExitCode.USAGE)
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Tried, not inferred from permission bits: root passes those on a read-only mount."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False

@@ -7,17 +7,47 @@ from its signature, so each command's `--help` lists the filters with its own op
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 import typer
 
-from worker.ops.dlq import Selection
+from worker.ops.dlq import REASONS, Selection
 from worker.ops.when import parse_when
 
-ReasonOpt = Annotated[list[str] | None, typer.Option("--reason", help="Reason code (repeatable).")]
+
+def known_reasons(values: list[str] | None) -> list[str] | None:
+    """The `--reason` values, each one a reason code: a misspelt one would match nothing and
+    look like an empty queue, so it is refused, with the likely code and every valid one."""
+    for value in values or ():
+        if value not in REASONS:
+            raise typer.BadParameter(_unknown(value, REASONS), param_hint="--reason")
+    return values
+
+
+def _unknown(value: str, valid: Iterable[str]) -> str:
+    choices = list(valid)
+    close = difflib.get_close_matches(value, choices, n=1)
+    guess = f" (did you mean {close[0]}?)" if close else ""
+    return f"{value!r} is no reason code{guess}; valid: {', '.join(choices)}"
+
+
+def _complete_reason(incomplete: str) -> list[str]:
+    return [reason for reason in REASONS if reason.startswith(incomplete)]
+
+
+ReasonOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--reason",
+        callback=known_reasons,
+        autocompletion=_complete_reason,
+        help=f"Reason code (repeatable): {', '.join(REASONS)}.",
+    ),
+]
 ConversationOpt = Annotated[
     list[str] | None, typer.Option("--conversation", help="Conversation ID (repeatable).")
 ]
