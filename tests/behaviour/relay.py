@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import aio_pika
+import aiormq
 import openai
 from aio_pika.abc import AbstractChannel
 
@@ -52,23 +52,26 @@ class Published:
 
 @dataclass
 class RecordingChannel:
-    """Stands where the publishing channel would: every publish is confirmed and recorded."""
+    """Stands where the publishing channel would, and the aiormq channel under it (the outbox
+    publishes through that layer): every publish is confirmed and recorded."""
 
     published: list[Published] = field(default_factory=list)
 
-    async def get_exchange(self, name: str, ensure: bool = False) -> RecordingExchange:
-        return RecordingExchange(name, self.published)
+    async def get_underlay_channel(self) -> RecordingChannel:
+        return self
 
-
-@dataclass
-class RecordingExchange:
-    name: str
-    published: list[Published]
-
-    async def publish(self, message: aio_pika.Message, routing_key: str, **_: Any) -> None:
-        headers = dict(message.headers or {})
+    async def basic_publish(
+        self,
+        body: bytes,
+        *,
+        exchange: str,
+        routing_key: str,
+        properties: aiormq.spec.Basic.Properties,
+        **_: Any,
+    ) -> None:
+        headers = dict(properties.headers or {})
         self.published.append(
-            Published(self.name, routing_key, message.message_id, headers, message.body)
+            Published(exchange, routing_key, properties.message_id, headers, body)
         )
 
 
