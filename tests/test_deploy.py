@@ -555,7 +555,9 @@ def test_a_misspelt_setting_is_not_a_setting() -> None:
     assert "AW_TOPOLOGY" not in names
 
 
-@pytest.mark.parametrize("kind", ["ScaledObject", "ServiceMonitor", "NetworkPolicy"])
+@pytest.mark.parametrize(
+    "kind", ["ScaledObject", "ServiceMonitor", "NetworkPolicy", "PrometheusRule"]
+)
 def test_production_has_its_components(kind: str) -> None:
     # Also keeps the per-kind tests below from passing on nothing.
     assert of_kind("production", kind), f"production renders no {kind}"
