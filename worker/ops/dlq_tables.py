@@ -57,11 +57,12 @@ def fitted(columns: Sequence[Column], width: int, give_way: Sequence[Sequence[in
     """Each column's width so that the table fits in `width`: every column at its natural
     width if they fit; else the groups in `give_way` shrink, in that order, the widest column
     of a group first, down to their floors. Below the floors' sum it overflows."""
-    widths = [max(c.natural, c.floor, 1) for c in columns]
+    widths = [max(c.natural, 1) for c in columns]
+    floors = [min(c.floor, w) for c, w in zip(columns, widths, strict=True)]
     over = sum(widths) + _overhead(len(columns)) - width
     for group in give_way:
         while over > 0:
-            slack = {i: widths[i] - columns[i].floor for i in group if widths[i] > columns[i].floor}
+            slack = {i: widths[i] - floors[i] for i in group if widths[i] > floors[i]}
             if not slack:
                 break
             widest = max(slack, key=lambda i: widths[i])
@@ -117,9 +118,9 @@ def letters_table(letters: Sequence[DeadLetter], width: int) -> Table:
         Column("failed at (UTC)", _widest(cells[6], "failed at"), 10, wraps=True, snaps=True),
         Column("error", _widest(cells[7], "error", 60), 16, wraps=True),
     ]
-    # The time gives way first (its date above its hour), then the error (it wraps) and the
-    # IDs (shortened), then the reason.
-    table = _table(columns, width, give_way=((6,), (7, 1, 2), (3,)))
+    # The time gives way first (its date above its hour), then the IDs (shortened: `show`
+    # and `--json` have them whole), then the error (it wraps), then the reason.
+    table = _table(columns, width, give_way=((6,), (1, 2), (7,), (3,)))
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     return table
