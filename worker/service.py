@@ -13,7 +13,7 @@ import openai
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
-from worker import topology
+from worker import topology, tracing
 from worker.backends.assistants import AssistantsBackend
 from worker.backends.base import Backend
 from worker.backends.files import Files
@@ -41,6 +41,8 @@ from worker.store.ports import OutboxStore, Store
 from worker.store.postgres import PostgresStore, create_pool
 
 log = structlog.get_logger("worker.service")
+# How long a stopping worker waits for its last spans to be exported.
+TRACES_FLUSH_S = 5.0
 
 
 def make_backends(settings: Settings, client: openai.AsyncOpenAI) -> dict[str, Backend]:
@@ -88,12 +90,17 @@ class WorkerService:
         grace period and returns. Raises what will not mend by waiting: bad credentials, a
         missing database or schema, a missing schema or SQL file."""
         check_contract()
+        # Before any client is made: the instrumentations hook aiohttp's and aio-pika's classes.
+        traces = tracing.setup()
         try:
             async with self._resources(stop) as resources:
                 await self._serve(stop, *resources)
         except StoppedWhileWaiting as exc:
             log.info("worker_stopped", while_waiting_for=str(exc))
             return
+        finally:
+            if traces is not None:
+                traces.shutdown(TRACES_FLUSH_S)
         log.info("worker_stopped")
 
     async def _serve(

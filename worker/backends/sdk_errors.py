@@ -12,7 +12,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import openai
+from opentelemetry.trace import SpanKind
 
+from worker import tracing
+from worker.backends import genai
 from worker.errors import ApiError, ApiTransient, PermanentApiError
 
 P = ParamSpec("P")
@@ -24,16 +27,33 @@ _TRANSIENT_STATUS = frozenset({408, 409, 429})
 def sdk_boundary(
     method: Callable[P, Coroutine[Any, Any, T]],
 ) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Runs `method`, raising the worker's error for whatever the SDK raises (cause kept)."""
+    """Runs `method`, raising the worker's error for whatever the SDK raises (cause kept);
+    with tracing on, in a span of the GenAI conventions (worker/backends/genai.py)."""
 
     @functools.wraps(method)
     async def translating(*args: P.args, **kwargs: P.kwargs) -> T:
+        if tracing.enabled():
+            return await _traced(method, args, kwargs)
         try:
             return await method(*args, **kwargs)
         except openai.OpenAIError as exc:
             raise translate(exc) from exc
 
     return translating
+
+
+async def _traced(
+    method: Callable[..., Coroutine[Any, Any, T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    name, attributes = genai.request(method.__name__, args)
+    with tracing.span(name, attributes, kind=SpanKind.CLIENT) as span:
+        try:
+            result = await method(*args, **kwargs)
+        except openai.OpenAIError as exc:
+            # The span names its label (status code, timeout, ...), never the server's message.
+            raise translate(exc) from exc
+        tracing.set_attributes(span, genai.response(result))
+        return result
 
 
 def translate(exc: openai.OpenAIError) -> ApiError:

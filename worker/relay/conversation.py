@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from worker import tracing
 from worker.backends.base import (
     TRANSIENT_RUN_ERRORS,
     Backend,
@@ -190,7 +191,14 @@ class ConversationProcessor:
     async def _answer(self, lease: Lease, found: NextBatch) -> NextBatch | None:
         batch, stored = found.batch, found.events
         progress = _Progress(handoff=batch.handoff, resumed=not found.fresh)
-        with structlog.contextvars.bound_contextvars(batch_id=str(batch.batch_id)):
+        # The batch continues the trace of its first event, however long ago, and wherever, it
+        # was taken in; the others' traces are linked.
+        with (
+            structlog.contextvars.bound_contextvars(batch_id=str(batch.batch_id)),
+            tracing.continued_span(
+                "batch", [e.trace_context for e in stored], _batch_attributes(lease, found)
+            ),
+        ):
             try:
                 return await self._answer_batch(lease, found, progress)
             except PermanentApiError as exc:
@@ -441,6 +449,14 @@ class ConversationProcessor:
     async def _run_once(
         self, work: _Work, turn: Turn, run_id: str | None, progress: _Progress
     ) -> FinishedRun:
+        with tracing.span("run", {"aw.run.attempt": turn.attempt}) as span:
+            finished = await self._start_or_resume_and_finish(work, turn, run_id, progress)
+            tracing.set_attributes(span, _run_attributes(finished))
+            return finished
+
+    async def _start_or_resume_and_finish(
+        self, work: _Work, turn: Turn, run_id: str | None, progress: _Progress
+    ) -> FinishedRun:
         started_at: float | None = None
         if run_id is None:
             progress.reached(FaultPoint.RUN_CREATE)
@@ -638,6 +654,32 @@ class ConversationProcessor:
         now = datetime.now(UTC)
         for event in stored:
             self._metrics.reply_latency.observe((now - event.received_at).total_seconds())
+
+
+def _batch_attributes(lease: Lease, found: NextBatch) -> dict[str, object]:
+    batch = found.batch
+    return {
+        "aw.conversation.id": lease.conversation_id,
+        "aw.batch.id": str(batch.batch_id),
+        "aw.batch.events": len(batch.event_ids),
+        "aw.batch.attempt": batch.attempt,
+        # Opened by an earlier owner or attempt: resumed, perhaps in another process.
+        "aw.batch.resumed": not found.fresh,
+    }
+
+
+def _run_attributes(finished: FinishedRun) -> dict[str, object]:
+    snapshot = finished.snapshot
+    usage = snapshot.usage
+    return {
+        "aw.run.id": snapshot.run_id,
+        "aw.run.status": snapshot.status.value,
+        "aw.run.polls": finished.polls,
+        "aw.run.tool_calls": finished.function_calls + len(finished.hosted_calls),
+        "gen_ai.response.id": snapshot.run_id,
+        "gen_ai.usage.input_tokens": None if usage is None else usage.prompt_tokens,
+        "gen_ai.usage.output_tokens": None if usage is None else usage.completion_tokens,
+    }
 
 
 def _handoff(

@@ -8,6 +8,7 @@ from enum import StrEnum
 
 import structlog
 
+from worker import tracing
 from worker.crashpoints import FaultPoint, maybe_fail
 from worker.errors import InvalidEvent, ReasonCode, error_class
 from worker.events import (
@@ -84,13 +85,18 @@ class Intake:
         try:
             event = self._parse(delivery)
         except InvalidEvent as exc:
-            await self._dead_letter_invalid(delivery, exc)
+            with tracing.span("intake", {_RESULT: "invalid"}):
+                await self._dead_letter_invalid(delivery, exc)
             return Settlement.ACK
         async with self._ownership.slot():
             # The event's IDs tag intake's lines only: the owner's loop that may follow answers
-            # other events too and tags its own lines.
-            with structlog.contextvars.bound_contextvars(
-                event_id=event.event_id, conversation_id=event.conversation_id
+            # other events too and tags its own lines. So does its span: the batch that answers
+            # it continues the span's context, stored with the event.
+            with (
+                structlog.contextvars.bound_contextvars(
+                    event_id=event.event_id, conversation_id=event.conversation_id
+                ),
+                tracing.span("intake", _span_attributes(event)),
             ):
                 lease = await self._take_in(event, delivery)
             # Without the lease, whoever holds it answers the event before giving it up.
@@ -116,6 +122,7 @@ class Intake:
                 lease_ttl_s=self._ownership.ttl_s,
             )
         log.info("event_received", intake=stored.result.value)
+        tracing.annotate({_RESULT: stored.result.value})
         self._metrics.events_received.labels(stored.result.value).inc()
         if stored.result is IntakeResult.IGNORED:
             # Nothing to steer: no thread, no run, nothing pending. Documented no-op.
@@ -209,6 +216,19 @@ class Intake:
         return salvage_ids(schema, delivery.body)
 
 
+_RESULT = "aw.intake.result"
+
+
+def _span_attributes(event: UserMessage | ConversationControl) -> dict[str, str]:
+    # IDs only: the helpdesk's, as the log lines carry them.
+    return {
+        "messaging.message.id": event.event_id,
+        "aw.event.id": event.event_id,
+        "aw.conversation.id": event.conversation_id,
+        "aw.event.kind": "control" if isinstance(event, ConversationControl) else "user_message",
+    }
+
+
 def _assistant_id(event: UserMessage | ConversationControl) -> str | None:
     return event.assistant_id if isinstance(event, UserMessage) else None
 
@@ -226,6 +246,7 @@ def _incoming(event: UserMessage | ConversationControl, delivery: Delivery) -> I
             occurred_at=event.occurred_at,
             batch_key=event.batch_key,
             control=event.action,
+            trace_context=tracing.current_carrier(),
         )
     return IncomingEvent(
         event_id=event.event_id,
@@ -239,4 +260,5 @@ def _incoming(event: UserMessage | ConversationControl, delivery: Delivery) -> I
         batch_key=event.batch_key,
         # Only the Assistants API has assistants to name.
         needs_backend=BackendName.ASSISTANTS if event.assistant_id else None,
+        trace_context=tracing.current_carrier(),
     )

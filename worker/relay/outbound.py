@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from worker import tracing
 from worker.errors import ReasonCode
 from worker.events import (
     REPLY_ID_NAMESPACE,
@@ -65,13 +66,14 @@ def bounded(text: str, limit: int = HEADER_MAX_BYTES) -> str:
 
 
 def reply_outbox(reply: AssistantReply, topology: Topology) -> OutboxMessage:
+    """The reply, carrying the current (batch) span's context, which publishing continues."""
     return OutboxMessage(
         dedupe_key=f"reply:{reply.event_id}",
         kind=OutboxKind.REPLY,
         message_id=reply.event_id,
         exchange=topology.outbound_exchange,
         routing_key=topology.reply_routing_key,
-        headers={"x-aw-conversation-id": reply.conversation_id},
+        headers=tracing.with_current_context({H_CONVERSATION_ID: reply.conversation_id}),
         body=reply.encode(),
         conversation_id=reply.conversation_id,
         sequence=reply.sequence,
@@ -85,7 +87,7 @@ def handoff_outbox(handoff: AssistantHandoff, topology: Topology) -> OutboxMessa
         message_id=handoff.event_id,
         exchange=topology.outbound_exchange,
         routing_key=topology.handoff_routing_key,
-        headers={"x-aw-conversation-id": handoff.conversation_id},
+        headers=tracing.with_current_context({H_CONVERSATION_ID: handoff.conversation_id}),
         body=handoff.encode(),
         conversation_id=handoff.conversation_id,
     )
@@ -125,6 +127,8 @@ def dead_letter_outbox(
     Its dedupe key ties it to these bytes and replay round, so a redelivery of the same input
     is not dead-lettered twice while a later replay that fails again is. (Bytes, not event_id:
     an invalid event's event_id is only what it claims, and two different bodies may claim one.)
+    With tracing on, its trace context is the current span's, so a replay joins the trace of
+    the verdict rather than the original delivery's.
     """
     now = datetime.now(UTC)
     identity = hashlib.sha256(delivery.body).hexdigest()
@@ -144,6 +148,7 @@ def dead_letter_outbox(
         headers[H_EVENT_ID] = event_id
     if conversation_id is not None:
         headers[H_CONVERSATION_ID] = conversation_id
+    headers = tracing.with_current_context(headers)
     return OutboxMessage(
         dedupe_key=f"dead:{identity}:{delivery.replay_count}",
         kind=OutboxKind.DEAD_LETTER,

@@ -12,10 +12,11 @@ import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel
 
+from worker import tracing
 from worker.crashpoints import CrashPoint, FaultPoint, maybe_crash, maybe_fail
 from worker.metrics import Metrics
 from worker.store.ports import OutboxStore
-from worker.store.records import ClaimedOutbox
+from worker.store.records import ClaimedOutbox, OutboxMessage
 
 log = structlog.get_logger("worker.relay.publish")
 
@@ -169,21 +170,36 @@ class OutboxRelay:
         """
         maybe_fail(FaultPoint.PUBLISH)
         m = claimed.message
-        message = aio_pika.Message(
-            m.body,
-            headers=m.headers,
-            message_id=m.message_id,
-            content_type=m.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
-        # aio-pika's channels are aiormq's Channel, whose basic_publish takes `wait`; the
-        # abstract type it is annotated with does not declare it.
-        channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
-        await channel.basic_publish(
-            message.body,
-            exchange=m.exchange,
-            routing_key=m.routing_key,
-            properties=message.properties,
-            mandatory=True,
-            wait=False,
-        )
+        # The span continues the context the row carries (the batch's, or intake's), and the
+        # message carries the span's: the helpdesk's consumer joins the event's trace.
+        with tracing.producing(f"publish {m.exchange}", m.headers, _span_attributes(m)) as headers:
+            message = aio_pika.Message(
+                m.body,
+                headers=headers,
+                message_id=m.message_id,
+                content_type=m.content_type,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            # aio-pika's channels are aiormq's Channel, whose basic_publish takes `wait`; the
+            # abstract type it is annotated with does not declare it.
+            channel = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+            await channel.basic_publish(
+                message.body,
+                exchange=m.exchange,
+                routing_key=m.routing_key,
+                properties=message.properties,
+                mandatory=True,
+                wait=False,
+            )
+
+
+def _span_attributes(m: OutboxMessage) -> dict[str, str]:
+    return {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": m.exchange,
+        "messaging.rabbitmq.destination.routing_key": m.routing_key,
+        "messaging.message.id": m.message_id,
+        "aw.outbox.kind": m.kind.value,
+    }

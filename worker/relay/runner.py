@@ -85,6 +85,8 @@ class FinishedRun:
     polls: int
     # The API's own tool calls seen on the way (every tool round's response, on Responses).
     hosted_calls: tuple[ToolCallSummary, ...] = ()
+    # The function calls this process served for it, every tool round (its run span says so).
+    function_calls: int = 0
 
 
 class Runner:
@@ -240,21 +242,25 @@ class Runner:
         polls = 0
         ours = started_at is not None
         hosted: list[ToolCallSummary] = []
+        calls = 0
         looked_at = asked_at = time.monotonic()
         # The webhook said it ended, yet the API shows it going on: poll it from then on.
         ending_heard = False
         while not run.status.is_terminal:
             if run.status is RunStatus.REQUIRES_ACTION:
                 hosted.extend(run.hosted_calls)
+                calls += len(run.tool_calls)
                 run = await self._tool_round(thread_id, run, turn, hooks, hosted, first_try=ours)
                 plan, looked_at, ours = self._plan(time.monotonic()), time.monotonic(), True
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return FinishedRun(await self._cancel(thread_id, run), polls, tuple(hosted))
+                cancelled = await self._cancel(thread_id, run)
+                return FinishedRun(cancelled, polls, tuple(hosted), calls)
             if time.monotonic() - asked_at >= INTERRUPT_CHECK_S:
                 if await hooks.interrupted():
-                    return FinishedRun(await self._stop(thread_id, run), polls, tuple(hosted))
+                    stopped = await self._stop(thread_id, run)
+                    return FinishedRun(stopped, polls, tuple(hosted), calls)
                 asked_at = time.monotonic()
             waited.add(run.run_id)
             look = await self._wait(run, plan, remaining, looked_at, polled=ending_heard)
@@ -270,7 +276,7 @@ class Runner:
             polls += 1
             maybe_crash(CrashPoint.MID_POLL)
         hosted.extend(run.hosted_calls)
-        return FinishedRun(await self._why_cancelled(run, hooks), polls, tuple(hosted))
+        return FinishedRun(await self._why_cancelled(run, hooks), polls, tuple(hosted), calls)
 
     async def _tool_round(
         self,

@@ -119,6 +119,7 @@ class _Event:
     status: EventStatus = EventStatus.PENDING
     batch_id: uuid.UUID | None = None
     settled_at: datetime | None = None
+    trace_context: dict[str, str] | None = None
 
     def stored(self) -> StoredEvent:
         return StoredEvent(
@@ -128,6 +129,7 @@ class _Event:
             self.routing_key,
             self.received_at,
             self.control,
+            None if self.trace_context is None else _jsonb(self.trace_context),
         )
 
     def settled_before(self, cutoff: datetime) -> bool:
@@ -299,6 +301,7 @@ class MemoryStore:
                 e.occurred_at,
                 e.batch_key,
                 e.control,
+                trace_context=None if e.trace_context is None else _jsonb(e.trace_context),
             )
             return IntakeResult.NEW
         result = e.result_for(existing.status, existing.replay_count)
@@ -310,6 +313,7 @@ class MemoryStore:
             existing.headers = _jsonb(e.headers)
             existing.settled_at = None
             existing.batch_key = e.batch_key
+            existing.trace_context = None if e.trace_context is None else _jsonb(e.trace_context)
         return result
 
     async def add_to_outbox(self, *messages: OutboxMessage) -> None:

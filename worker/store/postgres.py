@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import asyncpg
 
+from worker import tracing
 from worker.errors import LeaseLost, StoreUnavailable
 from worker.events import ControlAction, HandoffRequest
 from worker.relay.attachments import ModelFile
@@ -82,12 +83,23 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
 def store_boundary(
     method: Callable[P, Coroutine[Any, Any, T]],
 ) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Raises StoreUnavailable, caused by the driver's error, when the server is away."""
+    """Raises StoreUnavailable, caused by the driver's error, when the server is away.
+
+    With tracing on, each call under a traced span is a span of its own, named after the
+    method: one per store operation (a short transaction), not per statement, and no SQL.
+    """
+    span_name = f"postgres {method.__name__}"
+    attributes = {
+        "db.system.name": "postgresql",
+        "db.system": "postgresql",
+        "db.operation.name": method.__name__,
+    }
 
     @functools.wraps(method)
     async def translated(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await method(*args, **kwargs)
+            with tracing.child_span(span_name, attributes):
+                return await method(*args, **kwargs)
         except _UNAVAILABLE as exc:
             raise _unavailable(exc) from exc
 
@@ -503,6 +515,7 @@ def _event_columns(e: IncomingEvent) -> tuple[object, ...]:
         e.occurred_at,
         e.batch_key,
         e.control,
+        e.trace_context,
     )
 
 
@@ -514,7 +527,13 @@ async def _stored_before(conn: Connection, e: IncomingEvent) -> IntakeResult:
     result = e.result_for(EventStatus(existing["status"]), existing["replay_count"])
     if result is IntakeResult.REOPENED:
         await conn.execute(
-            q("reopen_event"), e.event_id, e.replay_count, e.body, e.headers, e.batch_key
+            q("reopen_event"),
+            e.event_id,
+            e.replay_count,
+            e.body,
+            e.headers,
+            e.batch_key,
+            e.trace_context,
         )
     return result
 

@@ -129,6 +129,8 @@ class StoredEvent:
     received_at: datetime
     # A conversation_control.v1 event's action; None for a user message.
     control: ControlAction | None = None
+    # The context of the span that took it in (worker/tracing.py); None while tracing is off.
+    trace_context: dict[str, str] | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> StoredEvent:
@@ -140,6 +142,7 @@ class StoredEvent:
             row["routing_key"],
             row["received_at"],
             None if control is None else ControlAction(control),
+            row["trace_context"],
         )
 
 
@@ -352,6 +355,8 @@ class IncomingEvent:
     needs_backend: BackendName | None = None
     # A conversation_control.v1 event's action: stored only for a conversation already known.
     control: ControlAction | None = None
+    # The context of the span taking it in, to continue when it is answered (worker/tracing.py).
+    trace_context: dict[str, str] | None = None
 
     def reopens(self, status: EventStatus, stored_replays: int) -> bool:
         """Whether this delivery of a known event is new work again: only after an operator's

@@ -22,18 +22,18 @@ SELECT backend FROM conversations WHERE conversation_id = $1 FOR UPDATE;
 -- acquire_lease does: a new event always needs its answer, and one round trip does both.
 -- seq is NULL for an event stored before; lease_token is NULL when the lease was not free.
 -- $1 event_id, $2 conversation_id, $3 body, $4 headers, $5 routing_key, $6 replay_count,
--- $7 occurred_at, $8 batch_key, $9 control action or NULL, $10 lease_token, $11 lease_owner,
--- $12 lease ttl seconds
+-- $7 occurred_at, $8 batch_key, $9 control action or NULL, $10 trace_context or NULL,
+-- $11 lease_token, $12 lease_owner, $13 lease ttl seconds
 WITH inserted AS (
     INSERT INTO inbound_events (event_id, conversation_id, body, headers, routing_key,
-                                replay_count, occurred_at, batch_key, control)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                replay_count, occurred_at, batch_key, control, trace_context)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING seq
 ), leased AS (
     UPDATE conversations
-    SET lease_token = $10, lease_owner = $11,
-        lease_expires_at = now() + make_interval(secs => $12), updated_at = now()
+    SET lease_token = $11, lease_owner = $12,
+        lease_expires_at = now() + make_interval(secs => $13), updated_at = now()
     WHERE conversation_id = $2 AND (lease_token IS NULL OR lease_expires_at <= now())
       AND EXISTS (SELECT 1 FROM inserted)
     RETURNING lease_token
@@ -45,11 +45,11 @@ SELECT (SELECT seq FROM inserted) AS seq, (SELECT lease_token FROM leased) AS le
 SELECT status, replay_count, conversation_id FROM inbound_events WHERE event_id = $1;
 
 -- name: reopen_event
--- An operator replayed the event: treat it as new.
--- $1 event_id, $2 replay_count, $3 body, $4 headers, $5 batch_key
+-- An operator replayed the event: treat it as new (its answer joins the replay's trace).
+-- $1 event_id, $2 replay_count, $3 body, $4 headers, $5 batch_key, $6 trace_context or NULL
 UPDATE inbound_events
 SET status = 'pending', batch_id = NULL, replay_count = $2, body = $3, headers = $4,
-    settled_at = NULL, batch_key = $5
+    settled_at = NULL, batch_key = $5, trace_context = $6
 WHERE event_id = $1;
 
 -- name: acquire_lease
@@ -96,7 +96,7 @@ UPDATE conversations SET thread_id = $2, updated_at = now() WHERE conversation_i
 -- lease free and takes it. One statement: it runs inside the owner's fenced transaction.
 -- $1 batch_id, $2 conversation_id, $3 limit, $4 after_item_id, $5 lease_token
 WITH candidates AS (
-    SELECT event_id, body, headers, routing_key, received_at, batch_key, control,
+    SELECT event_id, body, headers, routing_key, received_at, batch_key, control, trace_context,
            row_number() OVER (ORDER BY coalesce(occurred_at, received_at), seq) AS position
     FROM inbound_events
     WHERE conversation_id = $2 AND status = 'pending'
@@ -122,7 +122,8 @@ WITH candidates AS (
     SET lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
     WHERE conversation_id = $2 AND lease_token = $5 AND NOT EXISTS (SELECT 1 FROM pending)
 )
-SELECT event_id, body, headers, routing_key, received_at, control FROM pending ORDER BY position;
+SELECT event_id, body, headers, routing_key, received_at, control, trace_context
+FROM pending ORDER BY position;
 
 -- name: fence_with_open_batch
 -- As fence, and the conversation's open batch (its columns NULL when it has none): the first
@@ -138,7 +139,7 @@ FOR UPDATE OF c;
 
 -- name: batch_events
 -- $1 event_ids, in the batch's order
-SELECT e.event_id, e.body, e.headers, e.routing_key, e.received_at, e.control
+SELECT e.event_id, e.body, e.headers, e.routing_key, e.received_at, e.control, e.trace_context
 FROM unnest($1::text[]) WITH ORDINALITY AS b(event_id, position)
 JOIN inbound_events e USING (event_id)
 ORDER BY b.position;

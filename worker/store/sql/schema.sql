@@ -52,7 +52,10 @@ CREATE TABLE inbound_events (
     -- messages (metadata, author, assistant). NULL when the event sets none of them.
     batch_key       text,
     -- A conversation_control.v1 event's action; NULL for a user message.
-    control         control_action
+    control         control_action,
+    -- The context of the span that took the event in (traceparent, tracestate); NULL while
+    -- tracing is off.
+    trace_context   jsonb
 );
 CREATE INDEX inbound_events_pending_idx ON inbound_events (conversation_id, seq)
     WHERE status = 'pending';

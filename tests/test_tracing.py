@@ -1,0 +1,482 @@
+"""Tracing: one connected trace from the inbound event to the published reply, exported over
+OTLP/HTTP to a receiver the test serves; and nothing installed while no exporter is configured."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import pytest
+from aio_pika.abc import AbstractChannel
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.support import API_KEY, Message, worker_env
+from worker import tracing
+from worker.settings import BackendName, Settings, Topology
+from worker.store.memory import MemoryStore
+from worker.store.ports import Store
+from worker.store.postgres import PostgresStore, create_pool
+from worker.store.records import EventStatus, IncomingEvent, IntakeResult
+
+REPO = Path(__file__).resolve().parent.parent
+# aio-pika's consumer span: "<exchange> receive".
+RECEIVE = "receive"
+
+
+def traceparent(trace_id: str, span_id: str) -> str:
+    return f"00-{trace_id}-{span_id}-01"
+
+
+def ids_of(header: str) -> tuple[str, str]:
+    """(trace ID, span ID) of a W3C traceparent."""
+    version, trace_id, span_id, _flags = header.split("-")
+    assert version == "00"
+    return trace_id, span_id
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[OtlpReceiver]:
+    server = OtlpReceiver()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def traced_worker(
+    settings: Settings, receiver: OtlpReceiver
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`assistant-worker run` exporting to the receiver; a burst waits 400 ms for company."""
+    env = worker_env(
+        settings,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="50",
+        AW_DEBOUNCE_MS="400",
+        AW_SWEEP_INTERVAL_S="0.5",
+    )
+    env.pop("OTEL_SERVICE_NAME", None)
+    env.pop("OTEL_TRACES_EXPORTER", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "run",
+        env=env,
+        cwd=REPO,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    async with asyncio.timeout(20):
+        async for line in proc.stderr:
+            if b'"worker_started"' in line:
+                break
+        else:
+            raise AssertionError("the worker exited before it started")
+    # Keep reading, so a chatty worker never blocks on a full pipe.
+    drain = asyncio.create_task(_read_all(proc))
+    yield proc
+    proc.terminate()
+    await asyncio.wait_for(proc.wait(), 20)
+    await drain
+
+
+async def _read_all(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stderr is not None
+    async for _ in proc.stderr:
+        pass
+
+
+async def send(
+    channel: AbstractChannel, topology: Topology, event: dict[str, Any], headers: dict[str, str]
+) -> None:
+    exchange = await channel.get_exchange(topology.inbound_exchange, ensure=False)
+    await exchange.publish(
+        aio_pika.Message(
+            json.dumps(event).encode(),
+            message_id=event.get("event_id"),
+            content_type="application/json",
+            headers=dict(headers),
+        ),
+        routing_key=topology.inbound_routing_key,
+    )
+
+
+async def receive(channel: AbstractChannel, queue_name: str, count: int) -> list[Message]:
+    queue = await channel.get_queue(queue_name, ensure=False)
+    got: list[Message] = []
+    async with asyncio.timeout(20):
+        while len(got) < count:
+            message = await queue.get(fail=False, timeout=5)
+            if message is None:
+                await asyncio.sleep(0.05)
+                continue
+            await message.ack()
+            got.append(Message(message.body, dict(message.headers or {}), message.message_id))
+    return got
+
+
+def connected_to(spans: list[ReceivedSpan], leaf: ReceivedSpan) -> list[str]:
+    """The names from `leaf` up to the trace's root, failing at a parent that was not exported."""
+    by_id = {s.span_id: s for s in spans}
+    path, span = [leaf.name], leaf
+    while span.parent_span_id in by_id:
+        span = by_id[span.parent_span_id]
+        path.append(span.name)
+    return path
+
+
+def named(spans: list[ReceivedSpan], word: str) -> list[ReceivedSpan]:
+    """The spans whose name starts with `word`: `chat` finds `chat gpt-4o-mini`."""
+    return [s for s in spans if s.name.split()[0] == word]
+
+
+def received(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+    """aio-pika's consumer spans: `<exchange> receive`."""
+    return [s for s in spans if s.name.endswith(f" {RECEIVE}")]
+
+
+async def test_one_connected_trace_runs_from_the_inbound_event_to_the_published_reply(
+    settings: Settings,
+    channel: AbstractChannel,
+    topology: Topology,
+    receiver: OtlpReceiver,
+    traced_worker: asyncio.subprocess.Process,
+) -> None:
+    secret = f"customer-says-{uuid.uuid4().hex}"
+    inbound_trace, inbound_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    event = {"event_id": f"evt-{uuid.uuid4().hex[:8]}", "conversation_id": "c-traced"}
+    await send(
+        channel,
+        topology,
+        {**event, "text": secret},
+        {"traceparent": traceparent(inbound_trace, inbound_span), "tracestate": "helpdesk=1"},
+    )
+
+    [reply] = await receive(channel, topology.reply_queue, 1)
+    assert reply.json()["in_reply_to"] == [event["event_id"]]
+    reply_trace, reply_parent = ids_of(reply.headers["traceparent"])
+    assert reply_trace == inbound_trace
+
+    spans = await receiver.wait_for(
+        inbound_trace, {RECEIVE, "intake", "batch", "run", "chat", "postgres", "publish"}
+    )
+    # The trace hangs from the helpdesk's span: one root, whose parent is the inbound span.
+    by_id = {s.span_id: s for s in spans}
+    roots = [s for s in spans if s.parent_span_id not in by_id]
+    assert [(r.name, r.parent_span_id) for r in roots] == [
+        (f"{topology.inbound_exchange} {RECEIVE}", inbound_span)
+    ]
+    # The reply's traceparent names the publish span, which leads back up to that root.
+    [publish] = [s for s in spans if s.span_id == reply_parent]
+    assert publish.name == f"publish {topology.outbound_exchange}"
+    assert connected_to(spans, publish) == [
+        publish.name,
+        "batch",
+        "intake",
+        f"{topology.inbound_exchange} {RECEIVE}",
+    ]
+    # The model's answer: a run span under the batch, and GenAI request spans under the run.
+    [run] = named(spans, "run")
+    assert by_id[run.parent_span_id].name == "batch"
+    assert run.attributes["aw.run.polls"] >= 1
+    assert run.attributes["aw.run.tool_calls"] == 0
+    assert run.attributes["aw.run.status"] == "completed"
+    [create] = named(spans, "chat")
+    assert create.parent_span_id == run.span_id
+    assert create.attributes["gen_ai.provider.name"] == "openai"
+    assert create.attributes["gen_ai.operation.name"] == "chat"
+    assert create.name == f"chat {create.attributes['gen_ai.request.model']}"
+    polls = named(spans, "retrieve_run")
+    assert len(polls) == run.attributes["aw.run.polls"]
+    assert {p.parent_span_id for p in polls} == {run.span_id}
+    # Each OpenAI request's HTTP exchange, by the aiohttp instrumentation, under its GenAI span.
+    http = [s for s in spans if {"http.request.method", "http.method"} & set(s.attributes)]
+    assert {by_id[h.parent_span_id].name.split()[0] for h in http} >= {"chat", "retrieve_run"}
+    # Store operations under the spans that made them.
+    assert {by_id[s.parent_span_id].name for s in named(spans, "postgres")} >= {"intake", "batch"}
+    assert {s.service_name for s in spans} == {"assistant-worker"}
+
+    # Nothing the customer wrote, and no key, in any span of the run.
+    everything = json.dumps([(s.name, s.attributes, s.events) for s in receiver.spans])
+    assert secret not in everything
+    assert API_KEY not in everything
+
+
+async def test_a_batch_of_several_events_continues_the_first_ones_trace_and_links_the_others(
+    settings: Settings,
+    channel: AbstractChannel,
+    topology: Topology,
+    receiver: OtlpReceiver,
+    traced_worker: asyncio.subprocess.Process,
+) -> None:
+    # No traceparent: the worker starts a trace for each event.
+    first, second = (
+        {"event_id": f"evt-{n}-{uuid.uuid4().hex[:8]}", "conversation_id": "c-burst", "text": n}
+        for n in ("one", "two")
+    )
+    await send(channel, topology, first, {})
+    await send(channel, topology, second, {})
+
+    [reply] = await receive(channel, topology.reply_queue, 1)
+    assert reply.json()["in_reply_to"] == [first["event_id"], second["event_id"]]
+    reply_trace, _ = ids_of(reply.headers["traceparent"])
+    spans = await receiver.wait_for(reply_trace, {RECEIVE, "intake", "batch", "publish"})
+    [receive_span] = received(spans)
+    assert receive_span.parent_span_id == ""  # a trace of its own, started by the worker
+    [intake] = named(spans, "intake")
+    assert intake.attributes["aw.event.id"] == first["event_id"]
+    [batch] = named(spans, "batch")
+    assert batch.parent_span_id == intake.span_id
+    assert batch.attributes["aw.batch.events"] == 2
+    # The second event's trace is another, and the batch links its intake span.
+    [(linked_trace, linked_span)] = batch.links
+    assert linked_trace != reply_trace
+    others = await receiver.wait_for(linked_trace, {"intake"})
+    [other_intake] = named(others, "intake")
+    assert other_intake.span_id == linked_span
+    assert other_intake.attributes["aw.event.id"] == second["event_id"]
+
+
+async def test_a_dead_letter_carries_the_trace_of_the_event_it_refuses(
+    settings: Settings,
+    channel: AbstractChannel,
+    topology: Topology,
+    receiver: OtlpReceiver,
+    traced_worker: asyncio.subprocess.Process,
+) -> None:
+    inbound_trace, inbound_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    invalid = {"event_id": f"evt-{uuid.uuid4().hex[:8]}", "conversation_id": "c-bad"}  # no text
+    await send(
+        channel, topology, invalid, {"traceparent": traceparent(inbound_trace, inbound_span)}
+    )
+
+    [dead] = await receive(channel, topology.dead_letter_queue, 1)
+    assert dead.headers["x-aw-reason"] == "schema_invalid"
+    dead_trace, dead_parent = ids_of(dead.headers["traceparent"])
+    assert dead_trace == inbound_trace
+    assert dead_parent != inbound_span  # the worker's own span, not the copied inbound header
+    spans = await receiver.wait_for(inbound_trace, {RECEIVE, "intake", "publish"})
+    [publish] = [s for s in spans if s.span_id == dead_parent]
+    assert publish.attributes["aw.outbox.kind"] == "dead_letter"
+    [intake] = named(spans, "intake")
+    assert intake.attributes["aw.intake.result"] == "invalid"
+    assert connected_to(spans, publish)[1:] == ["intake", f"{topology.inbound_exchange} {RECEIVE}"]
+
+
+async def test_a_batch_answered_by_another_process_continues_the_stored_context(
+    settings: Settings,
+    channel: AbstractChannel,
+    topology: Topology,
+    receiver: OtlpReceiver,
+    traced_worker: asyncio.subprocess.Process,
+) -> None:
+    # Taken in by a worker that died holding the lease: its span's context is in Postgres only.
+    taken_trace, taken_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    pool = await create_pool(settings.database_url.get_secret_value(), max_size=1)
+    try:
+        stored = await PostgresStore(pool).intake(
+            _incoming("evt-orphan", {"traceparent": traceparent(taken_trace, taken_span)}),
+            backend=BackendName.RESPONSES,
+            assistant_id=None,
+            profile=None,
+            owner="a-worker-that-died",
+            lease_ttl_s=0.2,
+        )
+    finally:
+        await pool.close()
+    assert stored.lease is not None
+
+    # The living worker's sweep takes the conversation over and answers it.
+    [reply] = await receive(channel, topology.reply_queue, 1)
+    assert reply.json()["in_reply_to"] == ["evt-orphan"]
+    assert ids_of(reply.headers["traceparent"])[0] == taken_trace
+    spans = await receiver.wait_for(taken_trace, {"batch", "run", "publish"})
+    [batch] = named(spans, "batch")
+    assert batch.parent_span_id == taken_span
+    assert batch.attributes["aw.batch.resumed"] is False  # opened by the sweeper, not resumed
+
+
+# -- off by default -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, []),
+        ({"OTEL_TRACES_EXPORTER": "none"}, []),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, []),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, ["otlp"]),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, ["otlp"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, ["otlp"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp,console"}, ["otlp", "console"]),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, []),
+        # Metrics and logs exporters say nothing about traces.
+        ({"OTEL_METRICS_EXPORTER": "otlp", "OTEL_LOGS_EXPORTER": "otlp"}, []),
+    ],
+)
+def test_only_an_exporter_for_traces_turns_tracing_on(
+    environ: dict[str, str], expected: list[str]
+) -> None:
+    assert tracing.exporters_requested(environ) == expected
+
+
+_PROBE = """
+import json, sys
+import aiohttp, aio_pika
+from opentelemetry import trace
+from worker import tracing
+installed = tracing.setup()
+print(json.dumps({
+    "installed": installed is not None,
+    "enabled": tracing.enabled(),
+    "provider": type(trace.get_tracer_provider()).__name__,
+    "sdk_imported": any(m.startswith("opentelemetry.sdk") for m in sys.modules),
+    "instrumentation_imported": any(
+        m.startswith("opentelemetry.instrumentation") for m in sys.modules
+    ),
+    "aiohttp_wrapped": hasattr(aiohttp.ClientSession.__init__, "__wrapped__"),
+    "consume_wrapped": hasattr(aio_pika.Queue.consume, "__wrapped__"),
+    "carrier": tracing.current_carrier(),
+}))
+"""
+
+
+@pytest.mark.parametrize(
+    "otel",
+    [{}, {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}],
+)
+async def test_without_an_exporter_nothing_is_installed(otel: dict[str, str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _PROBE,
+        env={**env, **otel},
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert json.loads(out.splitlines()[-1]) == {
+        "installed": False,
+        "enabled": False,
+        "provider": "ProxyTracerProvider",
+        "sdk_imported": False,
+        "instrumentation_imported": False,
+        "aiohttp_wrapped": False,
+        "consume_wrapped": False,
+        "carrier": None,
+    }
+
+
+async def test_with_an_exporter_the_sdk_and_instrumentations_are_installed(
+    receiver: OtlpReceiver,
+) -> None:
+    # The probe's counterpart, so the test above cannot pass by never looking.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _PROBE,
+        env={**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    found = json.loads(out.splitlines()[-1])  # after the worker's log line saying so
+    assert found["installed"]
+    assert found["enabled"]
+    assert found["sdk_imported"]
+    assert found["provider"] == "TracerProvider"
+    assert found["aiohttp_wrapped"]
+    assert found["consume_wrapped"]
+
+
+# -- what spans may carry -------------------------------------------------------------------
+
+
+def test_exported_exceptions_keep_their_type_and_lose_their_message() -> None:
+    kept = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(tracing._ContentFree(kept)))  # type: ignore[arg-type]
+    with provider.get_tracer("test").start_as_current_span("failing") as span:
+        try:
+            raise ValueError("DETAIL: Failing row contains (what the customer wrote)")
+        except ValueError as exc:
+            span.record_exception(exc)
+        span.add_event("note", {"n": 1})
+    [exported] = kept.get_finished_spans()
+    events = {e.name: dict(e.attributes or {}) for e in exported.events}
+    assert events["exception"]["exception.type"] == "ValueError"
+    assert not {"exception.message", "exception.stacktrace"} & set(events["exception"])
+    assert events["note"] == {"n": 1}
+
+
+# -- the stored context ---------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "postgres"])
+async def any_store(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    pool: asyncpg.Pool = await create_pool(database_url, max_size=2)
+    try:
+        yield PostgresStore(pool)
+    finally:
+        await pool.close()
+
+
+def _incoming(event_id: str, carrier: dict[str, str], replay_count: int = 0) -> IncomingEvent:
+    body = {"event_id": event_id, "conversation_id": "c-stored", "text": "hi"}
+    return IncomingEvent(
+        event_id=event_id,
+        conversation_id="c-stored",
+        body=json.dumps(body).encode(),
+        headers={},
+        routing_key="user_message.v1",
+        replay_count=replay_count,
+        forced=False,
+        occurred_at=None,
+        trace_context=carrier,
+    )
+
+
+async def test_the_intake_context_is_stored_with_the_event_and_renewed_by_a_replay(
+    any_store: Store,
+) -> None:
+    taken = {"traceparent": traceparent(uuid.uuid4().hex, uuid.uuid4().hex[:16])}
+    options: dict[str, Any] = {
+        "backend": BackendName.RESPONSES,
+        "assistant_id": None,
+        "profile": None,
+        "owner": "me",
+        "lease_ttl_s": 5.0,
+    }
+    stored = await any_store.intake(_incoming("evt-s", taken), **options)
+    assert stored.lease is not None
+    found = await any_store.next_batch(stored.lease)
+    assert found is not None
+    assert [e.trace_context for e in found.events] == [taken]
+    await any_store.finish_batch(
+        stored.lease, found.batch.batch_id, event_status=EventStatus.DEAD_LETTERED, outbox=[]
+    )
+
+    replayed = {"traceparent": traceparent(uuid.uuid4().hex, uuid.uuid4().hex[:16])}
+    again = await any_store.intake(_incoming("evt-s", replayed, replay_count=1), **options)
+    assert again.result is IntakeResult.REOPENED
+    assert again.lease is not None
+    found = await any_store.next_batch(again.lease)
+    assert found is not None
+    assert [e.trace_context for e in found.events] == [replayed]
