@@ -37,19 +37,12 @@ def check_profiles_file(
     if as_json:
         out.write(json.dumps(summary_json(path, profiles), indent=2) + "\n")
         return EXIT_VALID
-    console = Console(file=out, width=_width(environ, out), highlight=False)
+    # Off a terminal (pipes, files) lines are not folded at 80 columns, and there are no colours.
+    console = Console(file=out, width=None if out.isatty() else UNBOUNDED_WIDTH, highlight=False)
     console.print(summary(profiles))
     out.write(f"profiles file {path}: {_count(len(profiles.profiles), 'profile')}, ")
     out.write(f"{_count(len(profiles.routes), 'route')}, default {profiles.default!r}: valid\n")
     return EXIT_VALID
-
-
-def _width(environ: Mapping[str, str], out: TextIO) -> int | None:
-    """COLUMNS, else the terminal's (None); off a terminal, lines are not folded at 80."""
-    columns = environ.get("COLUMNS", "")
-    if columns.isdigit():
-        return int(columns)
-    return None if out.isatty() else UNBOUNDED_WIDTH
 
 
 def summary(profiles: Profiles) -> Table:
