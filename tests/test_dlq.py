@@ -515,8 +515,11 @@ async def test_replay_refuses_events_that_cannot_succeed_off_a_terminal_unless_f
     assert await queue_depth(channel, topology.dead_letter_queue) == 2
     assert await queue_depth(channel, topology.inbound_queue) == 0
 
-    # A dry run moves nothing, so it does not ask; left out, what cannot succeed stays.
-    assert (await dlq_in(settings, "replay", "--dry-run"))[0] == 0
+    # A dry run moves nothing, so it does not ask, but it marks what cannot succeed.
+    code, out, _ = await dlq_in(settings, "replay", "--dry-run")
+    assert code == 0
+    assert "  imp-1  schema_invalid  (cannot succeed as it is)\n" in out
+    assert "  imp-0  openai_unavailable\n" in out
     moved = await dlq_json(settings, "replay", "--reason", "openai_unavailable")
     assert moved["moved"] == ["imp-0"]
     forced = await dlq_json(settings, "replay", "--force")

@@ -295,7 +295,8 @@ def _report_move(verb: str, report: MoveReport, as_json: bool) -> None:
     out = console()
     out.print(f"{verb} {len(report.moved)} of {report.examined} examined")
     for letter in report.moved:
-        out.print(f"  {letter.event_id}  {letter.reason}", highlight=False, soft_wrap=True)
+        note = "  (cannot succeed as it is)" if letter.reason in UNFIXABLE else ""
+        out.print(f"  {letter.event_id}  {letter.reason}{note}", highlight=False, soft_wrap=True)
     if report.refused:
         out.print(
             f"[yellow]refused {len(report.refused)} already replayed too often "
