@@ -226,6 +226,7 @@ class WorkerService:
             capacity=s.concurrency,
             ttl_s=s.lease_ttl_s,
             sweep_interval_s=s.sweep_interval_s,
+            metrics=self.metrics,
         )
 
     @contextlib.asynccontextmanager
