@@ -65,7 +65,8 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="AW_NAME=VALUE",
-        help="a setting for the worker contenders only, to measure a lever (repeatable)",
+        help="a setting (AW_* or OTEL_*) for the worker contenders only, to measure a lever "
+        "(repeatable)",
     )
     parser.add_argument("--profile", type=Path, help="py-spy profiles of every run, into DIR")
     parser.add_argument(
@@ -112,6 +113,8 @@ def progress(scenario: Scenario, key: str, m: RunMetrics) -> str:
         line += f"; receiver {m.receiver_cpu_ms_per_event:.2f} ms CPU/event"
     if m.forged:
         line += f"; {m.forged['sent']} forged in {m.forged['span_s']:.1f} s"
+    if "spans_per_event" in m.extra:
+        line += f"; {m.extra['spans_per_event']:.1f} spans/event exported"
     return line
 
 
@@ -148,8 +151,12 @@ def _settings_of(pairs: list[str]) -> dict[str, str]:
     settings = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not name.startswith("AW_"):
-            raise SystemExit(f"python -m bench: --worker-env wants AW_NAME=VALUE, got {pair!r}")
+        # OTEL_* too: the SDK's own settings for the traced contenders (the others ignore them).
+        if not sep or not name.startswith(("AW_", "OTEL_")):
+            raise SystemExit(
+                f"python -m bench: --worker-env wants AW_NAME=VALUE or OTEL_NAME=VALUE, "
+                f"got {pair!r}"
+            )
         settings[name] = value
     return settings
 

@@ -221,6 +221,8 @@ class RunData:
     receiver_outcomes: dict[str, int] = field(default_factory=dict)
     webhook_attempts: list[dict[str, Any]] = field(default_factory=list)
     forged: dict[str, Any] = field(default_factory=dict)
+    # The traced worker: spans its exporter delivered over the whole run (warm-up included).
+    spans: int | None = None
 
 
 @dataclass
@@ -472,13 +474,24 @@ def compute(data: RunData) -> RunMetrics:
         machine_busy_pct=_busy_pct(data.samplers.machine, start, end),
         wall_s=end - start,
         exit_code=data.exit_code,
-        extra={"detection_phases_ms": detection_phases(data.journal, data.runs, data.received)},
+        extra={
+            "detection_phases_ms": detection_phases(data.journal, data.runs, data.received),
+            **_span_figures(data),
+        },
         requests_per_run=counts["requests"] / max(1, len(data.runs)),
         conversation_requests_per_run=counts["conversations"] / max(1, len(data.runs)),
         rss_growth_mb=rss_growth_bytes(data.samplers.worker) / 2**20,
         forged=data.forged,
         **_receiver_figures(data, start, end, n),
     )
+
+
+def _span_figures(data: RunData) -> dict[str, float]:
+    """The traced worker's spans per event answered, warm-up and load together."""
+    if data.spans is None:
+        return {}
+    events = len(data.sent) + data.scenario.warmup
+    return {"spans_per_event": data.spans / max(1, events)}
 
 
 def _receiver_figures(data: RunData, start: float, end: float, n: int) -> dict[str, Any]:

@@ -89,7 +89,12 @@ The webhooks worker (`worker (responses, webhooks)`) is the responses worker wit
 `whsec_` secret the stand-in signs its deliveries with (`webhook_url` set for that run only;
 every other contender's runs have no webhooks). In the security scenario (e) only the webhooks
 worker runs: once with the forged deliveries and once without them (the control run), in each
-repetition, the same load both times.
+repetition, the same load both times. The traced worker (`worker (responses, traced)`) is the
+responses worker with tracing on by the standard variables alone (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+the SDK's defaults: every span sampled, batched every 5 s), exporting OTLP/HTTP to a sink in the
+bench process that answers as a collector would; `worker (responses, 10 % traced)` is the same
+with `OTEL_TRACES_SAMPLER=parentbased_traceidratio`, `OTEL_TRACES_SAMPLER_ARG=0.1`. Their
+target compares each with the responses worker in the same repetition.
 """
 
 

@@ -23,6 +23,7 @@ from bench.measure import (
     compute,
     peak_rss_bytes,
 )
+from bench.otlp_sink import OtlpSink
 from bench.profile import Recording
 from bench.scenarios import Contender, Scenario
 from bench.services import StandInProcess, commit_count, declared, fresh_database, queue_stats
@@ -45,6 +46,8 @@ class Bench:
     profile_dir: Path | None = None
     # Settings for the worker contenders only (a tuned row); the baseline keeps its defaults.
     worker_env: dict[str, str] = field(default_factory=dict)
+    # Where the traced contender exports its spans.
+    sink: OtlpSink = field(default_factory=OtlpSink)
 
     @property
     def rabbitmq_version(self) -> str:
@@ -57,17 +60,20 @@ class Bench:
 @contextlib.asynccontextmanager
 async def bench(log_dir: Path, profile_dir: Path | None = None) -> AsyncIterator[Bench]:
     standin = StandInProcess(log_dir / "standin.log")
+    sink = OtlpSink()
     await standin.start()
+    await sink.start()
     try:
         connection = await aio_pika.connect_robust(
             AMQP_URL, client_properties={"connection_name": "assistant-worker bench"}
         )
         try:
             channel = await connection.channel(publisher_confirms=True)
-            yield Bench(standin, connection, channel, log_dir, profile_dir)
+            yield Bench(standin, connection, channel, log_dir, profile_dir, sink=sink)
         finally:
             await connection.close()
     finally:
+        await sink.stop()
         await standin.stop()
 
 
@@ -112,6 +118,9 @@ async def run_once(
         finally:
             exit_code = await process.stop()
         data.exit_code = exit_code
+        if contender.traced:
+            # Warm-up and load alike, flushed at the stop.
+            data.spans = bench.sink.spans
         data.journal = await bench.standin.journal()
         data.runs = await bench.standin.runs()
         if receiver is not None:
@@ -128,6 +137,9 @@ async def _start(bench: Bench, setup: Setup, database_url: str) -> ContenderProc
     env = environment(contender, setup.scenario, wiring)
     if not contender.is_baseline:
         env.update(bench.worker_env)
+    if contender.traced:
+        env.update(bench.sink.environment(contender.traced))
+        bench.sink.spans = 0
     await process.start(env)
     return process
 

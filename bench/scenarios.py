@@ -157,6 +157,9 @@ class Contender:
     webhooks: bool = False
     # A security scenario's reference: the same worker and load, no forged deliveries.
     control: bool = False
+    # Tracing on (OTEL_EXPORTER_OTLP_ENDPOINT), spans exported to the bench's sink: the share of
+    # traces sampled (OTEL_TRACES_SAMPLER_ARG of parentbased_traceidratio); 0: tracing off.
+    traced: float = 0.0
 
     @property
     def is_baseline(self) -> bool:
@@ -167,11 +170,13 @@ ASSISTANTS = Contender("assistants", "worker (assistants)", "assistants")
 BASELINE = Contender("baseline", "baseline", None)
 RESPONSES = Contender("responses", "worker (responses)", "responses")
 WEBHOOKS = Contender("webhooks", "worker (responses, webhooks)", "responses", webhooks=True)
+TRACED = Contender("traced", "worker (responses, traced)", "responses", traced=1.0)
+SAMPLED = Contender("sampled", "worker (responses, 10 % traced)", "responses", traced=0.1)
 CONTROL = Contender(
     "control", "webhooks, no forgeries (control)", "responses", webhooks=True, control=True
 )
 # What --contenders takes; the control runs only where a security scenario wants it.
-CONTENDERS = {c.key: c for c in (ASSISTANTS, BASELINE, RESPONSES, WEBHOOKS)}
+CONTENDERS = {c.key: c for c in (ASSISTANTS, BASELINE, RESPONSES, WEBHOOKS, TRACED, SAMPLED)}
 
 
 def contender(key: str) -> Contender:

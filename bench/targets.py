@@ -6,6 +6,7 @@ They are reported, never asserted: a missed target is a finding for the report, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from bench.scenarios import (
     BASELINE,
     CONTROL,
     RESPONSES,
+    SAMPLED,
+    TRACED,
     WEBHOOKS,
     Scenario,
     contender,
@@ -263,6 +266,24 @@ def _latencies(results: list[RunMetrics], s: Scenario, w: str) -> str:
     )
 
 
+# What tracing with every span exported may cost the worker (issue 15).
+TRACING_CPU_BOUND = 1.05
+
+
+def tracing_cost(results: list[RunMetrics], s: Scenario, w: str) -> list[Verdict]:
+    """The traced worker's CPU per event against the same worker untraced, same repetition."""
+    cpu = ratio(results, s.key, w, _row(lambda m: m.cpu_ms_per_event), RESPONSES.key)
+    spans = _median(results, s.key, w, lambda m: m.extra.get("spans_per_event", math.nan))
+    sampled = f"{contender(w).traced:.0%} of traces"
+    return [
+        _verdict(
+            f"({s.key}) tracing on ({sampled} exported) costs <= 5 % worker CPU per event",
+            f"ratio {cpu:.3f} to {RESPONSES.label}; {spans:.1f} spans per event",
+            cpu <= TRACING_CPU_BOUND,
+        )
+    ]
+
+
 Check = Callable[[list[RunMetrics], Scenario, str], list[Verdict]]
 
 
@@ -277,14 +298,16 @@ class Checked:
 
 
 _WORKERS = (RESPONSES.key, ASSISTANTS.key, WEBHOOKS.key)
+_TRACING = Checked(tracing_cost, (TRACED.key, SAMPLED.key), RESPONSES.key)
 CHECKS: dict[str, tuple[Checked, ...]] = {
-    "a": (Checked(scenario_a, _WORKERS, BASELINE.key),),
+    "a": (Checked(scenario_a, _WORKERS, BASELINE.key), _TRACING),
     "b": (
         Checked(scenario_b, _WORKERS, BASELINE.key),
         Checked(webhooks_b, (WEBHOOKS.key,), RESPONSES.key),
+        _TRACING,
     ),
-    "c": (Checked(scenario_c, _WORKERS, BASELINE.key),),
-    "d": (Checked(scenario_d, _WORKERS, BASELINE.key),),
+    "c": (Checked(scenario_c, _WORKERS, BASELINE.key), _TRACING),
+    "d": (Checked(scenario_d, _WORKERS, BASELINE.key), _TRACING),
     "e": (Checked(scenario_e, (WEBHOOKS.key,), CONTROL.key),),
 }
 
