@@ -90,8 +90,8 @@ async def test_shell_completion_completes_commands_and_reason_codes() -> None:
     assert await complete("assistant-worker dl") == ["dlq"]
     assert "replay" in await complete("assistant-worker dlq ")
     assert await complete("assistant-worker dlq list --reason schema_") == ["schema_invalid"]
-    code, script, _ = await cli("--show-completion", "bash")
-    assert code == 0
+    code, script, err = await cli("--show-completion", "bash")
+    assert code == 0, err
     assert "_ASSISTANT_WORKER_COMPLETE=complete_bash" in script
 
 
