@@ -39,7 +39,8 @@ async def test_bench_smoke(tmp_path: Path) -> None:
     for m in forged:
         _answered_once(m, SMOKE_FORGED.events)
         assert m.receiver_exit_code == 0
-        assert m.receiver_cpu_ms_per_event > 0
+        # Measured (read in 10 ms ticks of /proc, so a smoke run's may read 0), not missing.
+        assert m.receiver_cpu_ms_per_event >= 0
         # Every run ended by its webhook: each delivered once and accepted, none refused.
         outcomes = m.webhooks["outcomes"]
         assert m.webhooks["delivered"] == m.webhooks["tries"] == outcomes["accepted"] >= m.runs

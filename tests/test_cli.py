@@ -90,7 +90,10 @@ async def test_shell_completion_completes_commands_and_reason_codes() -> None:
     assert await complete("assistant-worker dl") == ["dlq"]
     assert "replay" in await complete("assistant-worker dlq ")
     assert await complete("assistant-worker dlq list --reason schema_") == ["schema_invalid"]
-    code, script, err = await cli("--show-completion", "bash")
+    # Typer detects the shell it runs under (sh under CI); its own test switch makes the option
+    # take the shell's name instead, as `--install-completion bash` does.
+    no_detection = {"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    code, script, err = await cli("--show-completion", "bash", env=no_detection)
     assert code == 0, err
     assert "_ASSISTANT_WORKER_COMPLETE=complete_bash" in script
 
