@@ -8,15 +8,18 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import openai
 import pytest
 from openai._legacy_response import LegacyAPIResponse
+from openai._models import construct_type
+from openai.types.conversations.conversation_item import ConversationItem
 from openai.types.responses import Response
 from openai.types.responses.response_output_item import ResponseOutputItem
 
 from standin import StandIn
+from worker.backends import responses as responses_backend
 from worker.backends.base import ApprovalRequest, RunSnapshot, RunStatus, ToolCall
 from worker.backends.response_wire import MALFORMED, read_reply_messages, read_snapshot
 from worker.errors import ApiError, ApiTransient, PermanentApiError
@@ -379,3 +382,24 @@ def test_a_body_that_is_not_a_response_is_the_workers_error(body: bytes, where: 
 def test_the_reply_messages_of_a_malformed_body_are_the_workers_error() -> None:
     with pytest.raises(ApiError, match=re.escape("output[0].content is not a list")):
         read_reply_messages(_body(output=[{"id": "m", "type": "message", "content": None}]))
+
+
+def test_an_items_runs_message_is_read_from_the_sdks_model_as_a_responses_is() -> None:
+    # An adopted run's reply comes from the conversation's items (the SDK's models); dumped,
+    # the same reader as a response body's takes it.
+    cited = {
+        "type": "container_file_citation",
+        "container_id": "c",
+        "file_id": "cfile_1",
+        "filename": "plot.png",
+        "start_index": 0,
+        "end_index": 3,
+    }
+    doc = _message(_text("one", cited), {"type": "refusal", "refusal": "two"})
+    # As the SDK builds it from a page of items: content a list, as in the JSON.
+    listed = {**doc, "content": list(doc["content"])}
+    item = cast(ConversationItem, construct_type(type_=ConversationItem, value=listed))
+
+    assert responses_backend._reply(item) == ReplyMessage(
+        "msg_1", "one\ntwo", (cited,), ("cfile_1",)
+    )

@@ -74,6 +74,12 @@ def read_reply_messages(body: bytes) -> tuple[ReplyMessage, ...]:
     return _messages(_output(_decode(body)))
 
 
+def read_message(doc: Json) -> ReplyMessage:
+    """One message item as JSON (a conversation item's, dumped from the SDK's model), read as a
+    response's output message is."""
+    return _reply(_Item("item", "message", doc))
+
+
 def _malformed(where: str, what: str) -> ApiError:
     return ApiError(
         f"the Responses API sent a body the worker cannot read: {where} {what}", MALFORMED

@@ -30,7 +30,7 @@ from worker.backends.base import (
     author_tags,
     thread_metadata,
 )
-from worker.backends.response_wire import read_reply_messages, read_snapshot
+from worker.backends.response_wire import read_message, read_reply_messages, read_snapshot
 from worker.backends.sdk_errors import describe, error_code, rejected, sdk_boundary
 from worker.errors import RunAlreadyEnded, ThreadBusy
 from worker.events import (
@@ -292,21 +292,9 @@ def _item_text(item: ConversationItem) -> str:
 
 
 def _reply(item: ConversationItem) -> ReplyMessage:
-    # An items run's message, read from the SDK's model (a response's: response_wire._reply).
+    # An items run's message: the SDK's model, dumped as the API sent it, read as a response's.
     assert item.type == "message"
-    texts: list[str] = []
-    annotations: list[dict[str, Any]] = []
-    for part in item.content:
-        if part.type == "output_text":
-            texts.append(part.text)
-            annotations.extend(a.model_dump(mode="json") for a in part.annotations)
-        elif part.type == "refusal":
-            texts.append(part.refusal)
-    # What the code interpreter wrote is cited from its container.
-    produced = [a["file_id"] for a in annotations if a.get("type") == "container_file_citation"]
-    return ReplyMessage(
-        item.id, "\n".join(texts), tuple(annotations), tuple(dict.fromkeys(produced))
-    )
+    return read_message(item.model_dump(mode="json"))
 
 
 def _int_header(value: str | None) -> int | None:
