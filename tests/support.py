@@ -92,7 +92,14 @@ async def drain(channel: AbstractChannel, queue_name: str, quiet_s: float = 0.5)
 async def wait_for_dead_letters(
     channel: AbstractChannel, topology: Topology, count: int, timeout_s: float = 15
 ) -> list[Message]:
-    queue = await channel.get_queue(topology.dead_letter_queue, ensure=False)
+    return await take_messages(channel, topology.dead_letter_queue, count, timeout_s)
+
+
+async def take_messages(
+    channel: AbstractChannel, queue_name: str, count: int, timeout_s: float = 15
+) -> list[Message]:
+    """The next `count` messages of the queue, acknowledged, as they came."""
+    queue = await channel.get_queue(queue_name, ensure=False)
     got: list[Message] = []
     async with asyncio.timeout(timeout_s):
         while len(got) < count:

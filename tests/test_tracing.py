@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.support import API_KEY, Message, worker_env
+from tests.support import API_KEY, take_messages, worker_env
 from worker import tracing
 from worker.settings import BackendName, Settings, Topology
 from worker.store.memory import MemoryStore
@@ -113,20 +113,6 @@ async def send(
     )
 
 
-async def receive(channel: AbstractChannel, queue_name: str, count: int) -> list[Message]:
-    queue = await channel.get_queue(queue_name, ensure=False)
-    got: list[Message] = []
-    async with asyncio.timeout(20):
-        while len(got) < count:
-            message = await queue.get(fail=False, timeout=5)
-            if message is None:
-                await asyncio.sleep(0.05)
-                continue
-            await message.ack()
-            got.append(Message(message.body, dict(message.headers or {}), message.message_id))
-    return got
-
-
 def connected_to(spans: list[ReceivedSpan], leaf: ReceivedSpan) -> list[str]:
     """The names from `leaf` up to the trace's root, failing at a parent that was not exported."""
     by_id = {s.span_id: s for s in spans}
@@ -164,7 +150,7 @@ async def test_one_connected_trace_runs_from_the_inbound_event_to_the_published_
         {"traceparent": traceparent(inbound_trace, inbound_span), "tracestate": "helpdesk=1"},
     )
 
-    [reply] = await receive(channel, topology.reply_queue, 1)
+    [reply] = await take_messages(channel, topology.reply_queue, 1, timeout_s=20)
     assert reply.json()["in_reply_to"] == [event["event_id"]]
     reply_trace, reply_parent = ids_of(reply.headers["traceparent"])
     assert reply_trace == inbound_trace
@@ -229,7 +215,7 @@ async def test_a_batch_of_several_events_continues_the_first_ones_trace_and_link
     await send(channel, topology, first, {})
     await send(channel, topology, second, {})
 
-    [reply] = await receive(channel, topology.reply_queue, 1)
+    [reply] = await take_messages(channel, topology.reply_queue, 1, timeout_s=20)
     assert reply.json()["in_reply_to"] == [first["event_id"], second["event_id"]]
     reply_trace, _ = ids_of(reply.headers["traceparent"])
     spans = await receiver.wait_for(reply_trace, {RECEIVE, "intake", "batch", "publish"})
@@ -262,7 +248,7 @@ async def test_a_dead_letter_carries_the_trace_of_the_event_it_refuses(
         channel, topology, invalid, {"traceparent": traceparent(inbound_trace, inbound_span)}
     )
 
-    [dead] = await receive(channel, topology.dead_letter_queue, 1)
+    [dead] = await take_messages(channel, topology.dead_letter_queue, 1, timeout_s=20)
     assert dead.headers["x-aw-reason"] == "schema_invalid"
     dead_trace, dead_parent = ids_of(dead.headers["traceparent"])
     assert dead_trace == inbound_trace
@@ -299,7 +285,7 @@ async def test_a_batch_answered_by_another_process_continues_the_stored_context(
     assert stored.lease is not None
 
     # The living worker's sweep takes the conversation over and answers it.
-    [reply] = await receive(channel, topology.reply_queue, 1)
+    [reply] = await take_messages(channel, topology.reply_queue, 1, timeout_s=20)
     assert reply.json()["in_reply_to"] == ["evt-orphan"]
     assert ids_of(reply.headers["traceparent"])[0] == taken_trace
     spans = await receiver.wait_for(taken_trace, {"batch", "run", "publish"})
