@@ -1,5 +1,6 @@
 """The metrics an alert can rely on: every label value from zero, no `_created` clutter, the
-process and runtime collectors, readiness as a gauge, and lease sweeps counted."""
+process and runtime collectors, readiness as a gauge, lease sweeps counted, and the model API's
+requests by operation and a closed set of statuses."""
 
 from __future__ import annotations
 
@@ -8,16 +9,22 @@ import json
 from collections.abc import AsyncIterator
 
 import aiohttp
+import httpx2
+import openai
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningWorker
 from worker.backends.base import RunStatus
-from worker.errors import ReasonCode
+from worker.backends.response_wire import read_snapshot
+from worker.backends.sdk_errors import translate
+from worker.errors import ApiError, ReasonCode, ThreadBusy
 from worker.health import Health, HealthServer
 from worker.metrics import Metrics
+from worker.relay.operations import ApiStatus, OpenAIOperation, api_status
 from worker.relay.ownership import Ownership
+from worker.relay.retry import RetryPolicy
 from worker.settings import BackendName
 from worker.store.postgres import PostgresStore, create_pool
 from worker.store.records import IncomingEvent, IntakeResult, Lease
@@ -32,6 +39,8 @@ RUNTIME_SAMPLES = (
     "python_info",
     "python_gc_collections_total",
 )
+REQUESTS = "assistant_worker_openai_requests_total"
+RETRIES = "assistant_worker_openai_retries_total"
 
 
 def samples(exposition: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -104,6 +113,93 @@ def test_the_receivers_outcomes_are_exported_at_zero() -> None:
         assert counted == 0.0, f"deliveries {outcome} are not exported at 0"
 
 
+def test_every_api_operation_and_status_is_exported_at_zero() -> None:
+    registry = Metrics().registry
+    for operation in OpenAIOperation:
+        retried = value(registry, RETRIES, operation=operation)
+        assert retried == 0.0, f"retries of {operation} are not exported at 0"
+        for status in ApiStatus:
+            counted = value(registry, REQUESTS, operation=operation, status=status)
+            assert counted == 0.0, f"{operation} answered {status} is not exported at 0"
+
+
+# --- the model API's statuses: a closed set -----------------------------------------------
+
+
+def _status_error(status: int) -> openai.APIStatusError:
+    request = httpx2.Request("POST", "http://x/v1/responses")
+    response = httpx2.Response(status, request=request)
+    return openai.APIStatusError("boom", response=response, body=None)
+
+
+def _unreadable_body() -> ApiError:
+    with pytest.raises(ApiError) as raised:
+        read_snapshot(b"[]")
+    return raised.value
+
+
+_REQUEST = httpx2.Request("POST", "http://x/v1/responses")
+FAILURES: list[tuple[str, BaseException, ApiStatus]] = [
+    ("400", translate(_status_error(400)), ApiStatus.BAD_REQUEST),
+    ("401", translate(_status_error(401)), ApiStatus.UNAUTHORIZED),
+    ("403", translate(_status_error(403)), ApiStatus.FORBIDDEN),
+    ("404", translate(_status_error(404)), ApiStatus.NOT_FOUND),
+    ("429", translate(_status_error(429)), ApiStatus.RATE_LIMITED),
+    # Retried, and rare: their class says enough.
+    ("408", translate(_status_error(408)), ApiStatus.OTHER_4XX),
+    ("409", translate(_status_error(409)), ApiStatus.OTHER_4XX),
+    ("422", translate(_status_error(422)), ApiStatus.OTHER_4XX),
+    ("500", translate(_status_error(500)), ApiStatus.SERVER_ERROR),
+    ("503", translate(_status_error(503)), ApiStatus.SERVER_ERROR),
+    ("599", translate(_status_error(599)), ApiStatus.SERVER_ERROR),
+    ("302", translate(_status_error(302)), ApiStatus.OTHER),
+    ("timeout", translate(openai.APITimeoutError(request=_REQUEST)), ApiStatus.TIMEOUT),
+    ("refused", translate(openai.APIConnectionError(request=_REQUEST)), ApiStatus.CONNECTION_ERROR),
+    ("thread-busy", ThreadBusy("run_1"), ApiStatus.BAD_REQUEST),
+    ("unreadable-body", _unreadable_body(), ApiStatus.MALFORMED_RESPONSE),
+    ("sdk-unknown", translate(openai.OpenAIError("could not read")), ApiStatus.OTHER),
+    ("worker-bug", KeyError("thread_id"), ApiStatus.OTHER),
+]
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"), [case[1:] for case in FAILURES], ids=[case[0] for case in FAILURES]
+)
+def test_each_failure_is_counted_under_a_known_status(
+    failure: BaseException, status: ApiStatus
+) -> None:
+    assert api_status(failure) is status
+
+
+async def test_a_retried_call_moves_only_its_own_series() -> None:
+    metrics = Metrics()
+    policy = RetryPolicy(attempts=4, base_s=0.001, cap_s=0.001, metrics=metrics)
+    failures: list[BaseException] = [translate(_status_error(503)), translate(_status_error(418))]
+
+    async def call() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "done"
+
+    with pytest.raises(ApiError):  # 418: permanent, not retried
+        await policy.call(OpenAIOperation.START_RUN, call)
+    assert await policy.call(OpenAIOperation.START_RUN, call) == "done"
+
+    got = samples(metrics.exposition().decode())
+    moved = {labels: n for (name, labels), n in got.items() if name == REQUESTS and n}
+    start_run = ("operation", "start_run")
+    assert moved == {
+        frozenset({start_run, ("status", "5xx")}): 1.0,
+        frozenset({start_run, ("status", "4xx")}): 1.0,
+        frozenset({start_run, ("status", "ok")}): 1.0,
+    }
+    retried = {labels: n for (name, labels), n in got.items() if name == RETRIES and n}
+    assert retried == {frozenset({start_run}): 1.0}
+    # A status nobody listed (418) added no series of its own.
+    statuses = {dict(labels)["status"] for name, labels in got if name == REQUESTS}
+    assert statuses == set(ApiStatus)
+
+
 # --- no _created, and the runtime collectors ---------------------------------------------
 
 
@@ -147,6 +243,11 @@ async def test_a_live_workers_page_has_every_series_an_alert_needs(worker: Runni
         key = ("assistant_worker_events_dead_lettered_total", frozenset({("reason", reason)}))
         assert got.get(key) == 0.0, f"{reason} is not on the page at 0"
     assert got[("assistant_worker_conversations_swept_total", frozenset())] == 0.0
+    for operation in OpenAIOperation:
+        assert got.get((RETRIES, frozenset({("operation", operation)}))) == 0.0
+        for status in ApiStatus:
+            series = (REQUESTS, frozenset({("operation", operation), ("status", status)}))
+            assert got.get(series) == 0.0, f"{operation} {status} is not on the page at 0"
     assert got[("assistant_worker_ready", frozenset())] == 1.0
     assert not [n for n in names if n.endswith("_created")]
     assert set(RUNTIME_SAMPLES) <= names

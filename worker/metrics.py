@@ -26,6 +26,7 @@ from prometheus_client import (
 
 from worker.backends.base import RunStatus
 from worker.errors import ReasonCode
+from worker.relay.operations import ApiStatus, OpenAIOperation
 from worker.settings import BackendName
 from worker.store.records import IntakeResult
 
@@ -119,12 +120,21 @@ class Metrics:
             buckets=_POLL_BUCKETS,
             registry=r,
         )
-        # Operations and failure labels are open sets (call sites name them): not initialised.
+        # Every operation by every status: some 170 series, most at 0 for a worker's life, so
+        # that increase() sees the first 401 or 5xx of any operation.
         self.openai_requests = Counter(
             f"{_PREFIX}_openai_requests",
             "Model API calls by operation and result.",
             ["operation", "status"],
             registry=r,
+        )
+        start_at_zero(
+            self.openai_requests,
+            (
+                (operation.value, status.value)
+                for operation in OpenAIOperation
+                for status in ApiStatus
+            ),
         )
         self.openai_retries = Counter(
             f"{_PREFIX}_openai_retries",
@@ -132,6 +142,7 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        start_at_zero(self.openai_retries, ((operation.value,) for operation in OpenAIOperation))
         self.conversations_swept = Counter(
             f"{_PREFIX}_conversations_swept",
             "Conversations the lease sweep took up: work waiting and no living owner (a worker "

@@ -16,6 +16,7 @@ import structlog
 from worker.backends.base import Backend
 from worker.backends.files import Files
 from worker.events import ControlAction, ConversationControl
+from worker.relay.operations import OpenAIOperation
 from worker.relay.retry import RetryPolicy
 from worker.store.ports import ConversationStore
 from worker.store.records import NO_CHANGE, ConversationChange, ConversationMode, ConversationRow
@@ -71,7 +72,7 @@ class Steering:
             return
         metadata = control.metadata or {}
         await self._api_retry.call(
-            "update_metadata",
+            OpenAIOperation.UPDATE_METADATA,
             lambda: backend.update_metadata(thread_id, conversation_id, metadata),
         )
 
@@ -80,10 +81,12 @@ class Steering:
     ) -> None:
         thread_id = conversation.thread_id
         if thread_id is not None:
-            await self._api_retry.call("delete_thread", lambda: backend.delete_thread(thread_id))
+            await self._api_retry.call(
+                OpenAIOperation.DELETE_THREAD, lambda: backend.delete_thread(thread_id)
+            )
         files = await self._store.conversation_files(conversation_id)
         for file_id in files:
             await self._api_retry.call(
-                "delete_file", functools.partial(self._files.delete, file_id)
+                OpenAIOperation.DELETE_FILE, functools.partial(self._files.delete, file_id)
             )
         log.info("conversation_closed", thread_deleted=thread_id is not None, files=len(files))

@@ -60,6 +60,7 @@ from worker.relay.activity import Activity, ActivityKind, ActivitySink, NoActivi
 from worker.relay.attachments import FileKind, ModelFile, decode, kind_of
 from worker.relay.control import Steering
 from worker.relay.delivery import Delivery
+from worker.relay.operations import OpenAIOperation
 from worker.relay.outbound import Failure, dead_letter_outbox, handoff_outbox, reply_outbox
 from worker.relay.pacing import Pacer
 from worker.relay.retry import RetryPolicy, internal_backoff
@@ -281,7 +282,7 @@ class ConversationProcessor:
                 await backend.record_messages(thread_id, turn, missing)
 
         async with self._pacer.slot():
-            await self._api_retry.call("record_messages", look_then_record)
+            await self._api_retry.call(OpenAIOperation.RECORD_MESSAGES, look_then_record)
         progress.reached(FaultPoint.RECORD)
         after = await self._store.finish_batch(
             work.lease,
@@ -329,7 +330,8 @@ class ConversationProcessor:
         # An orphan thread from a crash right after this call is harmless: it holds nothing.
         async with self._pacer.slot():
             thread_id = await self._api_retry.call(
-                "create_thread", lambda: backend.create_thread(lease.conversation_id, profile)
+                OpenAIOperation.CREATE_THREAD,
+                lambda: backend.create_thread(lease.conversation_id, profile),
             )
             await self._store.set_thread(lease, thread_id)
         log.info("thread_created", thread_id=thread_id, backend=backend.name)
@@ -414,7 +416,7 @@ class ConversationProcessor:
         if attachment.file_id is not None:
             file_id = attachment.file_id
             file = await self._api_retry.call(
-                "retrieve_file", lambda: self._files.describe(file_id)
+                OpenAIOperation.RETRIEVE_FILE, lambda: self._files.describe(file_id)
             )
         else:
             file = await self._upload(work, attachment)
@@ -444,7 +446,7 @@ class ConversationProcessor:
             return await self._files.upload(filename, content, purpose)
 
         async with self._pacer.slot():
-            return await self._api_retry.call("upload_file", look_then_upload)
+            return await self._api_retry.call(OpenAIOperation.UPLOAD_FILE, look_then_upload)
 
     async def _run_once(
         self, work: _Work, turn: Turn, run_id: str | None, progress: _Progress
@@ -474,7 +476,8 @@ class ConversationProcessor:
         else:
             log.info("run_resumed", run_id=run_id)
             run = await self._api_retry.call(
-                "retrieve_run", lambda: work.backend.retrieve_run(RunRef(work.thread_id, run_id))
+                OpenAIOperation.RETRIEVE_RUN,
+                lambda: work.backend.retrieve_run(RunRef(work.thread_id, run_id)),
             )
 
         progress.reached(FaultPoint.POLL)
@@ -538,7 +541,9 @@ class ConversationProcessor:
         backend = work.backend
         if not isinstance(backend, FindsTurnsByItems):
             return None
-        return await self._api_retry.call("watermark", lambda: backend.watermark(work.thread_id))
+        return await self._api_retry.call(
+            OpenAIOperation.WATERMARK, lambda: backend.watermark(work.thread_id)
+        )
 
     async def _record_reply(
         self, work: _Work, turn: Turn, finished: FinishedRun, progress: _Progress
@@ -550,7 +555,7 @@ class ConversationProcessor:
             RunStatus.INCOMPLETE,
         ):
             messages = await self._api_retry.call(
-                "list_messages",
+                OpenAIOperation.LIST_MESSAGES,
                 lambda: work.backend.reply_messages(RunRef(work.thread_id, snapshot.run_id)),
             )
         reply = AssistantReply(
@@ -608,7 +613,9 @@ class ConversationProcessor:
         backend = work.backend
         if isinstance(backend, ListsRunSteps) and _may_use_hosted_tools(turn.profile):
             run = RunRef(work.thread_id, finished.snapshot.run_id)
-            hosted = await self._api_retry.call("list_run_steps", lambda: backend.hosted_calls(run))
+            hosted = await self._api_retry.call(
+                OpenAIOperation.LIST_RUN_STEPS, lambda: backend.hosted_calls(run)
+            )
         return functions + hosted
 
     async def _dead_letter(

@@ -19,6 +19,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from worker.errors import ApiError, ApiTransient, ApiUnavailable
 from worker.metrics import Metrics
+from worker.relay.operations import ApiStatus, OpenAIOperation, api_status
 from worker.settings import Settings
 
 T = TypeVar("T")
@@ -74,25 +75,27 @@ class RetryPolicy:
             return min(max(backoff, hint_s), self.cap_s)
         return backoff
 
-    async def _counted(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _counted(self, what: OpenAIOperation, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             result = await fn()
         except Exception as exc:
-            self._count(what, _status_label(exc))
+            self._count(what, api_status(exc))
             raise
-        self._count(what, "ok")
+        self._count(what, ApiStatus.OK)
         return result
 
-    def _count(self, what: str, status: str) -> None:
+    def _count(self, what: OpenAIOperation, status: ApiStatus) -> None:
         if self.metrics is not None:
-            self.metrics.openai_requests.labels(what, status).inc()
+            self.metrics.openai_requests.labels(what.value, status.value).inc()
 
-    def _retrying(self, what: str, failures: list[datetime]) -> AsyncRetrying:
+    def _retrying(self, what: OpenAIOperation, failures: list[datetime]) -> AsyncRetrying:
         def log_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("api_retry", call=what, attempt=state.attempt_number, error=_describe(exc))
+            log.warning(
+                "api_retry", call=what.value, attempt=state.attempt_number, error=_describe(exc)
+            )
             if self.metrics is not None:
-                self.metrics.openai_retries.labels(what).inc()
+                self.metrics.openai_retries.labels(what.value).inc()
 
         return AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
@@ -107,7 +110,7 @@ class RetryPolicy:
         exc = state.outcome.exception() if state.outcome else None
         return self.delay_s(state.attempt_number, retry_after_s(exc) if exc else None)
 
-    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, what: OpenAIOperation, fn: Callable[[], Awaitable[T]]) -> T:
         """Runs `fn` until it succeeds, fails permanently, or the attempts run out."""
         failures: list[datetime] = []
         try:
@@ -119,11 +122,7 @@ class RetryPolicy:
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
 
-def _status_label(exc: BaseException) -> str:
-    return exc.label if isinstance(exc, ApiError) else type(exc).__name__
-
-
-def _unavailable(what: str, exc: ApiError, failures: list[datetime]) -> ApiUnavailable:
+def _unavailable(what: OpenAIOperation, exc: ApiError, failures: list[datetime]) -> ApiUnavailable:
     first = failures[0] if failures else datetime.now(UTC)
     return ApiUnavailable(f"{what}: {exc.detail}", first)
 

@@ -19,6 +19,7 @@ from worker.crashpoints import CrashPoint, maybe_crash
 from worker.errors import RunAlreadyEnded, ThreadBusy
 from worker.events import RunError, ToolCallSummary
 from worker.relay.approvals import answer_approvals
+from worker.relay.operations import OpenAIOperation
 from worker.relay.pacing import Pacer
 from worker.relay.polling import PollPlan, PollSchedule, RunDurations
 from worker.relay.retry import RetryPolicy
@@ -125,7 +126,7 @@ class Runner:
         saving a request on the common path.
         """
         return await self._create_once(
-            "start_run",
+            OpenAIOperation.START_RUN,
             thread_id,
             find=lambda: self.backend.find_run(thread_id, turn),
             create=lambda: self.backend.start_run(thread_id, turn),
@@ -134,7 +135,7 @@ class Runner:
 
     async def _create_once(
         self,
-        what: str,
+        what: OpenAIOperation,
         thread_id: str,
         *,
         find: Callable[[], Awaitable[str | None]],
@@ -333,7 +334,8 @@ class Runner:
 
     async def _retrieve(self, thread_id: str, run_id: str) -> RunSnapshot:
         return await self._api_retry.call(
-            "retrieve_run", lambda: self.backend.retrieve_run(RunRef(thread_id, run_id))
+            OpenAIOperation.RETRIEVE_RUN,
+            lambda: self.backend.retrieve_run(RunRef(thread_id, run_id)),
         )
 
     async def _serve_tools(
@@ -351,7 +353,7 @@ class Runner:
         approvals, denied = await answer_approvals(run.approvals, tools)
         submission = ToolSubmission(RunRef(thread_id, run.run_id), turn, tuple(outputs), approvals)
         started = await self._create_once(
-            "submit_tool_outputs",
+            OpenAIOperation.SUBMIT_TOOL_OUTPUTS,
             thread_id,
             find=lambda: self.backend.find_tool_outputs_run(submission),
             create=lambda: self.backend.submit_tool_outputs(submission),
@@ -362,7 +364,8 @@ class Runner:
     async def _cancel(self, thread_id: str, run: RunSnapshot) -> RunSnapshot:
         log.warning("run_deadline_exceeded", run_id=run.run_id, deadline_s=self._deadline_s)
         cancelled = await self._api_retry.call(
-            "cancel_run", lambda: cancel_unless_ended(self.backend, RunRef(thread_id, run.run_id))
+            OpenAIOperation.CANCEL_RUN,
+            lambda: cancel_unless_ended(self.backend, RunRef(thread_id, run.run_id)),
         )
         if not cancelled:  # it ended on its own in the meantime: that ending stands
             return await self._retrieve(thread_id, run.run_id)
@@ -380,7 +383,7 @@ class Runner:
         log.info("run_interrupted", run_id=run.run_id)
         ref = RunRef(thread_id, run.run_id)
         if not await self._api_retry.call(
-            "cancel_run", lambda: cancel_unless_ended(self.backend, ref)
+            OpenAIOperation.CANCEL_RUN, lambda: cancel_unless_ended(self.backend, ref)
         ):
             return await self._retrieve(thread_id, run.run_id)  # it ended first: that stands
         maybe_crash(CrashPoint.AFTER_RUN_STOPPED)
