@@ -291,6 +291,45 @@ async def test_metrics_count_every_outcome_from_zero(receiving: Receiving) -> No
     assert counted == {outcome: expected.get(outcome, 0) for outcome in OUTCOMES}
 
 
+def ready_gauge(exposition: str) -> float:
+    [family] = [
+        f
+        for f in text_string_to_metric_families(exposition)
+        if f.name == "assistant_worker_webhooks_ready"
+    ]
+    [sample] = family.samples
+    return sample.value
+
+
+async def readiness(session: aiohttp.ClientSession, base: str) -> tuple[int, float]:
+    """What /readyz answers, and what the gauge on /metrics says, one after the other."""
+    async with session.get(base + "/readyz") as ready:
+        status = ready.status
+    async with session.get(base + "/metrics") as page:
+        return status, ready_gauge(await page.text())
+
+
+async def test_the_ready_gauge_says_what_readyz_says(database_url: str) -> None:
+    pool = await create_pool(database_url, max_size=2)
+    metrics = WebhookMetrics()
+    receiver = WebhookReceiver(Verifier(SECRET), metrics, MAX_BODY_BYTES)
+    assert ready_gauge(metrics.exposition().decode()) == 0.0
+    port = await receiver.start("127.0.0.1", 0)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await readiness(session, base) == (503, 0.0), "listening, no Postgres yet"
+            receiver.connect(DeliveryStore(pool))
+            assert await readiness(session, base) == (200, 1.0)
+            post = signed(event_body())
+            async with session.post(base + WEBHOOK_PATH, data=post.body, headers=post.headers) as r:
+                assert r.status == 200
+    finally:
+        await receiver.stop()
+        await pool.close()
+    assert ready_gauge(metrics.exposition().decode()) == 0.0, "stopped: not ready"
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -340,6 +379,7 @@ async def test_the_service_waits_for_postgres_then_records(database_url: str) ->
     async with aiohttp.ClientSession() as session:
         async with session.get(base + "/readyz") as ready:
             assert (ready.status, await ready.json()) == (200, {"ready": True})
+        assert await readiness(session, base) == (200, 1.0)
         post = signed(event_body(response_id="resp_served"))
         async with session.post(base + WEBHOOK_PATH, data=post.body, headers=post.headers) as r:
             assert r.status == 200
@@ -365,6 +405,7 @@ async def test_while_postgres_is_down_the_service_is_alive_and_unready() -> None
         async with session.get(base + "/readyz") as ready:
             assert ready.status == 503
             assert (await ready.json())["waiting_for"] == "postgres: connection refused"
+        assert await readiness(session, base) == (503, 0.0)
     stop.set()
     await asyncio.wait_for(task, timeout=10)
 

@@ -16,7 +16,7 @@ import json
 import asyncpg
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from worker.errors import StoreUnavailable
 from worker.health import Health
@@ -38,7 +38,8 @@ log = structlog.get_logger("worker.webhooks")
 
 class WebhookMetrics:
     """The receiver's metrics, in a registry of its own (as the worker's), every outcome counted
-    from zero so that an alert sees the first one, with the process and runtime collectors."""
+    from zero so that an alert sees the first one, its readiness as a gauge (the receiver sets
+    it), with the process and runtime collectors."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -52,6 +53,12 @@ class WebhookMetrics:
         )
         for outcome in OUTCOMES:
             self.deliveries.labels(outcome=outcome)
+        self.ready = Gauge(
+            "assistant_worker_webhooks_ready",
+            "1 while the receiver's /readyz answers 200 (Postgres connected); 0 while starting, "
+            "waiting for Postgres or draining.",
+            registry=self.registry,
+        )
 
     def count(self, outcome: str) -> None:
         self.deliveries.labels(outcome=outcome).inc()
@@ -76,6 +83,8 @@ class WebhookReceiver:
         self._runner: web.AppRunner | None = None
         # wait_for says here what the receiver is waiting for while it starts.
         self.startup = Health()
+        # Read at each scrape, so an alert sees what /readyz would answer then.
+        metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
 
     async def start(self, host: str, port: int, *, shutdown_timeout_s: float = 10.0) -> int:
         """Listens on `host`:`port` (0: any free port) and returns the port."""
