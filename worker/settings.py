@@ -5,14 +5,23 @@ from __future__ import annotations
 import difflib
 import os
 import socket
-from collections.abc import Mapping
+import warnings
+from collections.abc import Collection, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, BeforeValidator, Field, PositiveInt, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 from pydantic_settings import SettingsError as SourceError
+
+SECRETS_DIR_VARIABLE = "AW_SECRETS_DIR"
 
 
 class EventLoop(StrEnum):
@@ -68,7 +77,97 @@ def _url_with_scheme(*schemes: str) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-class Topology(BaseSettings):
+def _secrets_dir() -> Path | None:
+    # Read straight from the environment, not through the field: the files are a source of the
+    # fields, so the directory must be known before any field is. Empty counts as unset.
+    wanted = SECRETS_DIR_VARIABLE.lower()
+    value = next((v for k, v in os.environ.items() if k.lower() == wanted), "")
+    return Path(value) if value else None
+
+
+class SecretFiles(SecretsSettingsSource):
+    """Settings from the files in AW_SECRETS_DIR, one per variable and named like it (a
+    Kubernetes Secret mounted as a volume), so that secrets need not sit in the environment.
+
+    Below the environment: a variable that is set, under any of its names, wins over a file
+    (pydantic-settings keys every source's value by the field's first name, so the first source
+    that has it wins). pydantic-settings strips the whitespace around a file's content (`kubectl
+    create secret --from-file` keeps a trailing newline). Fails closed where pydantic-settings
+    would warn and fall back to the default: a directory that is not there, or a file that
+    cannot be read, is InvalidSettings naming the variable, never the content.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        self._directory = _secrets_dir()
+        super().__init__(settings_cls, secrets_dir=self._directory)
+
+    def __call__(self) -> dict[str, Any]:
+        if self._directory is None:
+            return {}
+        try:
+            os.listdir(self._directory)
+        except FileNotFoundError:
+            reason = "no such directory"
+        except NotADirectoryError:
+            reason = "not a directory"
+        except OSError as exc:
+            reason = f"cannot list it ({exc.strerror})"
+        else:
+            return super().__call__()
+        shown = _short(str(self._directory))
+        raise InvalidSettings(f"invalid setting {SECRETS_DIR_VARIABLE}={shown}: {reason}")
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = None
+        if field_name != "secrets_dir" and self._directory is not None:
+            variable = self._file_variable(field_name, self._directory)
+        if variable is None:
+            return None, field_name, False
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                found = super().get_field_value(field, field_name)
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+                raise _unreadable(variable, str(reason)) from None
+        if caught:  # a link out of the secrets directory
+            raise _unreadable(variable, "not a file inside the directory")
+        return found
+
+    def _file_variable(self, field_name: str, directory: Path) -> str | None:
+        """The variable whose file holds the field, if any; InvalidSettings if that is no file
+        (a directory, a dangling link: pydantic-settings would trip on an assertion)."""
+        for variable in _field_variables(self.settings_cls, field_name):
+            path = self.find_case_path(directory, variable, case_sensitive=False)
+            if path is not None and not path.is_file():
+                raise _unreadable(variable, "not a file")
+            if path is not None:
+                return variable
+        return None
+
+
+def _unreadable(variable: str, reason: str) -> InvalidSettings:
+    return InvalidSettings(
+        f"invalid setting {variable}: its file in {SECRETS_DIR_VARIABLE} cannot be read ({reason})"
+    )
+
+
+class _FromEnvironmentAndFiles(BaseSettings):
+    """The sources of every settings model: arguments, the environment, then AW_SECRETS_DIR."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, dotenv_settings, SecretFiles(settings_cls)
+
+
+class Topology(_FromEnvironmentAndFiles):
     """Names of the RabbitMQ objects the worker declares and uses."""
 
     model_config = SettingsConfigDict(env_prefix="AW_", extra="ignore", frozen=True)
@@ -89,8 +188,9 @@ class Topology(BaseSettings):
     delivery_limit: PositiveInt = 20
 
 
-class Settings(BaseSettings):
-    """Worker settings; every field is an environment variable named AW_<FIELD> unless noted."""
+class Settings(_FromEnvironmentAndFiles):
+    """Worker settings; every field is an environment variable named AW_<FIELD> unless noted,
+    or a file of that name in AW_SECRETS_DIR (SecretFiles)."""
 
     model_config = SettingsConfigDict(
         env_prefix="AW_", extra="ignore", frozen=True, populate_by_name=True
@@ -190,6 +290,10 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 64 * 1024
     webhook_host: str = "0.0.0.0"  # noqa: S104 - OpenAI posts from outside the pod
     webhook_port: Annotated[int, Field(ge=0, le=65535)] = 8081
+    # A directory of files, each holding the setting it is named after (SecretFiles): a
+    # Kubernetes Secret mounted as a volume. Unset or empty: settings come from the environment
+    # only.
+    secrets_dir: Path | None = None
     topology: Topology = Field(default_factory=Topology)
 
     @property
@@ -225,8 +329,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        raise InvalidSettings(_describe(exc, environ)) from None
-    except SourceError:
+        raise InvalidSettings(_describe(exc, environ, _secret_file_names())) from None
+    except SourceError as exc:
+        # pydantic-settings wraps what a source raises: SecretFiles' own message is the one.
+        if isinstance(exc.__cause__, InvalidSettings):
+            raise exc.__cause__ from None
         # Only a nested model is parsed from JSON, and the only one is the topology.
         raise InvalidSettings(
             "invalid setting AW_TOPOLOGY: should be unset; each queue and exchange has its own "
@@ -234,14 +341,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ) from None
 
 
-def _describe(exc: ValidationError, environ: Mapping[str, str]) -> str:
+def _secret_file_names() -> list[str]:
+    """The names of the files in AW_SECRETS_DIR (upper case), or none if it is unset or gone."""
+    directory = _secrets_dir()
+    try:
+        return [] if directory is None else [name.upper() for name in os.listdir(directory)]
+    except OSError:
+        return []
+
+
+def _describe(exc: ValidationError, environ: Mapping[str, str], files: Collection[str]) -> str:
     model: type[BaseSettings] = Topology if exc.title == Topology.__name__ else Settings
     problems = []
     for error in exc.errors(include_url=False):
         field = _field_of(model, str(error["loc"][0]) if error["loc"] else "")
-        variable = _variable(model, field, environ)
+        variable, source = _variable(model, field, environ, files)
         shown = "" if field in _NEVER_QUOTED else f"={_short(error.get('input'))}"
-        problems.append(f"{variable}{shown}: {_plain(error['msg'])}")
+        problems.append(f"{variable}{shown}{source}: {_plain(error['msg'])}")
     return "invalid setting " + "; ".join(problems)
 
 
@@ -253,11 +369,20 @@ def _field_of(model: type[BaseSettings], loc: str) -> str:
     return loc
 
 
-def _variable(model: type[BaseSettings], field: str, environ: Mapping[str, str]) -> str:
-    """The environment variable that supplied `field`: for aliases, the one that is set."""
+def _variable(
+    model: type[BaseSettings], field: str, environ: Mapping[str, str], files: Collection[str]
+) -> tuple[str, str]:
+    """The variable that supplied `field` (for aliases, the one that is set), and " (file in
+    AW_SECRETS_DIR)" if a file did. The environment first: it wins over a file."""
     choices = _field_variables(model, field)
     present = {k.upper() for k in environ}
-    return next((c for c in choices if c in present), choices[0])
+    for choice in choices:
+        if choice in present:
+            return choice, ""
+    for choice in choices:
+        if choice in files:
+            return choice, f" (file in {SECRETS_DIR_VARIABLE})"
+    return choices[0], ""
 
 
 def _field_variables(model: type[BaseSettings], field: str) -> list[str]:
@@ -292,11 +417,12 @@ def setting_variables() -> frozenset[str]:
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
-    """AW_* variables that are no setting, each with the closest real name (a likely typo)."""
+    """AW_* variables, and files in AW_SECRETS_DIR, that are no setting, each with the closest
+    real name (a likely typo)."""
     environ = os.environ if environ is None else environ
     known = setting_variables()
     unknown = []
-    for name in sorted(k.upper() for k in environ):
+    for name in sorted({k.upper() for k in environ} | set(_secret_file_names())):
         if not name.startswith("AW_") or name in known or name in NOT_SETTINGS:
             continue
         if name.startswith(_NOT_SETTINGS_PREFIX):
