@@ -121,6 +121,7 @@ def test_the_issue_and_the_readme_alerts_are_all_shipped() -> None:
         "AssistantWorkerOutboxBacklogGrowing",
         "AssistantWorkerConversationsSwept",
         "AssistantWorkerNotReady",
+        "AssistantWorkerWebhooksNotReady",
     }
     assert wanted <= names
     for rule in alerts():
