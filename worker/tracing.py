@@ -8,7 +8,8 @@ exporter read their own OTEL_* variables; the aio-pika instrumentation (a CONSUM
 delivery, which reads the inbound `traceparent` and `tracestate`, or starts a trace without
 them) and the aiohttp-client one (the HTTP requests to OpenAI and to HTTP tools); and the
 worker's own spans, made by the helpers here: intake, batch, run, each OpenAI request (GenAI
-semantic conventions, worker/backends/genai.py), each store operation, each outbox publish.
+semantic conventions, worker/backends/genai.py), each tool call the worker serves, each store
+operation, each outbox publish and each activity publish.
 
 A trace outlives the process that started it: intake stores its span's context with the event
 (`inbound_events.trace_context`), the batch span continues the first event's and links the
@@ -335,6 +336,17 @@ def producing(
     return _producing(tracer, name, headers, attributes)
 
 
+def uninstrumented() -> AbstractContextManager[None]:
+    """The instrumentations make no span in the block: around a publish through aio-pika's
+    `Exchange.publish`, whose PRODUCER span would duplicate the worker's own and replace the
+    context the message carries with its own."""
+    if _state.tracer is None:
+        return nullcontext()
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    return suppress_instrumentation()
+
+
 @contextlib.contextmanager
 def _producing(
     tracer: trace.Tracer, name: str, headers: Mapping[str, Any], attributes: Mapping[str, Any]
@@ -364,12 +376,13 @@ def _current(started: Span) -> Iterator[Span]:
             raise
 
 
-def failed(target: Span, exc: BaseException) -> None:
+def failed(target: Span, cause: BaseException | str) -> None:
     """Marks the span failed, naming the exception's `label` (the worker's ApiErrors carry one:
-    a status code, `timeout`, ...) or else its class; never its message."""
+    a status code, `timeout`, ...) or else its class, never its message; or naming `cause`
+    itself, a kind of failure without an exception (a tool's output too large)."""
     if target.is_recording():
-        label = getattr(exc, "label", None)
-        name = label if isinstance(label, str) else type(exc).__name__
+        label = cause if isinstance(cause, str) else getattr(cause, "label", None)
+        name = label if isinstance(label, str) else type(cause).__name__
         target.set_attribute("error.type", name)
         target.set_status(Status(StatusCode.ERROR, name))
 

@@ -3,6 +3,10 @@
 Off unless AW_ACTIVITY_ROUTING_KEY is set. Activity is a hint, not a record: it is published
 straight to the outbound exchange from a bounded queue, without the outbox or publisher
 confirms, and dropped when the queue is full or the broker is away, so it never delays a reply.
+
+Traced, each is published in a PRODUCER span continuing the span that emitted it (the run's or
+the batch's), and carries that span's `traceparent`: the helpdesk's "typing..." joins the
+event's trace.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -19,6 +23,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from worker import tracing
 from worker.events import rfc3339
 
 ASSISTANT_ACTIVITY = "assistant_activity.v1"
@@ -73,7 +78,13 @@ class NoActivity:
 
 
 class Exchange(Protocol):
+    name: str
+
     async def publish(self, message: Any, routing_key: str) -> Any: ...
+
+
+# An activity and the context of the span that emitted it (None while tracing is off).
+_Queued = tuple[Activity, dict[str, str] | None]
 
 
 class ActivityPublisher:
@@ -86,32 +97,54 @@ class ActivityPublisher:
         self._exchange = exchange
         self._routing_key = routing_key
         self._message = message
-        self._queue: asyncio.Queue[Activity] = asyncio.Queue(capacity)
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(capacity)
         self.dropped = 0
 
     def emit(self, activity: Activity) -> None:
         try:
-            self._queue.put_nowait(activity)
+            # The emitter's span is current only now; the publish runs in another task.
+            self._queue.put_nowait((activity, tracing.current_carrier()))
         except asyncio.QueueFull:
             self.dropped += 1
 
     async def run_forever(self) -> None:
         while True:
-            activity = await self._queue.get()
-            await self._publish([activity, *self._take_waiting()])
+            queued = await self._queue.get()
+            await self._publish([queued, *self._take_waiting()])
 
-    def _take_waiting(self) -> list[Activity]:
+    def _take_waiting(self) -> list[_Queued]:
         taken = []
         with contextlib.suppress(asyncio.QueueEmpty):
             while True:
                 taken.append(self._queue.get_nowait())
         return taken
 
-    async def _publish(self, activities: Sequence[Activity]) -> None:
-        for activity in activities:
+    async def _publish(self, queued: Sequence[_Queued]) -> None:
+        for activity, carrier in queued:
             body = json.dumps(activity.to_json(), separators=(",", ":")).encode()
             try:
-                await self._exchange.publish(self._message(body, activity), self._routing_key)
+                await self._publish_one(activity, body, carrier or {})
             except Exception as exc:  # noqa: BLE001 - a hint lost is not worth a retry
                 self.dropped += 1
                 log.debug("activity_dropped", error_class=type(exc).__name__)
+
+    async def _publish_one(
+        self, activity: Activity, body: bytes, carrier: Mapping[str, str]
+    ) -> None:
+        name = f"publish {self._exchange.name}"
+        attributes = self._span_attributes(activity)
+        with tracing.producing(name, carrier, attributes) as headers, tracing.uninstrumented():
+            message = self._message(body, activity)
+            message.headers.update(headers)
+            await self._exchange.publish(message, self._routing_key)
+
+    def _span_attributes(self, activity: Activity) -> dict[str, str]:
+        return {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "publish",
+            "messaging.destination.name": self._exchange.name,
+            "messaging.rabbitmq.destination.routing_key": self._routing_key,
+            "messaging.message.id": activity.event_id,
+            "aw.activity.kind": activity.kind.value,
+        }

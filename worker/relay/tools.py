@@ -8,6 +8,10 @@ unknown" for any other, never invoking it twice for one call ID.
 
 `handoff_to_human` only records the request (through the turn); the conversation settles it
 with the batch, so a run resumed by another owner hands off exactly once.
+
+Traced, each call is an `execute_tool {gen_ai.tool.name}` span (GenAI semantic conventions) with
+the call's ID and how it ended (`aw.tool.state`), never its arguments or output; an HTTP tool's
+request is its child.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from opentelemetry.trace import Span
 
+from worker import tracing
 from worker.backends.base import ToolCall, ToolOutput
 from worker.crashpoints import CrashPoint, maybe_crash
 from worker.events import HandoffRequest, UserMessage
@@ -116,48 +122,80 @@ async def serve_calls(calls: tuple[ToolCall, ...], turn: TurnTools) -> list[Tool
 
 
 async def serve_call(call: ToolCall, turn: TurnTools) -> ToolOutput:
+    tool = turn.tool(call.name)
+    with tracing.span(*_span_of(tool, call)) as span:
+        state, output = await _serve(call, tool, turn, span)
+        tracing.set_attributes(span, {"aw.tool.state": state.value})
+    return ToolOutput(call.call_id, output)
+
+
+async def _serve(
+    call: ToolCall, tool: FunctionTool | None, turn: TurnTools, span: Span
+) -> tuple[ToolCallState, str]:
     record = await turn.journal.begin(call)
     if not record.began and record.state is not ToolCallState.STARTED:
         # It ended under an earlier owner: the same output again, without running it.
-        return ToolOutput(call.call_id, record.output or "")
-    tool = turn.tool(call.name)
+        tracing.set_attributes(span, {"aw.tool.replayed": True})
+        return record.state, record.output or ""
     duration_ms: int | None = None
     if tool is None:
+        tracing.failed(span, "unknown_tool")
         state, output = ToolCallState.ERROR, _error(f"unknown tool {call.name!r}")
     elif not record.began and not tool.idempotent:
         state, output = ToolCallState.UNKNOWN, _unknown_outcome(tool)
         log.warning("tool_outcome_unknown", tool=tool.name, call_id=call.call_id)
     else:
         started = time.monotonic()
-        state, output = await _invoke(tool, call, turn)
+        state, output = await _invoke(tool, call, turn, span)
         duration_ms = round((time.monotonic() - started) * 1000)
         maybe_crash(CrashPoint.AFTER_TOOL_RAN)
     await turn.journal.end(call.call_id, state, output, duration_ms)
-    return ToolOutput(call.call_id, output)
+    return state, output
 
 
-async def _invoke(tool: FunctionTool, call: ToolCall, turn: TurnTools) -> tuple[ToolCallState, str]:
+def _span_of(tool: FunctionTool | None, call: ToolCall) -> tuple[str, dict[str, str]]:
+    """The call's span name and attributes. A name the profile does not declare is the
+    model's own text: neither names the span nor goes in it."""
+    attributes = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.type": "function",
+        "gen_ai.tool.call.id": call.call_id,
+    }
+    if tool is None:
+        return "execute_tool", attributes
+    return f"execute_tool {tool.name}", {**attributes, "gen_ai.tool.name": tool.name}
+
+
+async def _invoke(
+    tool: FunctionTool, call: ToolCall, turn: TurnTools, span: Span
+) -> tuple[ToolCallState, str]:
     try:
         arguments = json.loads(call.arguments or "{}")
     except json.JSONDecodeError as exc:
+        tracing.failed(span, exc)
         return ToolCallState.ERROR, _error(f"arguments are not JSON: {exc.msg}")
     if not isinstance(arguments, dict):
+        tracing.failed(span, "arguments_not_object")
         return ToolCallState.ERROR, _error("arguments are not a JSON object")
     try:
         async with asyncio.timeout(tool.timeout_s):
             output = _as_text(await tool.handler(arguments, turn.context(tool, call)))
-    except TimeoutError:
+    except TimeoutError as exc:
+        tracing.failed(span, exc)
         log.warning("tool_timed_out", tool=tool.name, timeout_s=tool.timeout_s)
         return ToolCallState.ERROR, _error(f"tool {tool.name!r} timed out")
     except ToolFailed as exc:  # its text names statuses and kinds of failure, never content
+        tracing.failed(span, exc)
         log.warning("tool_failed", tool=tool.name, reason=exc.reason)
         return ToolCallState.ERROR, _error(str(exc))
     except Exception as exc:  # noqa: BLE001 - a failing tool must not fail the run
+        tracing.failed(span, exc)
         # The exception's text is the handler's: it may quote the customer.
         log.warning("tool_failed", tool=tool.name, error_class=type(exc).__name__)
         return ToolCallState.ERROR, _error(f"tool {tool.name!r} failed: {type(exc).__name__}")
     log.info("tool_called", tool=tool.name)
     if len(output) > OUTPUT_MAX_CHARS:
+        tracing.failed(span, "output_too_large")
         return ToolCallState.ERROR, _error(
             f"tool {tool.name!r} answered {len(output)} characters, at most {OUTPUT_MAX_CHARS}"
         )
