@@ -51,6 +51,7 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
 _NOTHING: AbstractContextManager[Span] = nullcontext(trace.INVALID_SPAN)
+_UNSUPPRESSED: AbstractContextManager[None] = nullcontext()
 
 
 class _State:
@@ -341,7 +342,7 @@ def uninstrumented() -> AbstractContextManager[None]:
     `Exchange.publish`, whose PRODUCER span would duplicate the worker's own and replace the
     context the message carries with its own."""
     if _state.tracer is None:
-        return nullcontext()
+        return _UNSUPPRESSED
     from opentelemetry.instrumentation.utils import suppress_instrumentation
 
     return suppress_instrumentation()
