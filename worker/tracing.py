@@ -6,10 +6,15 @@ is installed: no SDK, no instrumentation, and every helper below returns after o
 On, `setup` installs an SDK TracerProvider whose sampler, resource, batch processor and OTLP
 exporter read their own OTEL_* variables; the aio-pika instrumentation (a CONSUMER span per
 delivery, which reads the inbound `traceparent` and `tracestate`, or starts a trace without
-them) and the aiohttp-client one (the HTTP requests to OpenAI and to HTTP tools); and the
-worker's own spans, made by the helpers here: intake, batch, run, each OpenAI request (GenAI
-semantic conventions, worker/backends/genai.py), each tool call the worker serves, each store
-operation, each outbox publish and each activity publish.
+them); the aiohttp-client one on the HTTP tools' session alone (`http_trace_configs`: an
+OpenAI request's span is its GenAI one, and a second span per request would double the cost of
+the commonest span); and the worker's own spans, made by the helpers here: intake, batch, run,
+each OpenAI request (GenAI semantic conventions, worker/backends/genai.py), each tool call the
+worker serves, each store operation, each outbox publish and each activity publish.
+
+Under a trace the sampler left out, the helpers make no span at all (`left_out`): the SDK's
+samplers leave out every span of such a trace, and making each one only to drop it was most of
+what a sampled-out event cost.
 
 A trace outlives the process that started it: intake stores its span's context with the event
 (`inbound_events.trace_context`), the batch span continues the first event's and links the
@@ -58,6 +63,11 @@ class _State:
     """What `setup` installed; `tracer` is None while tracing is off."""
 
     tracer: trace.Tracer | None = None
+    # Whether the sampler leaves out each child of a span it left out: true of the SDK's own
+    # (they follow the parent's decision, or decide by the trace ID alone), not known of others.
+    children_follow: bool = False
+    # The aiohttp TraceConfig for HTTP tools' requests, while that instrumentation is on.
+    http_trace_config: Any = None
 
 
 _state = _State()
@@ -99,6 +109,8 @@ class Tracing:
         """Exports what is still queued, within `timeout_s` (an exporter that is down costs no
         more than that), and removes the instrumentation."""
         _state.tracer = None
+        _state.children_follow = False
+        _state.http_trace_config = None
         for instrumentor in self._instrumentors:
             instrumentor.uninstrument()
         # The SDK's shutdown waits for its export to give up: a daemon thread bounds it.
@@ -121,6 +133,7 @@ def setup(environ: Mapping[str, str] | None = None) -> Tracing | None:
     provider = _provider(exporters)
     instrumentors = _instrument(provider, env)
     _state.tracer = provider.get_tracer(TRACER_NAME)
+    _state.children_follow = _children_follow(provider)
     log.info("tracing_enabled", exporters=names, instrumentations=len(instrumentors))
     return Tracing(provider, instrumentors)
 
@@ -168,9 +181,17 @@ def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter | None:
     return OTLPSpanExporter()
 
 
+def _children_follow(provider: TracerProvider) -> bool:
+    from opentelemetry.sdk.trace.sampling import ParentBased, StaticSampler, TraceIdRatioBased
+
+    return isinstance(provider.sampler, ParentBased | StaticSampler | TraceIdRatioBased)
+
+
 def _instrument(provider: TracerProvider, env: Mapping[str, str]) -> list[Any]:
     """The maintained instrumentations that fit, less those OTEL_PYTHON_DISABLED_INSTRUMENTATIONS
-    names. asyncpg's does not fit: it records Postgres' error DETAIL, which can quote a row."""
+    names. asyncpg's does not fit: it records Postgres' error DETAIL, which can quote a row.
+    aiohttp-client's is a TraceConfig for the HTTP tools' session, not a patch of every session:
+    the OpenAI client's requests have their GenAI spans."""
     disabled = {n.strip() for n in env.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
     instrumentors: list[Any] = []
     if AIO_PIKA not in disabled:
@@ -180,12 +201,19 @@ def _instrument(provider: TracerProvider, env: Mapping[str, str]) -> list[Any]:
         pika.instrument(tracer_provider=provider)
         instrumentors.append(pika)
     if AIOHTTP_CLIENT not in disabled:
-        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+        from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 
-        http = AioHttpClientInstrumentor()
-        http.instrument(tracer_provider=provider, url_filter=_without_query)
-        instrumentors.append(http)
+        _state.http_trace_config = create_trace_config(
+            url_filter=_without_query, tracer_provider=provider
+        )
     return instrumentors
+
+
+def http_trace_configs() -> list[Any]:
+    """The aiohttp TraceConfigs for a session of HTTP tools: a CLIENT span per request while
+    tracing is on, none while it is off."""
+    config = _state.http_trace_config
+    return [] if config is None else [config]
 
 
 def _without_query(url: Any) -> str:
@@ -285,12 +313,21 @@ def _context_of(carrier: Mapping[str, Any] | None) -> Context | None:
 # -- spans ----------------------------------------------------------------------------------
 
 
+def left_out() -> bool:
+    """Whether the current span is of a trace the sampler left out, so that every span made
+    under it would be left out too: then the helpers make none."""
+    if not _state.children_follow:
+        return False
+    context = trace.get_current_span().get_span_context()
+    return context.is_valid and not context.trace_flags.sampled
+
+
 def span(
     name: str, attributes: Mapping[str, Any] | None = None, *, kind: SpanKind = SpanKind.INTERNAL
 ) -> AbstractContextManager[Span]:
     """A child of the current span, current for the block."""
     tracer = _state.tracer
-    if tracer is None:
+    if tracer is None or left_out():
         return _NOTHING
     return _current(tracer.start_span(name, kind=kind, attributes=attributes))
 
@@ -322,6 +359,9 @@ def continued_span(
         return _NOTHING
     contexts = [c for c in (_context_of(carrier) for carrier in carriers) if c is not None]
     parent = contexts[0] if contexts else None
+    if parent is not None and _left_out_in(parent):
+        # Current still, for the trace's ID to reach the reply's headers.
+        return trace.use_span(trace.get_current_span(parent), end_on_exit=False)
     links = [Link(trace.get_current_span(c).get_span_context()) for c in contexts[1:]]
     return _current(tracer.start_span(name, context=parent, attributes=attributes, links=links))
 
@@ -355,12 +395,21 @@ def _producing(
     from opentelemetry import propagate
 
     parent = _context_of(headers)
+    if parent is not None and _left_out_in(parent):
+        # `headers` carry the trace already: the consumer's spans are left out with it.
+        yield dict(headers)
+        return
     started = tracer.start_span(name, context=parent, kind=SpanKind.PRODUCER, attributes=attributes)
     with _current(started):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         kept = {k: v for k, v in headers.items() if k not in (TRACEPARENT, TRACESTATE)}
         yield {**kept, **carrier}
+
+
+def _left_out_in(context: Context) -> bool:
+    sampled = trace.get_current_span(context).get_span_context().trace_flags.sampled
+    return _state.children_follow and not sampled
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ def sdk_boundary(
 
     @functools.wraps(method)
     async def translating(*args: P.args, **kwargs: P.kwargs) -> T:
-        if tracing.enabled():
+        if tracing.enabled() and not tracing.left_out():
             return await _traced(method, args, kwargs)
         try:
             return await method(*args, **kwargs)

@@ -32,6 +32,7 @@ import aiohttp
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from worker import tracing
 from worker.relay.retry import Backoff
 from worker.toolkit import ToolContext
 
@@ -142,9 +143,12 @@ USER_AGENT = f"assistant-worker/{_package_version()}"
 def tool_session() -> aiohttp.ClientSession:
     """A session for HTTP tools, to share between them (one per process or per worker).
 
-    No cookie jar: a call must not depend on what an earlier one was answered.
+    No cookie jar: a call must not depend on what an earlier one was answered. With tracing on,
+    each request is a CLIENT span (worker/tracing.py).
     """
-    return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), trace_configs=tracing.http_trace_configs()
+    )
 
 
 class HttpTool:
