@@ -12,6 +12,7 @@ No cluster, no Docker, no network.
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import os
 import re
@@ -37,7 +38,7 @@ from pydantic_settings import BaseSettings
 from worker.metrics import Metrics
 from worker.ops.cli import app as cli_app
 from worker.profiles.load import load_profiles
-from worker.settings import Settings, Topology
+from worker.settings import SECRETS_DIR_VARIABLE, Settings, Topology
 from worker.webhooks.receiver import WebhookMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,6 +186,75 @@ def prune_cronjob(target: str) -> Obj:
 
 def health_port(target: str) -> int:
     return int(effective(target, "health_port"))
+
+
+@dataclass(frozen=True, slots=True)
+class SecretFile:
+    """A file a container finds in AW_SECRETS_DIR: which Secret and key it holds."""
+
+    secret: str
+    key: str
+    optional: bool
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class SecretVolume:
+    """A volume of Secret keys (secret, or projected from secrets), and the files it holds."""
+
+    name: str
+    files: dict[str, SecretFile]  # by path
+    whole: bool  # a Secret without `items`: every key, present or future
+
+
+def secret_volumes(pod: Obj) -> list[SecretVolume]:
+    found = []
+    for volume in pod.get("volumes", []):
+        if "secret" in volume:
+            default = volume["secret"].get("defaultMode", 0o644)
+            sources = [(volume["secret"]["secretName"], volume["secret"])]
+        elif "projected" in volume:
+            default = volume["projected"].get("defaultMode", 0o644)
+            sources = [
+                (s["secret"]["name"], s["secret"])
+                for s in volume["projected"]["sources"]
+                if "secret" in s
+            ]
+        else:
+            continue
+        files = {
+            item["path"]: SecretFile(
+                name, item["key"], source.get("optional", False), item.get("mode", default)
+            )
+            for name, source in sources
+            for item in source.get("items", [])
+        }
+        whole = any("items" not in source for _, source in sources)
+        found.append(SecretVolume(volume["name"], files, whole))
+    return found
+
+
+def secrets_dir(container: Obj) -> str | None:
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    return env.get(SECRETS_DIR_VARIABLE)
+
+
+def secret_files(pod: Obj, container: Obj) -> dict[str, SecretFile]:
+    """The files the container reads its secrets from: the Secret volume mounted at its
+    AW_SECRETS_DIR."""
+    directory = secrets_dir(container)
+    volumes = {v.name: v for v in secret_volumes(pod)}
+    mounted = [
+        volumes[m["name"]]
+        for m in container.get("volumeMounts", [])
+        if m["mountPath"] == directory and m["name"] in volumes
+    ]
+    return {path: f for volume in mounted for path, f in volume.files.items()}
+
+
+def worker_secret_names(target: str) -> set[str]:
+    pod = worker_deployment(target)["spec"]["template"]["spec"]
+    return {f.secret for f in secret_files(pod, worker_container(target)).values()}
 
 
 # --- the manifests are valid -------------------------------------------------------------
@@ -425,10 +495,8 @@ def test_the_secret_example_is_valid_and_not_deployed() -> None:
     assert schema_errors(example) == []
     secret_name = example["metadata"]["name"]
     for target in TARGETS:
-        refs = [
-            s["secretRef"]["name"] for s in worker_container(target)["envFrom"] if "secretRef" in s
-        ]
-        assert refs == [secret_name], f"{target}: the worker must read the Secret {secret_name}"
+        refs = worker_secret_names(target)
+        assert refs == {secret_name}, f"{target}: the worker must read the Secret {secret_name}"
     assert set(example["stringData"]) <= setting_env_names()
     secrets = {f"AW_{name.upper()}" for name in ("amqp_url", "database_url", "openai_api_key")}
     assert secrets <= set(example["stringData"]), "the example must document every secret"
@@ -538,14 +606,30 @@ def test_config_keys_are_settings(target: str) -> None:
         assert keys <= known, f"{target}: Secret keys the worker never reads: {keys - known}"
 
 
+def secret_values(target: str) -> dict[str, str]:
+    """The Secret's values: the one the target renders (local), else the example's."""
+    for secret in of_kind(target, "Secret"):
+        data = {k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()}
+        return {**data, **secret.get("stringData", {})}
+    example = yaml.safe_load((KUSTOMIZE / "base" / "secret.example.yaml").read_text())
+    return dict(example["stringData"])
+
+
 @pytest.mark.parametrize("target", TARGETS)
-def test_config_values_parse(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_values_parse(target: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for key in list(os.environ):
         if key.startswith(("AW_", "OPENAI_")):
             monkeypatch.delenv(key)
     for key, value in worker_env(target).items():
         monkeypatch.setenv(key, value)
-    Settings()  # raises on a value that does not parse, such as AW_BACKEND=response
+    # The worker's secret files as the kubelet would write them, in a directory of the test's.
+    pod = worker_deployment(target)["spec"]["template"]["spec"]
+    values = secret_values(target)
+    for path, file in secret_files(pod, worker_container(target)).items():
+        (tmp_path / path).write_text(values[file.key])
+    monkeypatch.setenv(SECRETS_DIR_VARIABLE, str(tmp_path))
+    settings = Settings()  # raises on a value that does not parse, such as AW_BACKEND=response
+    assert settings.database_url.get_secret_value() == values["AW_DATABASE_URL"]
 
 
 def test_a_misspelt_setting_is_not_a_setting() -> None:
@@ -584,10 +668,8 @@ def check_scaled_object(target: str, scaled: Obj) -> None:
     auths = {a["metadata"]["name"]: a for a in of_kind(target, "TriggerAuthentication")}
     auth = auths[trigger["authenticationRef"]["name"]]
     (host,) = [r for r in auth["spec"]["secretTargetRef"] if r["parameter"] == "host"]
-    secret = [
-        s["secretRef"]["name"] for s in worker_container(target)["envFrom"] if "secretRef" in s
-    ]
-    assert (host["name"], host["key"]) == (secret[0], "AW_AMQP_URL")
+    (secret,) = worker_secret_names(target)
+    assert (host["name"], host["key"]) == (secret, "AW_AMQP_URL")
 
 
 # --- pods are locked down ----------------------------------------------------------------
@@ -622,6 +704,85 @@ def test_every_container_is_locked_down(target: str) -> None:
         for problem in lockdown_problems(pod, container)
     ]
     assert not problems, f"{target}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_container_takes_secrets_from_the_environment(target: str) -> None:
+    # checkov's CKV_K8S_35: an environment is inherited by every child process and shows up in
+    # crash reports and debug dumps; the settings read files instead (AW_SECRETS_DIR).
+    problems = []
+    pods = list(pod_specs(target))
+    for name, pod in pods:
+        for container in all_containers(pod):
+            where = f"{name} {container['name']}"
+            problems += [
+                f"{where}: envFrom {source['secretRef']['name']}"
+                for source in container.get("envFrom", [])
+                if "secretRef" in source
+            ]
+            problems += [
+                f"{where}: {e['name']} from a secretKeyRef"
+                for e in container.get("env", [])
+                if "secretKeyRef" in (e.get("valueFrom") or {})
+            ]
+    assert pods, f"{target} renders no pods"
+    assert not problems, f"{target}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_secrets_are_read_only_files_where_the_setting_points(target: str) -> None:
+    known = setting_env_names()
+    files = 0
+    for name, pod in pod_specs(target):
+        volumes = {v.name: v for v in secret_volumes(pod)}
+        for container in all_containers(pod):
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] not in volumes:
+                    continue
+                assert mount["mountPath"] == secrets_dir(container), (
+                    f"{name}: a Secret mounted where {SECRETS_DIR_VARIABLE} does not point"
+                )
+                assert mount.get("readOnly") is True, f"{name}: mount the Secret read-only"
+        for volume in volumes.values():
+            assert not volume.whole, f"{name}: mount the keys it reads (items), not every key"
+            for path, file in volume.files.items():
+                files += 1
+                assert path == file.key, f"{name}: the file {path} must be named like its key"
+                assert path in known, f"{name}: {path} is no setting"
+                assert file.mode & 0o007 == 0, f"{name}: {path} is readable by any user"
+                # The kubelet writes the files as root, in the pod's fsGroup.
+                assert file.mode & 0o040, f"{name}: the worker's user cannot read {path}"
+                assert (pod.get("securityContext") or {}).get("fsGroup") is not None, (
+                    f"{name}: without an fsGroup the files are root's alone"
+                )
+    assert files, f"{target}: no pod reads a secret from a file"
+
+
+# What each pod's command reads, and nothing more (the receiver: its own test below).
+POD_SECRETS = {
+    "worker": {"AW_AMQP_URL", "AW_DATABASE_URL", "AW_OPENAI_API_KEY"},
+    "migrations": {"AW_DATABASE_URL"},
+    # The API key deletes at OpenAI the files uploaded for the events it prunes.
+    "prune": {"AW_DATABASE_URL", "AW_OPENAI_API_KEY"},
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_pod_mounts_the_secrets_its_command_reads(target: str) -> None:
+    example = yaml.safe_load((KUSTOMIZE / "base" / "secret.example.yaml").read_text())
+    components = {f"{o['kind']}/{o['metadata']['name']}": component(o) for o in render(target)}
+    seen = set()
+    for name, pod in pod_specs(target):
+        role = components[name]
+        if role not in POD_SECRETS:
+            continue
+        seen.add(role)
+        (container,) = pod["containers"]
+        files = secret_files(pod, container)
+        assert set(files) == POD_SECRETS[role], f"{target} {name}"
+        assert not [f for f in files.values() if f.optional], f"{target} {name}: all required"
+        assert set(files) <= set(example["stringData"]), "the example Secret must document them"
+    assert seen == set(POD_SECRETS), f"{target}: no pod for {set(POD_SECRETS) - seen}"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -1217,27 +1378,17 @@ def test_a_drain_leaves_a_receiver_answering(target: str) -> None:
 
 @pytest.mark.parametrize("target", WITH_WEBHOOKS)
 def test_the_receiver_gets_only_its_secrets_from_the_secret(target: str) -> None:
-    container = webhooks_container(target)
-    assert not container.get("envFrom"), (
+    files = secret_files(webhooks_pod(target), webhooks_container(target))
+    assert not [v for v in secret_volumes(webhooks_pod(target)) if v.whole], (
         "the whole Secret would give the pod that faces the internet the OpenAI API key and the "
         "RabbitMQ password"
     )
-    refs = {
-        e["name"]: e["valueFrom"]["secretKeyRef"]
-        for e in container.get("env", [])
-        if "secretKeyRef" in (e.get("valueFrom") or {})
-    }
-    worker_secrets = {
-        s["secretRef"]["name"] for s in worker_container(target)["envFrom"] if "secretRef" in s
-    }
-    assert {ref["name"] for ref in refs.values()} == worker_secrets
-    # Each key is named as its variable, as envFrom would name it for the worker.
-    assert all(ref["key"] == name for name, ref in refs.items())
-    required = {name for name, ref in refs.items() if not ref.get("optional", False)}
+    assert {f.secret for f in files.values()} == worker_secret_names(target)
+    required = {path for path, f in files.items() if not f.optional}
     assert required == RECEIVER_SECRETS
-    assert set(refs) == RECEIVER_SECRETS | {ROTATION_SECRET}
+    assert set(files) == RECEIVER_SECRETS | {ROTATION_SECRET}
     example = yaml.safe_load((KUSTOMIZE / "base" / "secret.example.yaml").read_text())
-    assert set(refs) <= set(example["stringData"]), "the example Secret must document them"
+    assert set(files) <= set(example["stringData"]), "the example Secret must document them"
 
 
 @pytest.mark.parametrize("target", WITH_WEBHOOKS)
