@@ -157,6 +157,15 @@ FAILURES: list[tuple[str, BaseException, ApiStatus]] = [
     ("refused", translate(openai.APIConnectionError(request=_REQUEST)), ApiStatus.CONNECTION_ERROR),
     ("thread-busy", ThreadBusy("run_1"), ApiStatus.BAD_REQUEST),
     ("unreadable-body", _unreadable_body(), ApiStatus.MALFORMED_RESPONSE),
+    (
+        "sdk-unreadable-body",
+        translate(
+            openai.APIResponseValidationError(
+                response=httpx2.Response(200, request=_REQUEST), body=[]
+            )
+        ),
+        ApiStatus.MALFORMED_RESPONSE,
+    ),
     ("sdk-unknown", translate(openai.OpenAIError("could not read")), ApiStatus.OTHER),
     ("worker-bug", KeyError("thread_id"), ApiStatus.OTHER),
 ]

@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind
 
 from worker import tracing
 from worker.backends import genai
+from worker.backends.response_wire import MALFORMED
 from worker.errors import ApiError, ApiTransient, PermanentApiError
 
 P = ParamSpec("P")
@@ -63,8 +64,10 @@ def translate(exc: openai.OpenAIError) -> ApiError:
         return ApiTransient(describe(exc), label)
     if isinstance(exc, openai.APIStatusError):
         return _status_error(exc)
-    # A body the SDK could not read as the type it expected, and the like: neither the
-    # server's verdict nor a network blip, so not retried as one.
+    # A body the SDK could not read as the type it expected: neither the server's verdict nor
+    # a network blip, so not retried as one; labelled as the worker's own unreadable bodies are.
+    if isinstance(exc, openai.APIResponseValidationError):
+        return ApiError(describe(exc), MALFORMED)
     return ApiError(describe(exc), type(exc).__name__)
 
 
