@@ -357,12 +357,13 @@ def continued_span(
     tracer = _state.tracer
     if tracer is None:
         return _NOTHING
-    contexts = [c for c in (_context_of(carrier) for carrier in carriers) if c is not None]
-    parent = contexts[0] if contexts else None
+    contexts = (c for c in (_context_of(carrier) for carrier in carriers) if c is not None)
+    parent = next(contexts, None)
     if parent is not None and _left_out_in(parent):
-        # Current still, for the trace's ID to reach the reply's headers.
+        # Current still, for the trace's ID to reach the reply's headers; the other carriers
+        # are not read (links of a span nobody records).
         return trace.use_span(trace.get_current_span(parent), end_on_exit=False)
-    links = [Link(trace.get_current_span(c).get_span_context()) for c in contexts[1:]]
+    links = [Link(trace.get_current_span(c).get_span_context()) for c in contexts]
     return _current(tracer.start_span(name, context=parent, attributes=attributes, links=links))
 
 
