@@ -92,9 +92,12 @@ def trace_id_of(headers: dict[str, str] | None) -> str:
 def an_event(inbound: dict[str, str], stored_by_others: dict[str, str]) -> dict[str, Any]:
     """What the relay does with one event, through the tracing helpers: intake (storing the
     context), the batch continuing it, the run and its request, the reply's publish."""
-    with trace.use_span(parent_of(inbound)):
-        with tracing.span("intake"), tracing.child_span("postgres intake"):
-            stored = tracing.current_carrier()
+    with (
+        trace.use_span(parent_of(inbound)),
+        tracing.span("intake"),
+        tracing.child_span("postgres intake"),
+    ):
+        stored = tracing.current_carrier()
     assert stored is not None
     with tracing.continued_span("batch", [stored, stored_by_others]):
         with tracing.span("run"), tracing.span("chat", kind=SpanKind.CLIENT):
