@@ -16,6 +16,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from worker.relay.outbound import H_EVENT_ID
 from worker.settings import Topology
 
 # Publishes in flight at once: enough to build a backlog quickly, with broker confirms.
@@ -69,16 +70,20 @@ async def publish_plan(
 
 
 class ReplyCollector:
-    """Consumes the reply queue for the whole run and keeps every delivery with its time."""
+    """Consumes the reply and dead-letter queues for the whole run and keeps every reply with
+    its time, and the IDs of the events dead-lettered: an event ends in one or the other."""
 
     def __init__(self, expected: set[str]) -> None:
         self.received: list[Received] = []
+        self.dead_lettered: set[str] = set()
         self._missing = set(expected)
         self._changed = asyncio.Event()
 
     async def start(self, channel: AbstractChannel, topology: Topology) -> None:
-        queue = await channel.get_queue(topology.reply_queue)
-        await queue.consume(self._on_message, no_ack=True)
+        replies = await channel.get_queue(topology.reply_queue)
+        await replies.consume(self._on_message, no_ack=True)
+        dead_letters = await channel.get_queue(topology.dead_letter_queue)
+        await dead_letters.consume(self._on_dead_letter, no_ack=True)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         at = time.time()
@@ -87,13 +92,21 @@ class ReplyCollector:
         self._missing.difference_update(reply.get("in_reply_to", ()))
         self._changed.set()
 
+    async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
+        # The worker names the event in a header even when its body is not valid.
+        event_id = message.headers.get(H_EVENT_ID) or message.message_id
+        if isinstance(event_id, str):
+            self.dead_lettered.add(event_id)
+            self._missing.discard(event_id)
+        self._changed.set()
+
     @property
     def missing(self) -> set[str]:
         return set(self._missing)
 
     async def wait(self, quiet_s: float, settle_s: float) -> None:
-        """Until every event is answered (then `settle_s` more, for late duplicates) or no
-        reply came for `quiet_s`."""
+        """Until every event is answered or dead-lettered (then `settle_s` more, for late
+        duplicates) or nothing came for `quiet_s`."""
         while self._missing:
             self._changed.clear()
             try:

@@ -212,7 +212,8 @@ class RunData:
     queue: QueueSampler
     commits: int
     peak_rss_bytes: int
-    dead_lettered: int
+    # The events that ended in the dead-letter queue instead of a reply.
+    dead_lettered: set[str]
     exit_code: int | None
     # The webhooks worker's receiver: its peak RSS and exit code, the deliveries it answered
     # during the load by outcome, the stand-in's delivery tries, and the forgeries' answers.
@@ -444,11 +445,11 @@ def compute(data: RunData) -> RunMetrics:
         repetition=data.repetition,
         events=len(data.sent),
         answered=len(answered),
-        lost=len(sent_ids - answered.keys()),
+        lost=len(sent_ids - answered.keys() - data.dead_lettered),
         duplicated=duplicated_events(data.received),
         replies=len(distinct),
         not_completed=sum(1 for r in distinct.values() if r.get("status") != "completed"),
-        dead_lettered=data.dead_lettered,
+        dead_lettered=len(data.dead_lettered & sent_ids),
         events_per_s=sustained_rate(list(answered.values())),
         cpu_ms_per_event=1000 * data.samplers.worker.cpu_between(start, end) / n,
         latency_ms=_ms(

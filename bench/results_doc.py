@@ -48,7 +48,9 @@ How each number is measured (all times are epoch clocks of this one machine):
   of 5 messages, so this is runs per burst.
 - **'active run' 400s**: `POST`s answered 400 by the one-run-per-thread lock (messages and runs,
   or `conversation_locked` on Responses); injected faults are not counted.
-- **lost replies**: events no reply named. **events answered twice**: events named by two
+- **lost replies**: events that ended in neither a reply nor a dead letter (the bench waits for
+  either, so an event dead-lettered after its last retry is **dead-lettered**, not lost; a dead
+  letter is named by its `x-aw-event-id`). **events answered twice**: events named by two
   replies with different `event_id` (a re-published reply keeps its `event_id` and does not count).
 - **events in flight**: the most events taken from the inbound queue and not yet answered at
   one moment (confirmed by the broker so far, minus the queue's ready count sampled every

@@ -190,8 +190,9 @@ async def _warm_up(bench: Bench, setup: Setup) -> None:
         await collector.wait(setup.scenario.quiet_s, SETTLE_S)
     finally:
         await channel.close()
-    if collector.missing:
-        raise RuntimeError(f"{len(collector.missing)} warm-up events were not answered")
+    unanswered = collector.missing | collector.dead_lettered
+    if unanswered:
+        raise RuntimeError(f"{len(unanswered)} warm-up events were not answered")
 
 
 async def _drive(
@@ -223,7 +224,6 @@ async def _drive(
             await sampler.stop()
         await queue.stop()
         commits = await commit_count(setup.database) - commits_before
-        dead = await queue_stats(bench.channel, topology.dead_letter_queue)
     finally:
         await replies_channel.close()
     return RunData(
@@ -238,7 +238,7 @@ async def _drive(
         queue=queue,
         commits=commits,
         peak_rss_bytes=peak,
-        dead_lettered=dead.messages,
+        dead_lettered=collector.dead_lettered,
         exit_code=None,
         receiver_peak_rss_bytes=receiver_peak,
         receiver_outcomes=difference(outcomes, outcomes_before),

@@ -6,14 +6,22 @@ answered once, the counts agree with what was sent and the report renders.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
+import aio_pika
+from aio_pika.abc import AbstractChannel
+
 from bench.forge import KINDS
+from bench.load import ReplyCollector
 from bench.machine import describe
 from bench.measure import RunMetrics
 from bench.results_doc import Document
 from bench.run import bench, run_once
 from bench.scenarios import ASSISTANTS, BASELINE, CONTROL, SMOKE, SMOKE_FORGED, WEBHOOKS
+from worker.relay.outbound import H_EVENT_ID
+from worker.settings import Topology
 
 
 def _answered_once(m: RunMetrics, events: int) -> None:
@@ -70,3 +78,24 @@ async def test_bench_smoke(tmp_path: Path) -> None:
     assert "### (e) forged webhooks (smoke)" in markdown
     assert "### (e) forged deliveries" in markdown
     assert "| (e) no forged delivery accepted: every answer 4xx | webhooks |" in markdown
+
+
+async def test_an_event_dead_lettered_ends_the_wait_and_is_not_lost(
+    channel: AbstractChannel, topology: Topology
+) -> None:
+    # One event is answered, one dead-lettered (late, as after its last retry): the wait ends
+    # with both accounted for, the second as dead-lettered, neither missing.
+    collector = ReplyCollector({"evt-answered", "evt-dead"})
+    await collector.start(channel, topology)
+    reply = {"event_id": "rep-1", "in_reply_to": ["evt-answered"]}
+    await channel.default_exchange.publish(
+        aio_pika.Message(json.dumps(reply).encode()), routing_key=topology.reply_queue
+    )
+    dead = aio_pika.Message(b"{}", headers={H_EVENT_ID: "evt-dead"})
+    await channel.default_exchange.publish(dead, routing_key=topology.dead_letter_queue)
+
+    await asyncio.wait_for(collector.wait(quiet_s=10, settle_s=0), 10)
+
+    assert collector.missing == set()
+    assert collector.dead_lettered == {"evt-dead"}
+    assert [r.reply["event_id"] for r in collector.received] == ["rep-1"]
