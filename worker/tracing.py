@@ -378,6 +378,18 @@ def producing(
     return _producing(tracer, name, headers, attributes)
 
 
+def publish_attributes(exchange: str, routing_key: str, message_id: str) -> dict[str, str]:
+    """A PRODUCER span's messaging attributes (semantic conventions) for one AMQP publish."""
+    return {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": exchange,
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+        "messaging.message.id": message_id,
+    }
+
+
 def uninstrumented() -> AbstractContextManager[None]:
     """The instrumentations make no span in the block: around a publish through aio-pika's
     `Exchange.publish`, whose PRODUCER span would duplicate the worker's own and replace the

@@ -140,11 +140,6 @@ class ActivityPublisher:
 
     def _span_attributes(self, activity: Activity) -> dict[str, str]:
         return {
-            "messaging.system": "rabbitmq",
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "publish",
-            "messaging.destination.name": self._exchange.name,
-            "messaging.rabbitmq.destination.routing_key": self._routing_key,
-            "messaging.message.id": activity.event_id,
+            **tracing.publish_attributes(self._exchange.name, self._routing_key, activity.event_id),
             "aw.activity.kind": activity.kind.value,
         }

@@ -195,11 +195,6 @@ class OutboxRelay:
 
 def _span_attributes(m: OutboxMessage) -> dict[str, str]:
     return {
-        "messaging.system": "rabbitmq",
-        "messaging.operation.type": "send",
-        "messaging.operation.name": "publish",
-        "messaging.destination.name": m.exchange,
-        "messaging.rabbitmq.destination.routing_key": m.routing_key,
-        "messaging.message.id": m.message_id,
+        **tracing.publish_attributes(m.exchange, m.routing_key, m.message_id),
         "aw.outbox.kind": m.kind.value,
     }
