@@ -581,11 +581,11 @@ def in_memory_tracing() -> Iterator[InMemorySpanExporter]:
     kept = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(kept))
-    tracing._state.tracer = provider.get_tracer(tracing.TRACER_NAME)
+    tracing._install(provider)
     try:
         yield kept
     finally:
-        tracing._state.tracer = None
+        tracing._uninstall()
         provider.shutdown()
 
 

@@ -61,15 +61,13 @@ class SamplesEverything(Sampler):
 @pytest.fixture
 def exported() -> Iterator[InMemorySpanExporter]:
     yield InMemorySpanExporter()
-    tracing._state.tracer = None
-    tracing._state.children_follow = False
+    tracing._uninstall()
 
 
 def install(exporter: InMemorySpanExporter, sampler: Sampler) -> None:
     provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing._state.tracer = provider.get_tracer("test")
-    tracing._state.children_follow = tracing._children_follow(provider)
+    tracing._install(provider)
 
 
 def carrier(sampled: bool) -> dict[str, str]:

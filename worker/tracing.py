@@ -108,9 +108,7 @@ class Tracing:
     def shutdown(self, timeout_s: float = 5.0) -> None:
         """Exports what is still queued, within `timeout_s` (an exporter that is down costs no
         more than that), and removes the instrumentation."""
-        _state.tracer = None
-        _state.children_follow = False
-        _state.http_trace_config = None
+        _uninstall()
         for instrumentor in self._instrumentors:
             instrumentor.uninstrument()
         # The SDK's shutdown waits for its export to give up: a daemon thread bounds it.
@@ -132,8 +130,7 @@ def setup(environ: Mapping[str, str] | None = None) -> Tracing | None:
         return None
     provider = _provider(exporters)
     instrumentors = _instrument(provider, env)
-    _state.tracer = provider.get_tracer(TRACER_NAME)
-    _state.children_follow = _children_follow(provider)
+    _install(provider)
     log.info("tracing_enabled", exporters=names, instrumentations=len(instrumentors))
     return Tracing(provider, instrumentors)
 
@@ -179,6 +176,18 @@ def _exporter(name: str, env: Mapping[str, str]) -> SpanExporter | None:
 
     # Endpoint, headers, timeout and compression: its own OTEL_EXPORTER_OTLP_* variables.
     return OTLPSpanExporter()
+
+
+def _install(provider: TracerProvider) -> None:
+    """The worker's helpers make spans of `provider` from now on."""
+    _state.tracer = provider.get_tracer(TRACER_NAME)
+    _state.children_follow = _children_follow(provider)
+
+
+def _uninstall() -> None:
+    _state.tracer = None
+    _state.children_follow = False
+    _state.http_trace_config = None
 
 
 def _children_follow(provider: TracerProvider) -> bool:
@@ -313,13 +322,13 @@ def _context_of(carrier: Mapping[str, Any] | None) -> Context | None:
 # -- spans ----------------------------------------------------------------------------------
 
 
-def left_out() -> bool:
-    """Whether the current span is of a trace the sampler left out, so that every span made
-    under it would be left out too: then the helpers make none."""
+def left_out(context: Context | None = None) -> bool:
+    """Whether the current span (or `context`'s) is of a trace the sampler left out, so that
+    every span made under it would be left out too: then the helpers make none."""
     if not _state.children_follow:
         return False
-    context = trace.get_current_span().get_span_context()
-    return context.is_valid and not context.trace_flags.sampled
+    found = trace.get_current_span(context).get_span_context()
+    return found.is_valid and not found.trace_flags.sampled
 
 
 def span(
@@ -359,7 +368,7 @@ def continued_span(
         return _NOTHING
     contexts = (c for c in (_context_of(carrier) for carrier in carriers) if c is not None)
     parent = next(contexts, None)
-    if parent is not None and _left_out_in(parent):
+    if parent is not None and left_out(parent):
         # Current still, for the trace's ID to reach the reply's headers; the other carriers
         # are not read (links of a span nobody records).
         return trace.use_span(trace.get_current_span(parent), end_on_exit=False)
@@ -408,7 +417,7 @@ def _producing(
     from opentelemetry import propagate
 
     parent = _context_of(headers)
-    if parent is not None and _left_out_in(parent):
+    if parent is not None and left_out(parent):
         # `headers` carry the trace already: the consumer's spans are left out with it.
         yield dict(headers)
         return
@@ -418,11 +427,6 @@ def _producing(
         propagate.inject(carrier)
         kept = {k: v for k, v in headers.items() if k not in (TRACEPARENT, TRACESTATE)}
         yield {**kept, **carrier}
-
-
-def _left_out_in(context: Context) -> bool:
-    sampled = trace.get_current_span(context).get_span_context().trace_flags.sampled
-    return _state.children_follow and not sampled
 
 
 @contextlib.contextmanager
