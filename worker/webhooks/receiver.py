@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from worker.errors import StoreUnavailable
 from worker.health import Health
-from worker.metrics import add_runtime_collectors
+from worker.metrics import add_runtime_collectors, start_at_zero
 from worker.settings import Settings
 from worker.startup import Endpoint, Server, StoppedWhileWaiting, wait_for
 from worker.store.migrate import check_schema
@@ -51,8 +51,7 @@ class WebhookMetrics:
             ["outcome"],
             registry=self.registry,
         )
-        for outcome in OUTCOMES:
-            self.deliveries.labels(outcome=outcome)
+        start_at_zero(self.deliveries, ((outcome,) for outcome in OUTCOMES))
         self.ready = Gauge(
             "assistant_worker_webhooks_ready",
             "1 while the receiver's /readyz answers 200 (Postgres connected); 0 while starting, "
